@@ -1,0 +1,112 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+mod inspect;
+
+/// A TLS trust layer for event-driven autoscaling.
+#[derive(Parser, Debug)]
+#[command(name = "trustscale", version, about)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Inspect and test trust: anchors, CA folders, handshakes.
+    #[command(subcommand)]
+    Trust(TrustCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TrustCommand {
+    /// Show the trust anchors and CA files, and optionally test one handshake.
+    ///
+    /// Exit status: 0 all is well; 1 the handshake failed; 2 bad arguments or
+    /// configuration; 3 some CA files were rejected (no handshake failure).
+    Inspect(inspect::InspectArgs),
+}
+
+/// Options shared by every command that builds a trust factory.
+#[derive(Args, Debug, Clone)]
+pub struct TrustArgs {
+    /// A custom CA folder (repeatable); default /custom/ca.
+    #[arg(long = "ca-dir", value_name = "DIR")]
+    pub ca_dirs: Vec<PathBuf>,
+    /// Minimum TLS version of clients (TLS12 | TLS13; TLS10/TLS11 act as TLS12).
+    /// Default: $KEDA_HTTP_MIN_TLS_VERSION, else TLS12.
+    #[arg(long = "min-tls", value_name = "VERSION")]
+    pub min_tls: Option<String>,
+    /// Leave out the system's root certificates.
+    #[arg(long)]
+    pub no_system_roots: bool,
+}
+
+impl TrustArgs {
+    /// Options for the factory from flags and environment.
+    pub fn options(&self) -> anyhow::Result<trustscale::trust::TrustOptions> {
+        use trustscale::trust::{TlsVersion, TrustOptions};
+        let mut options = TrustOptions::from_env()?;
+        if let Some(v) = &self.min_tls {
+            options.client_min_tls = TlsVersion::parse_named("--min-tls", v)?;
+        }
+        if !self.ca_dirs.is_empty() {
+            options.ca_dirs = self.ca_dirs.clone();
+        }
+        options.system_roots = !self.no_system_roots;
+        Ok(options)
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Runs the command line.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Trust(TrustCommand::Inspect(args)) => inspect::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

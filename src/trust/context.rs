@@ -1,0 +1,186 @@
+//! [`TlsContext`]: what every scaler client is built from.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::ClientConfig;
+use rustls::client::danger::ServerCertVerifier;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use super::anchors::Anchors;
+use super::version::TlsVersion;
+
+/// A stable digest of the effective trust, identity and policy of a context: equal
+/// fingerprints mean interchangeable clients, so it is the key for sharing connections.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Fingerprint(pub(crate) [u8; 32]);
+
+impl Fingerprint {
+    /// The digest bytes.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0[..16] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+/// A client identity (certificate chain and private key).
+pub(crate) struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+pub(crate) struct ContextInner {
+    pub config: Arc<ClientConfig>,
+    pub verifier: Arc<dyn ServerCertVerifier>,
+    pub fingerprint: Fingerprint,
+    pub anchors: Arc<Anchors>,
+    pub trigger_ca: Vec<CertificateDer<'static>>,
+    pub identity: Option<Identity>,
+    pub min_tls: TlsVersion,
+    pub unsafe_ssl: bool,
+    pub server_name: Option<ServerName<'static>>,
+    pub generation: u64,
+}
+
+/// The TLS context of a trigger: a rustls client configuration and the same trust in the
+/// forms other client libraries need. Cheap to clone; identical settings share one.
+///
+/// `Debug` shows the policy and counts, never key material.
+#[derive(Clone)]
+pub struct TlsContext {
+    pub(crate) inner: Arc<ContextInner>,
+}
+
+impl TlsContext {
+    /// The rustls client configuration (for reqwest, lapin, redis, tokio-rustls, ...).
+    #[must_use]
+    pub fn rustls_config(&self) -> Arc<ClientConfig> {
+        Arc::clone(&self.inner.config)
+    }
+
+    /// The digest that identifies this trust + identity + policy.
+    #[must_use]
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.inner.fingerprint
+    }
+
+    /// The name to send as SNI when connecting to `host`: the `serverName` setting when
+    /// there is one, else the host itself.
+    pub fn server_name_for(&self, host: &str) -> Result<ServerName<'static>, super::TrustError> {
+        if let Some(name) = &self.inner.server_name {
+            return Ok(name.clone());
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        ServerName::try_from(host.to_string()).map_err(|_| super::TrustError::BadMaterial {
+            parameter: "host",
+            reason: format!("{host:?} is not a valid DNS name or IP address"),
+        })
+    }
+
+    /// Whether certificate verification is off (`unsafeSsl`).
+    #[must_use]
+    pub fn is_unsafe(&self) -> bool {
+        self.inner.unsafe_ssl
+    }
+
+    /// Whether a client certificate is configured.
+    #[must_use]
+    pub fn has_client_identity(&self) -> bool {
+        self.inner.identity.is_some()
+    }
+
+    /// The minimum TLS version (as configured; see [`TlsVersion::effective`]).
+    #[must_use]
+    pub fn min_tls(&self) -> TlsVersion {
+        self.inner.min_tls
+    }
+
+    /// The shared anchors this context was built from.
+    #[must_use]
+    pub fn anchors(&self) -> &Arc<Anchors> {
+        &self.inner.anchors
+    }
+
+    /// The anchors generation this context was built from.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.inner.generation
+    }
+
+    /// Certificates trusted by this trigger only (its `ca` parameter).
+    #[must_use]
+    pub fn trigger_ca(&self) -> &[CertificateDer<'static>] {
+        &self.inner.trigger_ca
+    }
+
+    /// Where trust comes from, for error messages.
+    #[must_use]
+    pub fn describe_trust(&self) -> String {
+        let mut s = self.inner.anchors.describe();
+        if !self.inner.trigger_ca.is_empty() {
+            s.push_str(&format!(
+                " + {} from the trigger's `ca`",
+                self.inner.trigger_ca.len()
+            ));
+        }
+        s
+    }
+
+    /// Connects TLS over an established stream, with this context's SNI rules.
+    pub async fn connect<IO>(
+        &self,
+        host: &str,
+        stream: IO,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<IO>>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let name = self
+            .server_name_for(host)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        tokio_rustls::TlsConnector::from(self.rustls_config())
+            .connect(name, stream)
+            .await
+    }
+
+    /// A configuration equal to this one but with its verifier wrapped (for diagnostics).
+    pub(crate) fn config_with_verifier(
+        &self,
+        wrap: impl FnOnce(Arc<dyn ServerCertVerifier>) -> Arc<dyn ServerCertVerifier>,
+    ) -> Arc<ClientConfig> {
+        let mut config = (*self.inner.config).clone();
+        config
+            .dangerous()
+            .set_certificate_verifier(wrap(Arc::clone(&self.inner.verifier)));
+        Arc::new(config)
+    }
+}
+
+impl fmt::Debug for TlsContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsContext")
+            .field("fingerprint", &self.inner.fingerprint)
+            .field("min_tls", &self.inner.min_tls)
+            .field("unsafe_ssl", &self.inner.unsafe_ssl)
+            .field("anchors", &self.inner.anchors.len())
+            .field("trigger_ca", &self.inner.trigger_ca.len())
+            .field("client_identity", &self.inner.identity.is_some())
+            .field("server_name", &self.inner.server_name)
+            .finish()
+    }
+}

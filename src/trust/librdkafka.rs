@@ -1,0 +1,174 @@
+//! The same trust as librdkafka properties.
+//!
+//! librdkafka speaks TLS through OpenSSL, not rustls, so a [`TlsContext`] exports its
+//! anchors, identity and policy as `ssl.*` properties. What librdkafka cannot honour is an
+//! error, never dropped: it has no per-client minimum TLS version (only the process-wide
+//! OpenSSL configuration can set one) and no way to verify against another name.
+
+use std::fmt;
+use std::path::Path;
+
+use super::context::TlsContext;
+use super::error::{Result, TrustError};
+use super::material;
+use super::version::TlsVersion;
+
+/// The environment variable OpenSSL reads its configuration file from.
+pub const OPENSSL_CONF_ENV: &str = "OPENSSL_CONF";
+
+/// librdkafka `ssl.*` properties. `Debug` hides the private key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LibrdkafkaTls {
+    entries: Vec<(&'static str, String)>,
+}
+
+impl LibrdkafkaTls {
+    /// The properties, to set on an rdkafka `ClientConfig`.
+    pub fn entries(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.entries.iter().map(|(k, v)| (*k, v.as_str()))
+    }
+
+    /// One property.
+    #[must_use]
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl fmt::Debug for LibrdkafkaTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut m = f.debug_map();
+        for (k, v) in &self.entries {
+            match *k {
+                "ssl.key.pem" => m.entry(k, &"<redacted>"),
+                "ssl.ca.pem" | "ssl.certificate.pem" => {
+                    m.entry(k, &format!("<{} bytes of PEM>", v.len()))
+                }
+                _ => m.entry(k, v),
+            };
+        }
+        m.finish()
+    }
+}
+
+/// The minimum TLS version the process-wide OpenSSL configuration enforces.
+///
+/// Reads `MinProtocol` from the file named by `OPENSSL_CONF`; without one, OpenSSL 3's
+/// default security level already refuses anything below TLS 1.2.
+#[must_use]
+pub fn openssl_enforced_min() -> TlsVersion {
+    std::env::var_os(OPENSSL_CONF_ENV)
+        .and_then(|p| std::fs::read_to_string(Path::new(&p)).ok())
+        .and_then(|text| min_protocol_in(&text))
+        .unwrap_or(TlsVersion::Tls12)
+        .max(TlsVersion::Tls12)
+}
+
+fn min_protocol_in(conf: &str) -> Option<TlsVersion> {
+    conf.lines().find_map(|line| {
+        let line = line.split('#').next()?.trim();
+        let (k, v) = line.split_once('=')?;
+        if k.trim() != "MinProtocol" {
+            return None;
+        }
+        match v.trim() {
+            "TLSv1.3" => Some(TlsVersion::Tls13),
+            "TLSv1.2" => Some(TlsVersion::Tls12),
+            "TLSv1.1" => Some(TlsVersion::Tls11),
+            "TLSv1" | "TLSv1.0" => Some(TlsVersion::Tls10),
+            _ => None,
+        }
+    })
+}
+
+/// An OpenSSL configuration file that sets the process-wide minimum version; point
+/// `OPENSSL_CONF` at it before OpenSSL is first used.
+#[must_use]
+pub fn openssl_config_for(min: TlsVersion) -> String {
+    format!(
+        "openssl_conf = trustscale_init\n\n[trustscale_init]\nssl_conf = trustscale_ssl\n\n[trustscale_ssl]\nsystem_default = trustscale_system_default\n\n[trustscale_system_default]\nMinProtocol = {}\n",
+        min.effective().openssl_name()
+    )
+}
+
+impl TlsContext {
+    /// The same trust as librdkafka properties: `security.protocol=ssl`, the merged
+    /// anchors (system + CA folders + the trigger's `ca`) as `ssl.ca.pem`, the identity as
+    /// `ssl.certificate.pem`/`ssl.key.pem`, and hostname verification on (both off with
+    /// `unsafeSsl`).
+    ///
+    /// Errors when a setting cannot be honoured: `serverName`, or a minimum version above
+    /// what the process-wide OpenSSL configuration enforces.
+    pub fn librdkafka(&self, trigger: &str) -> Result<LibrdkafkaTls> {
+        let inner = &self.inner;
+        if inner.server_name.is_some() {
+            return Err(TrustError::Unsupported {
+                trigger: trigger.into(),
+                setting: "serverName",
+                backend: "librdkafka",
+                reason: "it verifies brokers only against the names they advertise; use a certificate that names the advertised host".into(),
+            });
+        }
+        let enforced = openssl_enforced_min();
+        if inner.min_tls.effective() > enforced {
+            return Err(TrustError::Unsupported {
+                trigger: trigger.into(),
+                setting: "minimum TLS version",
+                backend: "librdkafka",
+                reason: format!(
+                    "{} is required but the process-wide OpenSSL configuration enforces only {enforced}; set {OPENSSL_CONF_ENV} to a file with `MinProtocol = {}` (see trustscale::trust::openssl_config_for) before the process starts",
+                    inner.min_tls.effective(),
+                    inner.min_tls.effective().openssl_name()
+                ),
+            });
+        }
+        let mut entries: Vec<(&'static str, String)> = vec![("security.protocol", "ssl".into())];
+        if inner.unsafe_ssl {
+            entries.push(("enable.ssl.certificate.verification", "false".into()));
+            entries.push(("ssl.endpoint.identification.algorithm", "none".into()));
+        } else {
+            let mut bundle = inner.anchors.pem_bundle().to_string();
+            bundle.push_str(&material::certs_to_pem(inner.trigger_ca.iter()));
+            entries.push(("ssl.ca.pem", bundle));
+            entries.push(("enable.ssl.certificate.verification", "true".into()));
+            entries.push(("ssl.endpoint.identification.algorithm", "https".into()));
+        }
+        if let Some(id) = &inner.identity {
+            entries.push((
+                "ssl.certificate.pem",
+                material::certs_to_pem(id.chain.iter()),
+            ));
+            let label = match &id.key {
+                rustls_pki_types::PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+                rustls_pki_types::PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+                _ => "PRIVATE KEY",
+            };
+            entries.push((
+                "ssl.key.pem",
+                material::pem_encode(label, id.key.secret_der()),
+            ));
+        }
+        Ok(LibrdkafkaTls { entries })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_protocol_is_read_from_openssl_config() {
+        assert_eq!(
+            min_protocol_in(&openssl_config_for(TlsVersion::Tls13)),
+            Some(TlsVersion::Tls13)
+        );
+        assert_eq!(
+            min_protocol_in("MinProtocol = TLSv1.2 # comment"),
+            Some(TlsVersion::Tls12)
+        );
+        assert_eq!(min_protocol_in("# MinProtocol = TLSv1.3"), None);
+    }
+}

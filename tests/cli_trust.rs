@@ -1,0 +1,124 @@
+//! `trustscale trust inspect`, run as a user runs it.
+
+mod support;
+
+use std::process::Output;
+
+use support::{TestCa, TestServer, Versions, ca_dir, server_config};
+
+async fn inspect(args: &[&str], env: &[(&str, &str)]) -> (Output, serde_json::Value) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_trustscale"));
+    cmd.arg("trust")
+        .arg("inspect")
+        .args(args)
+        .env_remove("KEDA_HTTP_MIN_TLS_VERSION");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out, json)
+}
+
+#[tokio::test]
+async fn inspect_reports_anchors_files_and_a_good_handshake_as_json() {
+    let ca = TestCa::new("cli CA");
+    let dir = ca_dir();
+    ca.write_pem(&dir.path().join("ca.crt"));
+    let server = TestServer::start(server_config(&ca.server(), Versions::Both, None)).await;
+    let d = dir.path().to_str().unwrap();
+    let (out, json) = inspect(
+        &["--ca-dir", d, "--connect", &server.target(), "--json"],
+        &[],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json["anchors"]["custom"], 1);
+    assert!(
+        json["anchors"]["system"].as_u64().unwrap() > 0,
+        "system roots are merged in"
+    );
+    assert_eq!(json["files"][0]["status"], "loaded");
+    assert_eq!(json["handshake"]["ok"], true);
+    assert_eq!(json["handshake"]["version"], "TLSv1_3");
+    assert_eq!(json["handshake"]["chain"][1]["subject"], "CN=cli CA");
+}
+
+#[tokio::test]
+async fn inspect_fails_with_a_classified_error_for_an_untrusted_server() {
+    let (trusted, other) = (TestCa::new("trusted"), TestCa::new("other"));
+    let dir = ca_dir();
+    trusted.write_pem(&dir.path().join("ca.crt"));
+    let server = TestServer::start(server_config(&other.server(), Versions::Only12, None)).await;
+    let d = dir.path().to_str().unwrap();
+    let (out, json) = inspect(
+        &["--ca-dir", d, "--connect", &server.target(), "--json"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json["handshake"]["ok"], false);
+    assert_eq!(json["handshake"]["error"]["kind"], "unknown_issuer");
+
+    let (out, json) = inspect(
+        &[
+            "--ca-dir",
+            d,
+            "--connect",
+            &server.target(),
+            "--json",
+            "--min-tls",
+            "TLS13",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json["handshake"]["error"]["kind"], "protocol_version");
+
+    let (out, json) = inspect(
+        &[
+            "--ca-dir",
+            d,
+            "--connect",
+            &server.target(),
+            "--json",
+            "--unsafe-ssl",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "unsafeSsl still connects");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unsafeSsl is deprecated"));
+    assert_eq!(json["handshake"]["ok"], true);
+}
+
+#[tokio::test]
+async fn inspect_lists_rejected_files_and_exits_3() {
+    let dir = ca_dir();
+    std::fs::write(dir.path().join("junk.pem"), "junk").unwrap();
+    let (out, json) = inspect(&["--ca-dir", dir.path().to_str().unwrap(), "--json"], &[]).await;
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(json["files"][0]["status"], "rejected");
+    assert!(
+        json["files"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("neither PEM")
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_min_tls_version_is_a_startup_error_listing_the_allowed_values() {
+    let (out, _) = inspect(&[], &[("KEDA_HTTP_MIN_TLS_VERSION", "TLS14")]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("KEDA_HTTP_MIN_TLS_VERSION") && err.contains("TLS10, TLS11, TLS12, TLS13"),
+        "{err}"
+    );
+}

@@ -1,0 +1,263 @@
+//! Shared test helpers: a test PKI made with rcgen, and in-process rustls servers.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls::ServerConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A certificate authority for tests.
+pub struct TestCa {
+    pub name: String,
+    pub cert_pem: String,
+    pub cert_der: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A leaf certificate with its key.
+pub struct Leaf {
+    pub cert_pem: String,
+    pub cert_der: CertificateDer<'static>,
+    pub key_pem: String,
+    pub key_der: Vec<u8>,
+    /// Leaf + issuing CA, PEM.
+    pub chain_pem: String,
+    pub chain: Vec<CertificateDer<'static>>,
+}
+
+impl Leaf {
+    pub fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
+    }
+}
+
+fn ca_params(name: &str) -> CertificateParams {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        Self::with_validity(name, None)
+    }
+
+    /// A CA valid between the given offsets from now, in days.
+    pub fn with_validity(name: &str, days: Option<(i64, i64)>) -> TestCa {
+        let key = KeyPair::generate().unwrap();
+        let mut params = ca_params(name);
+        if let Some((from, to)) = days {
+            let now = time::OffsetDateTime::now_utc();
+            params.not_before = now + time::Duration::days(from);
+            params.not_after = now + time::Duration::days(to);
+        }
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            name: name.to_string(),
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn issue(
+        &self,
+        names: &[&str],
+        cn: &str,
+        usage: ExtendedKeyUsagePurpose,
+        days: Option<(i64, i64)>,
+    ) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName((*n).try_into().unwrap()),
+            })
+            .collect();
+        params.extended_key_usages = vec![usage];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if let Some((from, to)) = days {
+            let now = time::OffsetDateTime::now_utc();
+            params.not_before = now + time::Duration::days(from);
+            params.not_after = now + time::Duration::days(to);
+        }
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            key_pem: key.serialize_pem(),
+            key_der: key.serialize_der(),
+            chain_pem: format!("{}{}", cert.pem(), self.cert_pem),
+            chain: vec![cert.der().clone(), self.cert_der.clone()],
+        }
+    }
+
+    /// A server certificate for localhost, 127.0.0.1 and ::1.
+    pub fn server(&self) -> Leaf {
+        self.issue(
+            &["localhost", "127.0.0.1", "::1"],
+            "localhost",
+            ExtendedKeyUsagePurpose::ServerAuth,
+            None,
+        )
+    }
+
+    /// A server certificate for other names.
+    pub fn server_for(&self, names: &[&str]) -> Leaf {
+        self.issue(names, names[0], ExtendedKeyUsagePurpose::ServerAuth, None)
+    }
+
+    /// An expired server certificate for localhost.
+    pub fn expired_server(&self) -> Leaf {
+        self.issue(
+            &["localhost", "127.0.0.1"],
+            "localhost",
+            ExtendedKeyUsagePurpose::ServerAuth,
+            Some((-30, -1)),
+        )
+    }
+
+    /// A client certificate.
+    pub fn client(&self, cn: &str) -> Leaf {
+        self.issue(&[], cn, ExtendedKeyUsagePurpose::ClientAuth, None)
+    }
+
+    pub fn write_pem(&self, path: &Path) {
+        std::fs::write(path, &self.cert_pem).unwrap();
+    }
+}
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Which TLS versions a test server speaks.
+#[derive(Clone, Copy, Debug)]
+pub enum Versions {
+    Both,
+    Only12,
+    Only13,
+}
+
+/// A server config presenting `leaf` (full chain); optionally requiring client certs from `client_ca`.
+pub fn server_config(
+    leaf: &Leaf,
+    versions: Versions,
+    client_ca: Option<&TestCa>,
+) -> Arc<ServerConfig> {
+    let versions: &[&rustls::SupportedProtocolVersion] = match versions {
+        Versions::Both => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        Versions::Only12 => &[&rustls::version::TLS12],
+        Versions::Only13 => &[&rustls::version::TLS13],
+    };
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .unwrap();
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.cert_der.clone()).unwrap();
+            builder.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                )
+                .build()
+                .unwrap(),
+            )
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Arc::new(
+        builder
+            .with_single_cert(leaf.chain.clone(), leaf.key())
+            .unwrap(),
+    )
+}
+
+/// A TLS server on loopback that answers each connection with "hello\n" and then echoes.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    pub async fn start(config: Arc<ServerConfig>) -> TestServer {
+        Self::start_with(move || Arc::clone(&config)).await
+    }
+
+    /// A server that asks `config` for the configuration of each new connection.
+    pub async fn start_with(
+        config: impl Fn() -> Arc<ServerConfig> + Send + Sync + 'static,
+    ) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = tokio_rustls::TlsAcceptor::from(config());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    if tls.write_all(b"hello\n").await.is_err() {
+                        return;
+                    }
+                    let mut buf = [0u8; 1024];
+                    while let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await
+                    {
+                        if n == 0 || tls.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        TestServer { addr, task }
+    }
+
+    pub fn target(&self) -> String {
+        format!("localhost:{}", self.addr.port())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A fresh CA folder.
+pub fn ca_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+/// Waits until `cond` holds, polling; panics with `what` after `limit`.
+pub async fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
