@@ -7,4 +7,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod manifest;
+pub mod scaler;
+#[path = "../scalers/mod.rs"]
+pub mod scalers;
 pub mod trust;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod inspect;
+mod probe;
 
 /// A TLS trust layer for event-driven autoscaling.
 #[derive(Parser, Debug)]
@@ -29,6 +30,10 @@ enum Command {
     /// Inspect and test trust: anchors, CA folders, handshakes.
     #[command(subcommand)]
     Trust(TrustCommand),
+    /// Build every trigger of KEDA-format manifests and poll each once.
+    ///
+    /// Exit status 0 only if every trigger succeeded.
+    Probe(probe::ProbeArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -100,6 +105,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Trust(TrustCommand::Inspect(args)) => inspect::run(args).await,
+            Command::Probe(args) => probe::run(args).await,
         }
     });
     match result {

@@ -78,7 +78,15 @@ pub fn find_rustls_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a ru
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>()
             && let Some(inner) = io.get_ref()
-            && let Some(r) = inner.downcast_ref::<rustls::Error>()
+        {
+            // io::Error::source() skips the wrapped error itself: look at it directly.
+            if let Some(r) = find_rustls_error(inner) {
+                return Some(r);
+            }
+        }
+        // Some libraries (redis) keep the cause as a shared trait object.
+        if let Some(shared) = e.downcast_ref::<std::sync::Arc<dyn StdError + Send + Sync>>()
+            && let Some(r) = find_rustls_error(shared.as_ref())
         {
             return Some(r);
         }
@@ -141,7 +149,11 @@ pub fn classify_rustls(
                 K::HostnameMismatch,
                 format!(
                     "{target}: the certificate is valid for [{}], not for {}; connect by one of those names or set `serverName`",
-                    presented.join(", "),
+                    presented
+                        .iter()
+                        .map(|n| plain_name(n))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     expected.to_str()
                 ),
             ),
@@ -214,6 +226,16 @@ pub fn classify_rustls(
         other => (K::Tls, format!("{target}: {other}")),
     };
     HandshakeFailure { kind, message }
+}
+
+/// rustls presents names as `DnsName("x")` / `IpAddress(..)`: show the bare name.
+fn plain_name(name: &str) -> String {
+    for prefix in ["DnsName(\"", "IpAddress("] {
+        if let Some(rest) = name.strip_prefix(prefix) {
+            return rest.trim_end_matches(')').trim_end_matches('"').to_string();
+        }
+    }
+    name.to_string()
 }
 
 fn chain_text(err: &(dyn StdError + 'static)) -> String {

@@ -1,5 +1,9 @@
-//! Shared test helpers: a test PKI made with rcgen, and in-process rustls servers.
+//! Shared test helpers: a test PKI made with rcgen, in-process rustls servers, and the
+//! broker fixtures.
 #![allow(dead_code)]
+
+pub mod fixtures;
+pub mod http;
 
 use std::net::SocketAddr;
 use std::path::Path;

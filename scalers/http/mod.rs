@@ -1,0 +1,350 @@
+//! The `metrics-api` scaler: reads a number from an HTTP(S) endpoint.
+//!
+//! Parameters as KEDA: `url`, `valueLocation`, `format` (json|xml|yaml|prometheus),
+//! `targetValue`, `activationTargetValue`, `timeout` (ms), `authMode`/`authModes`
+//! (apiKey, basic, bearer, tls; several comma-separated), `method` (header|query),
+//! `keyParamName`, and the TLS settings. Added: `maxBodySize` (default 4Mi): a larger
+//! body is an error, not an unbounded read.
+//!
+//! The HTTP client is built from the factory's rustls configuration only, and shared by
+//! every trigger with the same trust fingerprint and timeout.
+
+mod extract;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use extract::{Format, extract};
+
+use crate::scaler::pool::SharedPool;
+use crate::scaler::{
+    BuildContext, ErrorKind, MetricSpec, Params, Poll, Scaler, ScalerBuilder, ScalerError,
+    TriggerSpec, parse_quantity,
+};
+use crate::trust::{Fingerprint, Secret, TlsContext};
+
+/// Default request timeout when neither `timeout` nor `KEDA_HTTP_DEFAULT_TIMEOUT` is set.
+pub const DEFAULT_TIMEOUT_MS: u64 = 3000;
+/// Default cap on the response body.
+pub const DEFAULT_MAX_BODY: u64 = 4 * 1024 * 1024;
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    fingerprint: Option<Fingerprint>,
+    timeout_ms: u64,
+}
+
+/// Builds `metrics-api` scalers; owns the shared HTTP clients.
+#[derive(Default)]
+pub struct MetricsApiBuilder {
+    clients: SharedPool<ClientKey, reqwest::Client>,
+}
+
+impl MetricsApiBuilder {
+    /// HTTP clients alive now (each with its own connection pool).
+    #[must_use]
+    pub fn live_clients(&self) -> usize {
+        self.clients.live()
+    }
+}
+
+enum Auth {
+    ApiKey {
+        key: Secret,
+        in_query: bool,
+        name: String,
+    },
+    Basic {
+        username: Secret,
+        password: Secret,
+    },
+    Bearer {
+        token: Secret,
+    },
+}
+
+/// The `metrics-api` scaler.
+pub struct MetricsApiScaler {
+    label: String,
+    url: reqwest::Url,
+    format: Format,
+    value_location: String,
+    spec: MetricSpec,
+    activation: f64,
+    max_body: u64,
+    auth: Vec<Auth>,
+    client: std::sync::Arc<reqwest::Client>,
+    tls: Option<TlsContext>,
+    timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    std::env::var("KEDA_HTTP_DEFAULT_TIMEOUT")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_TIMEOUT_MS)
+}
+
+#[async_trait]
+impl ScalerBuilder for MetricsApiBuilder {
+    async fn build(
+        &self,
+        spec: &TriggerSpec,
+        ctx: &BuildContext,
+    ) -> Result<Box<dyn Scaler>, ScalerError> {
+        let p = Params::new(spec);
+        let label = spec.label.clone();
+        let url_text = p.required("url")?;
+        let url = reqwest::Url::parse(&url_text).map_err(|e| {
+            ScalerError::config(&label, "url", format!("{url_text:?} is not a URL: {e}"))
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ScalerError::config(
+                &label,
+                "url",
+                "must be http:// or https://",
+            ));
+        }
+        let value_location = p.required("valueLocation")?;
+        let format =
+            Format::parse(&p.one_of("format", &["json", "xml", "yaml", "prometheus"], "json")?)
+                .ok_or_else(|| ScalerError::config(&label, "format", "unknown"))?;
+        let target_text = p.required("targetValue")?;
+        let target = parse_quantity(&target_text)
+            .map_err(|e| ScalerError::config(&label, "targetValue", e))?;
+        let activation = p.quantity_or("activationTargetValue", 0.0)?;
+        let timeout_ms = p.parse_or("timeout", default_timeout_ms())?;
+        let max_body = p.quantity_or("maxBodySize", DEFAULT_MAX_BODY as f64)? as u64;
+
+        let modes = p
+            .get("authModes")
+            .or_else(|| p.get("authMode"))
+            .unwrap_or_default();
+        let mut auth = Vec::new();
+        let mut wants_tls = false;
+        for mode in modes.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+            match mode {
+                "apiKey" => {
+                    let method = p.one_of("method", &["header", "query"], "header")?;
+                    let in_query = method == "query";
+                    let default_name = if in_query { "api_key" } else { "X-API-KEY" };
+                    auth.push(Auth::ApiKey {
+                        key: Secret::new(p.secret("apiKey").ok_or_else(|| {
+                            ScalerError::config(&label, "apiKey", "is required by authMode apiKey")
+                        })?),
+                        in_query,
+                        name: p
+                            .get("keyParamName")
+                            .unwrap_or_else(|| default_name.to_string()),
+                    });
+                }
+                "basic" => auth.push(Auth::Basic {
+                    username: Secret::new(p.secret("username").ok_or_else(|| {
+                        ScalerError::config(&label, "username", "is required by authMode basic")
+                    })?),
+                    password: Secret::new(p.secret("password").unwrap_or_default()),
+                }),
+                "bearer" => auth.push(Auth::Bearer {
+                    token: Secret::new(
+                        p.secret("token")
+                            .or_else(|| p.secret("bearerToken"))
+                            .ok_or_else(|| {
+                                ScalerError::config(
+                                    &label,
+                                    "token",
+                                    "is required by authMode bearer",
+                                )
+                            })?,
+                    ),
+                }),
+                "tls" => wants_tls = true,
+                other => {
+                    return Err(ScalerError::config(
+                        &label,
+                        "authMode",
+                        format!("{other:?} is not one of: apiKey, basic, bearer, tls"),
+                    ));
+                }
+            }
+        }
+        let settings = p.tls()?;
+        if wants_tls && (settings.cert.is_none() || settings.key.is_none()) {
+            return Err(ScalerError::config(
+                &label,
+                "cert/key",
+                "authMode tls needs both `cert` and `key`",
+            ));
+        }
+        if !wants_tls && settings.cert.is_some() {
+            tracing::warn!(trigger = %label, "a client certificate is set without authMode tls; it is used anyway");
+        }
+        let tls = if url.scheme() == "https" {
+            Some(
+                ctx.trust
+                    .context(&settings, &label)
+                    .map_err(|e| ScalerError::from_trust(&label, &e))?,
+            )
+        } else {
+            if settings.ca.is_some() || settings.cert.is_some() || settings.unsafe_ssl() {
+                tracing::warn!(trigger = %label, "TLS settings are ignored for a plain http:// url");
+            }
+            None
+        };
+        let key = ClientKey {
+            fingerprint: tls.as_ref().map(TlsContext::fingerprint),
+            timeout_ms,
+        };
+        let mut build_error = None;
+        let client = self.clients.get_or_insert_with(&key, || {
+            let mut b = reqwest::Client::builder()
+                .timeout(Duration::from_millis(timeout_ms))
+                .connect_timeout(Duration::from_millis(timeout_ms))
+                .pool_idle_timeout(Duration::from_secs(90))
+                .user_agent(concat!("trustscale/", env!("CARGO_PKG_VERSION")));
+            if let Some(ctx) = &tls {
+                // The one trust path: the factory's rustls configuration.
+                b = b.tls_backend_preconfigured((*ctx.rustls_config()).clone());
+            }
+            b.build().unwrap_or_else(|e| {
+                build_error = Some(e.to_string());
+                reqwest::Client::new()
+            })
+        });
+        if let Some(e) = build_error {
+            return Err(ScalerError::new(
+                ErrorKind::Config,
+                &label,
+                format!("cannot build the HTTP client: {e}"),
+            ));
+        }
+        p.warn_unknown();
+        let metric_name = spec.metric_name(&format!("metric-api-{value_location}"));
+        Ok(Box::new(MetricsApiScaler {
+            label,
+            url,
+            format,
+            value_location,
+            spec: MetricSpec {
+                name: metric_name,
+                target,
+                metric_type: spec.metric_type,
+            },
+            activation,
+            max_body,
+            auth,
+            client,
+            tls,
+            timeout_ms,
+        }))
+    }
+}
+
+impl MetricsApiScaler {
+    fn target(&self) -> String {
+        match (self.url.host_str(), self.url.port_or_known_default()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            _ => self.url.to_string(),
+        }
+    }
+
+    async fn fetch(&self) -> Result<Vec<u8>, ScalerError> {
+        let mut url = self.url.clone();
+        let mut req_headers = Vec::new();
+        for auth in &self.auth {
+            if let Auth::ApiKey {
+                key,
+                in_query: true,
+                name,
+            } = auth
+            {
+                url.query_pairs_mut().append_pair(name, key.expose());
+            } else if let Auth::ApiKey {
+                key,
+                in_query: false,
+                name,
+            } = auth
+            {
+                req_headers.push((name.clone(), key.expose().to_string()));
+            }
+        }
+        let mut req = self.client.get(url);
+        for (name, value) in req_headers {
+            req = req.header(name, value);
+        }
+        for auth in &self.auth {
+            req = match auth {
+                Auth::Basic { username, password } => {
+                    req.basic_auth(username.expose(), Some(password.expose()))
+                }
+                Auth::Bearer { token } => req.bearer_auth(token.expose()),
+                Auth::ApiKey { .. } => req,
+            };
+        }
+        let mut resp = req.send().await.map_err(|e| self.request_error(&e))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            return Err(ScalerError::new(
+                ErrorKind::Auth,
+                &self.label,
+                format!("{} answered {status}", self.target()),
+            ));
+        }
+        if !status.is_success() {
+            return Err(ScalerError::new(
+                ErrorKind::Source,
+                &self.label,
+                format!("{} answered {status}", self.target()),
+            ));
+        }
+        if let Some(len) = resp.content_length()
+            && len > self.max_body
+        {
+            return Err(self.too_big(len));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.request_error(&e))? {
+            if (body.len() + chunk.len()) as u64 > self.max_body {
+                return Err(self.too_big((body.len() + chunk.len()) as u64));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    fn too_big(&self, len: u64) -> ScalerError {
+        ScalerError::new(
+            ErrorKind::Source,
+            &self.label,
+            format!(
+                "the response body ({len} bytes or more) exceeds maxBodySize ({} bytes)",
+                self.max_body
+            ),
+        )
+    }
+
+    fn request_error(&self, e: &reqwest::Error) -> ScalerError {
+        if e.is_timeout() {
+            return ScalerError::new(
+                ErrorKind::Connection,
+                &self.label,
+                format!("{}: no answer within {} ms", self.target(), self.timeout_ms),
+            );
+        }
+        ScalerError::from_connect(&self.label, e, self.tls.as_ref(), &self.target())
+    }
+}
+
+#[async_trait]
+impl Scaler for MetricsApiScaler {
+    fn metric_specs(&self) -> Vec<MetricSpec> {
+        vec![self.spec.clone()]
+    }
+
+    async fn poll(&self) -> Result<Poll, ScalerError> {
+        let body = self.fetch().await?;
+        let value = extract(self.format, &body, &self.value_location)
+            .map_err(|e| ScalerError::new(ErrorKind::Source, &self.label, e))?;
+        Ok(Poll::single(&self.spec.name, value, self.activation))
+    }
+}

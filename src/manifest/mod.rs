@@ -1,0 +1,688 @@
+//! Loading KEDA-format manifests: `ScaledObject`, `TriggerAuthentication`,
+//! `ClusterTriggerAuthentication`, `Secret` and `ConfigMap`, several documents per file,
+//! several files. Authentication parameters are resolved from Secrets, ConfigMaps and the
+//! process environment.
+//!
+//! A broken document is reported (file, document number, what is wrong) and the others
+//! still load; an unknown kind is noted and ignored.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::scaler::{ErrorKind, MetricType, ObjectRef, ScalerError, TriggerSpec};
+use crate::trust::Secret;
+
+/// The namespace where cluster-scoped trigger authentications find their Secrets
+/// (`KEDA_CLUSTER_OBJECT_NAMESPACE`, default `keda`).
+pub const CLUSTER_OBJECT_NAMESPACE_ENV: &str = "KEDA_CLUSTER_OBJECT_NAMESPACE";
+
+/// A document that could not be loaded.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadProblem {
+    /// The file.
+    pub file: PathBuf,
+    /// The document's position in the file (1-based); 0 for the whole file.
+    pub document: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for LoadProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.document == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{} (document {}): {}",
+                self.file.display(),
+                self.document,
+                self.message
+            )
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+struct ObjectMeta {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+/// `scaleTargetRef`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleTargetRef {
+    /// Target name.
+    pub name: String,
+    /// Target kind (Deployment when absent).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Target API version.
+    #[serde(default)]
+    pub api_version: Option<String>,
+}
+
+/// `fallback`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Fallback {
+    /// Consecutive failures before the fallback replicas are used.
+    pub failure_threshold: u32,
+    /// Replicas to use then.
+    pub replicas: u32,
+}
+
+/// `authenticationRef`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct AuthRef {
+    /// The authentication's name.
+    pub name: String,
+    /// `TriggerAuthentication` (default) or `ClusterTriggerAuthentication`.
+    #[serde(default)]
+    pub kind: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TriggerDef {
+    #[serde(rename = "type")]
+    type_name: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, serde_yaml_ng::Value>,
+    #[serde(default)]
+    authentication_ref: Option<AuthRef>,
+    #[serde(default)]
+    metric_type: Option<String>,
+    #[serde(default)]
+    use_cached_metrics: Option<bool>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ScaledObjectSpec {
+    #[serde(default)]
+    scale_target_ref: Option<ScaleTargetRef>,
+    #[serde(default)]
+    polling_interval: Option<u64>,
+    #[serde(default)]
+    cooldown_period: Option<u64>,
+    #[serde(default)]
+    initial_cooldown_period: Option<u64>,
+    #[serde(default)]
+    min_replica_count: Option<u32>,
+    #[serde(default)]
+    max_replica_count: Option<u32>,
+    #[serde(default)]
+    idle_replica_count: Option<u32>,
+    #[serde(default)]
+    fallback: Option<Fallback>,
+    triggers: Vec<TriggerDef>,
+}
+
+/// A ScaledObject, with KEDA's defaults applied.
+#[derive(Clone, Debug)]
+pub struct ScaledObject {
+    /// Namespace and name.
+    pub id: ObjectRef,
+    /// What it scales.
+    pub scale_target_ref: Option<ScaleTargetRef>,
+    /// Seconds between polls (30).
+    pub polling_interval: u64,
+    /// Seconds of inactivity before scaling to zero (300).
+    pub cooldown_period: u64,
+    /// Seconds after creation before the first scale to zero (0).
+    pub initial_cooldown_period: u64,
+    /// Minimum replicas (0).
+    pub min_replica_count: u32,
+    /// Maximum replicas (100).
+    pub max_replica_count: u32,
+    /// Replicas when idle, if set.
+    pub idle_replica_count: Option<u32>,
+    /// Fallback on repeated failures.
+    pub fallback: Option<Fallback>,
+    /// Its triggers, auth resolved; a trigger whose auth could not be resolved is an error.
+    pub triggers: Vec<Result<TriggerSpec, ScalerError>>,
+    /// Where it came from.
+    pub source: PathBuf,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TargetRef {
+    parameter: String,
+    name: String,
+    key: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EnvRef {
+    parameter: String,
+    name: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    container_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuthSpec {
+    #[serde(default)]
+    secret_target_ref: Vec<TargetRef>,
+    #[serde(default)]
+    env: Vec<EnvRef>,
+    #[serde(default)]
+    config_map_target_ref: Vec<TargetRef>,
+}
+
+#[derive(Clone, Debug)]
+struct TriggerAuth {
+    namespace: String,
+    spec: AuthSpec,
+}
+
+/// Everything loaded from a set of manifest files.
+#[derive(Clone, Debug, Default)]
+pub struct ManifestSet {
+    raw_scaled_objects: Vec<(PathBuf, ObjectMeta, ScaledObjectSpec)>,
+    trigger_auths: HashMap<(String, String), TriggerAuth>,
+    cluster_trigger_auths: HashMap<String, TriggerAuth>,
+    secrets: HashMap<(String, String), BTreeMap<String, Vec<u8>>>,
+    config_maps: HashMap<(String, String), BTreeMap<String, String>>,
+    /// Documents that could not be loaded.
+    pub problems: Vec<LoadProblem>,
+    /// Documents of kinds this tool does not use (ignored).
+    pub ignored: Vec<String>,
+}
+
+/// Lists the manifest files under `paths` (files as given; folders: their `.yaml`/`.yml`
+/// files, sorted).
+pub fn manifest_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<LoadProblem>) {
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            match std::fs::read_dir(path) {
+                Ok(entries) => {
+                    let mut found: Vec<PathBuf> = entries
+                        .filter_map(Result::ok)
+                        .map(|e| e.path())
+                        .filter(|p| {
+                            p.is_file()
+                                && matches!(
+                                    p.extension().and_then(|e| e.to_str()),
+                                    Some("yaml" | "yml")
+                                )
+                                && !p
+                                    .file_name()
+                                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                        })
+                        .collect();
+                    found.sort();
+                    files.extend(found);
+                }
+                Err(e) => problems.push(LoadProblem {
+                    file: path.clone(),
+                    document: 0,
+                    message: format!("cannot list: {e}"),
+                }),
+            }
+        } else {
+            files.push(path.clone());
+        }
+    }
+    (files, problems)
+}
+
+/// Loads every manifest under `paths`.
+#[must_use]
+pub fn load(paths: &[PathBuf]) -> ManifestSet {
+    let (files, problems) = manifest_files(paths);
+    let mut set = ManifestSet {
+        problems,
+        ..Default::default()
+    };
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => set.add_text(&file, &text),
+            Err(e) => set.problems.push(LoadProblem {
+                file,
+                document: 0,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    set
+}
+
+fn scalar_to_string(v: &serde_yaml_ng::Value) -> Option<String> {
+    match v {
+        serde_yaml_ng::Value::String(s) => Some(s.clone()),
+        serde_yaml_ng::Value::Bool(b) => Some(b.to_string()),
+        serde_yaml_ng::Value::Number(n) => Some(n.to_string()),
+        serde_yaml_ng::Value::Null => Some(String::new()),
+        _ => None,
+    }
+}
+
+impl ManifestSet {
+    /// Adds the documents of one file's text.
+    pub fn add_text(&mut self, file: &Path, text: &str) {
+        for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+            let n = i + 1;
+            let problem = |message: String| LoadProblem {
+                file: file.to_path_buf(),
+                document: n,
+                message,
+            };
+            let value = match serde_yaml_ng::Value::deserialize(doc) {
+                Ok(serde_yaml_ng::Value::Null) => continue,
+                Ok(v) => v,
+                Err(e) => {
+                    self.problems.push(problem(format!("not valid YAML: {e}")));
+                    // After a syntax error the rest of the stream cannot be trusted.
+                    break;
+                }
+            };
+            if let Err(message) = self.add_value(file, value) {
+                self.problems.push(problem(message));
+            }
+        }
+    }
+
+    fn add_value(&mut self, file: &Path, value: serde_yaml_ng::Value) -> Result<(), String> {
+        let kind = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let meta: ObjectMeta = value
+            .get("metadata")
+            .cloned()
+            .map(serde_yaml_ng::from_value)
+            .transpose()
+            .map_err(|e| format!("{kind}: bad metadata: {e}"))?
+            .ok_or_else(|| format!("{kind}: metadata.name is required"))?;
+        if meta.name.is_empty() {
+            return Err(format!("{kind}: metadata.name is required"));
+        }
+        let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
+        let what = format!("{kind} {ns}/{}", meta.name);
+        let spec = || {
+            value
+                .get("spec")
+                .cloned()
+                .ok_or_else(|| format!("{what}: spec is required"))
+        };
+        match kind.as_str() {
+            "ScaledObject" => {
+                let spec: ScaledObjectSpec =
+                    serde_yaml_ng::from_value(spec()?).map_err(|e| format!("{what}: {e}"))?;
+                self.raw_scaled_objects
+                    .push((file.to_path_buf(), meta, spec));
+            }
+            "TriggerAuthentication" => {
+                let spec: AuthSpec =
+                    serde_yaml_ng::from_value(spec()?).map_err(|e| format!("{what}: {e}"))?;
+                self.trigger_auths.insert(
+                    (ns.clone(), meta.name),
+                    TriggerAuth {
+                        namespace: ns,
+                        spec,
+                    },
+                );
+            }
+            "ClusterTriggerAuthentication" => {
+                let spec: AuthSpec =
+                    serde_yaml_ng::from_value(spec()?).map_err(|e| format!("{what}: {e}"))?;
+                let namespace =
+                    std::env::var(CLUSTER_OBJECT_NAMESPACE_ENV).unwrap_or_else(|_| "keda".into());
+                self.cluster_trigger_auths
+                    .insert(meta.name, TriggerAuth { namespace, spec });
+            }
+            "Secret" => {
+                let mut data = BTreeMap::new();
+                if let Some(serde_yaml_ng::Value::Mapping(m)) = value.get("data") {
+                    for (k, v) in m {
+                        let (Some(k), Some(v)) = (k.as_str(), v.as_str()) else {
+                            return Err(format!("{what}: data values must be base64 strings"));
+                        };
+                        let bytes = base64::engine::general_purpose::STANDARD
+                            .decode(v.split_whitespace().collect::<String>())
+                            .map_err(|e| format!("{what}: data.{k} is not base64: {e}"))?;
+                        data.insert(k.to_string(), bytes);
+                    }
+                }
+                if let Some(serde_yaml_ng::Value::Mapping(m)) = value.get("stringData") {
+                    for (k, v) in m {
+                        let (Some(k), Some(v)) = (k.as_str(), scalar_to_string(v)) else {
+                            return Err(format!("{what}: stringData values must be strings"));
+                        };
+                        data.insert(k.to_string(), v.into_bytes());
+                    }
+                }
+                self.secrets.insert((ns, meta.name), data);
+            }
+            "ConfigMap" => {
+                let mut data = BTreeMap::new();
+                if let Some(serde_yaml_ng::Value::Mapping(m)) = value.get("data") {
+                    for (k, v) in m {
+                        if let (Some(k), Some(v)) = (k.as_str(), scalar_to_string(v)) {
+                            data.insert(k.to_string(), v);
+                        }
+                    }
+                }
+                self.config_maps.insert((ns, meta.name), data);
+            }
+            "" => return Err("not a Kubernetes object (no `kind`)".into()),
+            other => {
+                tracing::info!(file = %file.display(), kind = other, name = %meta.name, "ignoring a document of a kind this tool does not use");
+                self.ignored.push(what);
+            }
+        }
+        Ok(())
+    }
+
+    /// The ScaledObjects, with every trigger's authentication resolved.
+    #[must_use]
+    pub fn scaled_objects(&self) -> Vec<ScaledObject> {
+        let mut out: Vec<ScaledObject> = self
+            .raw_scaled_objects
+            .iter()
+            .map(|(file, meta, spec)| {
+                let id = ObjectRef {
+                    namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+                    name: meta.name.clone(),
+                };
+                let triggers = spec
+                    .triggers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| self.trigger(&id, i, t))
+                    .collect();
+                ScaledObject {
+                    id,
+                    scale_target_ref: spec.scale_target_ref.clone(),
+                    polling_interval: spec.polling_interval.unwrap_or(30),
+                    cooldown_period: spec.cooldown_period.unwrap_or(300),
+                    initial_cooldown_period: spec.initial_cooldown_period.unwrap_or(0),
+                    min_replica_count: spec.min_replica_count.unwrap_or(0),
+                    max_replica_count: spec.max_replica_count.unwrap_or(100),
+                    idle_replica_count: spec.idle_replica_count,
+                    fallback: spec.fallback,
+                    triggers,
+                    source: file.clone(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    fn trigger(
+        &self,
+        so: &ObjectRef,
+        index: usize,
+        def: &TriggerDef,
+    ) -> Result<TriggerSpec, ScalerError> {
+        let mut metadata = BTreeMap::new();
+        let label = format!("{so}#{index} ({})", def.type_name);
+        for (k, v) in &def.metadata {
+            let v = scalar_to_string(v)
+                .ok_or_else(|| ScalerError::config(&label, k, "metadata values must be strings"))?;
+            metadata.insert(k.clone(), v);
+        }
+        let mut spec = TriggerSpec::new(so.clone(), index, def.type_name.clone(), metadata);
+        spec.name = def.name.clone();
+        spec.metric_type = match def.metric_type.as_deref() {
+            None | Some("" | "AverageValue") => MetricType::AverageValue,
+            Some("Value") => MetricType::Value,
+            Some(other) => {
+                return Err(ScalerError::config(
+                    &label,
+                    "metricType",
+                    format!(
+                        "{other:?} is not one of: AverageValue, Value (Utilization is for CPU/memory triggers)"
+                    ),
+                ));
+            }
+        };
+        let _ = def.use_cached_metrics;
+        for (k, var) in &spec.metadata {
+            if k.ends_with("FromEnv")
+                && let Ok(v) = std::env::var(var)
+            {
+                spec.resolved_env.insert(var.clone(), v);
+            }
+        }
+        if let Some(auth) = &def.authentication_ref {
+            self.resolve_auth(so, auth, &mut spec)?;
+        }
+        Ok(spec)
+    }
+
+    fn resolve_auth(
+        &self,
+        so: &ObjectRef,
+        auth: &AuthRef,
+        spec: &mut TriggerSpec,
+    ) -> Result<(), ScalerError> {
+        let label = spec.label.clone();
+        let cluster = match auth.kind.as_deref() {
+            None | Some("" | "TriggerAuthentication") => false,
+            Some("ClusterTriggerAuthentication") => true,
+            Some(other) => {
+                return Err(ScalerError::config(
+                    &label,
+                    "authenticationRef.kind",
+                    format!(
+                        "{other:?} is not TriggerAuthentication or ClusterTriggerAuthentication"
+                    ),
+                ));
+            }
+        };
+        let ta = if cluster {
+            self.cluster_trigger_auths.get(&auth.name)
+        } else {
+            self.trigger_auths
+                .get(&(so.namespace.clone(), auth.name.clone()))
+        }
+        .ok_or_else(|| {
+            ScalerError::new(
+                ErrorKind::Config,
+                &label,
+                format!(
+                    "authenticationRef: {} {:?} not found{}",
+                    if cluster {
+                        "ClusterTriggerAuthentication"
+                    } else {
+                        "TriggerAuthentication"
+                    },
+                    auth.name,
+                    if cluster {
+                        String::new()
+                    } else {
+                        format!(" in namespace {}", so.namespace)
+                    }
+                ),
+            )
+        })?;
+        for r in &ta.spec.secret_target_ref {
+            let secret = self
+                .secrets
+                .get(&(ta.namespace.clone(), r.name.clone()))
+                .ok_or_else(|| {
+                    ScalerError::config(
+                        &label,
+                        &r.parameter,
+                        format!("Secret {}/{} not found", ta.namespace, r.name),
+                    )
+                })?;
+            let value = secret.get(&r.key).ok_or_else(|| {
+                ScalerError::config(
+                    &label,
+                    &r.parameter,
+                    format!("Secret {}/{} has no key {:?}", ta.namespace, r.name, r.key),
+                )
+            })?;
+            let text = String::from_utf8(value.clone()).map_err(|_| {
+                ScalerError::config(
+                    &label,
+                    &r.parameter,
+                    format!(
+                        "Secret {}/{} key {:?} is not UTF-8 text",
+                        ta.namespace, r.name, r.key
+                    ),
+                )
+            })?;
+            spec.auth.insert(r.parameter.clone(), Secret::new(text));
+        }
+        for r in &ta.spec.config_map_target_ref {
+            let value = self
+                .config_maps
+                .get(&(ta.namespace.clone(), r.name.clone()))
+                .and_then(|m| m.get(&r.key))
+                .ok_or_else(|| {
+                    ScalerError::config(
+                        &label,
+                        &r.parameter,
+                        format!(
+                            "ConfigMap {}/{} key {:?} not found",
+                            ta.namespace, r.name, r.key
+                        ),
+                    )
+                })?;
+            spec.auth
+                .insert(r.parameter.clone(), Secret::new(value.clone()));
+        }
+        for r in &ta.spec.env {
+            let value = std::env::var(&r.name).map_err(|_| {
+                ScalerError::config(
+                    &label,
+                    &r.parameter,
+                    format!("environment variable {} is not set", r.name),
+                )
+            })?;
+            spec.auth.insert(r.parameter.clone(), Secret::new(value));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SET: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: redis-auth, namespace: shop}
+data:
+  password: c2VjcmV0   # "secret"
+stringData:
+  ca: /custom/ca/redis.pem
+---
+apiVersion: keda.sh/v1alpha1
+kind: TriggerAuthentication
+metadata: {name: redis-ta, namespace: shop}
+spec:
+  secretTargetRef:
+    - {parameter: password, name: redis-auth, key: password}
+    - {parameter: ca, name: redis-auth, key: ca}
+---
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {name: orders, namespace: shop}
+spec:
+  scaleTargetRef: {name: orders-worker}
+  pollingInterval: 10
+  triggers:
+    - type: redis
+      metadata: {address: "localhost:16380", listName: orders, listLength: "5", enableTLS: true}
+      authenticationRef: {name: redis-ta}
+    - type: redis
+      metadata: {address: "localhost:16380", listName: other}
+      authenticationRef: {name: missing}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: orders-worker}
+---
+kind: ScaledObject
+metadata: {name: broken}
+spec: {triggers: "not a list"}
+"#;
+
+    #[test]
+    fn a_keda_manifest_set_loads_and_resolves_auth() {
+        let mut set = ManifestSet::default();
+        set.add_text(Path::new("set.yaml"), SET);
+        assert_eq!(set.problems.len(), 1, "{:?}", set.problems);
+        assert_eq!(set.problems[0].document, 5);
+        assert!(
+            set.problems[0]
+                .message
+                .contains("ScaledObject default/broken"),
+            "{}",
+            set.problems[0]
+        );
+        assert_eq!(
+            set.ignored,
+            vec!["Deployment default/orders-worker".to_string()]
+        );
+        let sos = set.scaled_objects();
+        assert_eq!(sos.len(), 1);
+        let so = &sos[0];
+        assert_eq!(
+            (
+                so.polling_interval,
+                so.cooldown_period,
+                so.max_replica_count
+            ),
+            (10, 300, 100)
+        );
+        let t0 = so.triggers[0].as_ref().unwrap();
+        assert_eq!(
+            t0.metadata["enableTLS"], "true",
+            "a YAML boolean is read as its string"
+        );
+        assert_eq!(t0.auth["password"].expose(), "secret");
+        assert_eq!(t0.auth["ca"].expose(), "/custom/ca/redis.pem");
+        let err = so.triggers[1].as_ref().unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Config);
+        assert!(
+            err.message
+                .contains("\"missing\" not found in namespace shop"),
+            "{err}"
+        );
+        assert!(
+            !format!("{t0:?}").contains("secret\""),
+            "Debug hides auth values: {t0:?}"
+        );
+    }
+
+    #[test]
+    fn invalid_yaml_is_reported_with_its_file() {
+        let mut set = ManifestSet::default();
+        set.add_text(
+            Path::new("bad.yaml"),
+            "kind: ScaledObject\nmetadata: {name: x\n",
+        );
+        assert_eq!(set.problems.len(), 1);
+        assert!(
+            set.problems[0]
+                .to_string()
+                .starts_with("bad.yaml (document 1): not valid YAML"),
+            "{}",
+            set.problems[0]
+        );
+    }
+}

@@ -1,0 +1,384 @@
+//! The metrics-api scaler against in-process HTTPS servers (rustls) with test CAs.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use support::http::{HttpsServer, Request, Response};
+use support::{TestCa, Versions, ca_dir, server_config};
+use trustscale::scaler::{
+    BuildContext, ErrorKind, ObjectRef, Poll, Registry, ScalerError, TriggerSpec,
+};
+use trustscale::trust::{TlsVersion, TrustFactory, TrustOptions};
+
+fn spec(meta: &[(&str, &str)]) -> TriggerSpec {
+    let metadata: BTreeMap<String, String> = meta
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    TriggerSpec::new(
+        ObjectRef {
+            namespace: "test".into(),
+            name: "api".into(),
+        },
+        0,
+        "metrics-api",
+        metadata,
+    )
+}
+
+fn ctx(dir: &std::path::Path) -> BuildContext {
+    BuildContext {
+        trust: TrustFactory::new(TrustOptions::default().ca_dirs([dir])).unwrap(),
+    }
+}
+
+async fn poll(ctx: &BuildContext, spec: TriggerSpec) -> Result<Poll, ScalerError> {
+    Registry::with_builtins()
+        .build(&spec, ctx)
+        .await?
+        .poll()
+        .await
+}
+
+struct Setup {
+    ca: TestCa,
+    dir: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    let ca = TestCa::new("metrics CA");
+    let dir = ca_dir();
+    ca.write_pem(&dir.path().join("ca.crt"));
+    Setup { ca, dir }
+}
+
+#[tokio::test]
+async fn each_format_is_read_over_https_trusted_through_the_ca_folder() {
+    let s = setup();
+    let server = HttpsServer::start(
+        server_config(&s.ca.server(), Versions::Both, None),
+        |r: &Request| match r.path.as_str() {
+            "/json" => Response::ok(r#"{"queue":{"depth":12,"items":[1,2,3]}}"#),
+            "/yaml" => Response::ok("queue:\n  depth: 1.5k\n"),
+            "/xml" => Response::ok("<stats><queue><depth>7</depth></queue></stats>"),
+            "/prom" => {
+                Response::ok("# TYPE jobs gauge\njobs{queue=\"low\"} 3\njobs{queue=\"high\"} 11\n")
+            }
+            _ => Response::status(404),
+        },
+    )
+    .await;
+    let c = ctx(s.dir.path());
+    let cases = [
+        ("json", "/json", "json", "queue.depth", 12.0),
+        ("json count", "/json", "json", "queue.items.#", 3.0),
+        ("yaml quantity", "/yaml", "yaml", "queue.depth", 1500.0),
+        ("xml", "/xml", "xml", "stats.queue.depth", 7.0),
+        (
+            "prometheus selector",
+            "/prom",
+            "prometheus",
+            "jobs{queue=\"high\"}",
+            11.0,
+        ),
+    ];
+    for (name, path, format, loc, want) in cases {
+        let url = server.url(path);
+        let p = poll(
+            &c,
+            spec(&[
+                ("url", &url),
+                ("format", format),
+                ("valueLocation", loc),
+                ("targetValue", "5"),
+                ("activationTargetValue", "10"),
+            ]),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(p.metrics[0].value, want, "{name}");
+        assert_eq!(p.active, want > 10.0, "{name}");
+    }
+    let url = server.url("/json");
+    let p = poll(
+        &c,
+        spec(&[
+            ("url", &url),
+            ("valueLocation", "queue.depth"),
+            ("targetValue", "5"),
+        ]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        p.metrics[0].name, "s0-metric-api-queue-depth",
+        "KEDA's metric name"
+    );
+}
+
+#[tokio::test]
+async fn each_auth_mode_is_sent_and_checked_by_the_server() {
+    let s = setup();
+    let check = |r: &Request| {
+        let h = |k: &str| r.headers.get(k).cloned().unwrap_or_default();
+        let ok = match r.path.as_str() {
+            "/apikey-header" => h("x-api-key") == "k1",
+            "/apikey-custom" => h("x-token") == "k1",
+            "/apikey-query" => r.query == "api_key=k1",
+            "/basic" => h("authorization") == "Basic dXNlcjpwYXNz", // user:pass
+            "/bearer" => h("authorization") == "Bearer t0k",
+            "/both" => h("x-api-key") == "k1" && h("authorization") == "Basic dXNlcjpwYXNz",
+            "/mtls" => true,
+            _ => false,
+        };
+        if ok {
+            Response::ok(r#"{"v": 4}"#)
+        } else {
+            Response::status(401)
+        }
+    };
+    let server =
+        HttpsServer::start(server_config(&s.ca.server(), Versions::Both, None), check).await;
+    let mtls = HttpsServer::start(
+        server_config(&s.ca.server(), Versions::Both, Some(&s.ca)),
+        check,
+    )
+    .await;
+    let c = ctx(s.dir.path());
+    let client = s.ca.client("scaler");
+    let base = |url: String, extra: &[(&str, &str)]| {
+        let mut m = vec![
+            ("url", url.as_str()),
+            ("valueLocation", "v"),
+            ("targetValue", "1"),
+        ];
+        m.extend_from_slice(extra);
+        spec(&m)
+    };
+    let cases: Vec<(&str, TriggerSpec)> = vec![
+        (
+            "apiKey header",
+            base(server.url("/apikey-header"), &[("authMode", "apiKey")]).with_auth("apiKey", "k1"),
+        ),
+        (
+            "apiKey custom header",
+            base(
+                server.url("/apikey-custom"),
+                &[("authMode", "apiKey"), ("keyParamName", "X-Token")],
+            )
+            .with_auth("apiKey", "k1"),
+        ),
+        (
+            "apiKey query",
+            base(
+                server.url("/apikey-query"),
+                &[("authMode", "apiKey"), ("method", "query")],
+            )
+            .with_auth("apiKey", "k1"),
+        ),
+        (
+            "basic",
+            base(server.url("/basic"), &[("authMode", "basic")])
+                .with_auth("username", "user")
+                .with_auth("password", "pass"),
+        ),
+        (
+            "bearer",
+            base(server.url("/bearer"), &[("authMode", "bearer")]).with_auth("token", "t0k"),
+        ),
+        (
+            "apiKey and basic together",
+            base(server.url("/both"), &[("authModes", "apiKey,basic")])
+                .with_auth("apiKey", "k1")
+                .with_auth("username", "user")
+                .with_auth("password", "pass"),
+        ),
+        (
+            "tls client certificate",
+            base(mtls.url("/mtls"), &[("authMode", "tls")])
+                .with_auth("cert", client.cert_pem.clone())
+                .with_auth("key", client.key_pem.clone()),
+        ),
+    ];
+    for (name, spec) in cases {
+        let p = poll(&c, spec)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(p.metrics[0].value, 4.0, "{name}");
+    }
+    // Negative controls: a wrong key is `auth`; no client certificate is `client_cert_required`.
+    let err = poll(
+        &c,
+        base(server.url("/apikey-header"), &[("authMode", "apiKey")]).with_auth("apiKey", "wrong"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Auth, "{err}");
+    let err = poll(&c, base(mtls.url("/mtls"), &[])).await.unwrap_err();
+    assert_eq!(err.kind.as_str(), "client_cert_required", "{err}");
+    let err = poll(&c, base(server.url("/basic"), &[("authMode", "basic")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Config);
+    assert!(err.message.contains("username"), "{err}");
+}
+
+#[tokio::test]
+async fn trust_failures_are_classified_and_unsafe_ssl_still_connects() {
+    let s = setup();
+    let other = TestCa::new("other");
+    let untrusted = HttpsServer::start(
+        server_config(&other.server(), Versions::Both, None),
+        |_: &Request| Response::ok("{\"v\":1}"),
+    )
+    .await;
+    let old = HttpsServer::start(
+        server_config(&s.ca.server(), Versions::Only12, None),
+        |_: &Request| Response::ok("{\"v\":1}"),
+    )
+    .await;
+    let c = ctx(s.dir.path());
+    let trig = |url: String, extra: &[(&str, &str)]| {
+        let mut m = vec![
+            ("url", url.as_str()),
+            ("valueLocation", "v"),
+            ("targetValue", "1"),
+        ];
+        m.extend_from_slice(extra);
+        spec(&m)
+    };
+    let err = poll(&c, trig(untrusted.url("/"), &[])).await.unwrap_err();
+    assert_eq!(err.kind.as_str(), "unknown_issuer", "{err}");
+    assert!(
+        poll(&c, trig(untrusted.url("/"), &[("unsafeSsl", "true")]))
+            .await
+            .is_ok()
+    );
+    assert_eq!(c.trust.stats().unsafe_ssl_triggers, 1);
+    assert!(
+        poll(&c, trig(old.url("/"), &[])).await.is_ok(),
+        "TLS12 minimum talks to a TLS 1.2 server"
+    );
+    let strict = BuildContext {
+        trust: TrustFactory::new(
+            TrustOptions::default()
+                .ca_dirs([s.dir.path()])
+                .client_min_tls(TlsVersion::Tls13),
+        )
+        .unwrap(),
+    };
+    let err = poll(&strict, trig(old.url("/"), &[])).await.unwrap_err();
+    assert_eq!(err.kind.as_str(), "protocol_version", "{err}");
+}
+
+#[tokio::test]
+async fn oversized_and_malformed_bodies_and_bad_paths_are_clear_errors() {
+    let s = setup();
+    let server = HttpsServer::start(
+        server_config(&s.ca.server(), Versions::Both, None),
+        |r: &Request| match r.path.as_str() {
+            "/big" => Response::ok(format!("{{\"v\":1,\"pad\":\"{}\"}}", "x".repeat(64 * 1024))),
+            "/broken" => Response::ok("{\"v\":"),
+            "/down" => Response::status(503),
+            _ => Response::ok("{\"v\":{\"w\":1}}"),
+        },
+    )
+    .await;
+    let c = ctx(s.dir.path());
+    let trig = |path: &str, loc: &str, extra: &[(&str, &str)]| {
+        let url = server.url(path);
+        let mut m = vec![
+            ("url", url.as_str()),
+            ("valueLocation", loc),
+            ("targetValue", "1"),
+        ];
+        m.extend_from_slice(extra);
+        spec(&m)
+    };
+    let cases = [
+        (
+            "oversized body",
+            trig("/big", "v", &[("maxBodySize", "16Ki")]),
+            ErrorKind::Source,
+            "maxBodySize",
+        ),
+        (
+            "malformed JSON",
+            trig("/broken", "v", &[]),
+            ErrorKind::Source,
+            "not valid JSON",
+        ),
+        (
+            "path to nothing",
+            trig("/ok", "nope.deeper", &[]),
+            ErrorKind::Source,
+            "matches nothing",
+        ),
+        (
+            "path to an object",
+            trig("/ok", "v", &[]),
+            ErrorKind::Source,
+            "must point to a number",
+        ),
+        (
+            "server error",
+            trig("/down", "v", &[]),
+            ErrorKind::Source,
+            "503",
+        ),
+        (
+            "bad format",
+            trig("/ok", "v", &[("format", "csv")]),
+            ErrorKind::Config,
+            "format",
+        ),
+        (
+            "bad target",
+            trig("/ok", "v", &[("targetValue", "lots")]),
+            ErrorKind::Config,
+            "targetValue",
+        ),
+    ];
+    for (name, spec, kind, text) in cases {
+        let err = poll(&c, spec).await.unwrap_err();
+        assert_eq!(err.kind, kind, "{name}: {err}");
+        assert!(err.to_string().contains(text), "{name}: {err}");
+        assert!(
+            err.to_string().starts_with("test/api#0 (metrics-api)"),
+            "{name} names the trigger: {err}"
+        );
+    }
+    // The default cap (4 MiB) lets the 64 KiB body through.
+    assert!(poll(&c, trig("/big", "v", &[])).await.is_ok());
+}
+
+#[tokio::test]
+async fn triggers_with_the_same_trust_share_one_http_client() {
+    use trustscale::scaler::ScalerBuilder;
+    let s = setup();
+    let server = HttpsServer::start(
+        server_config(&s.ca.server(), Versions::Both, None),
+        |_: &Request| Response::ok("{\"v\":2}"),
+    )
+    .await;
+    let c = ctx(s.dir.path());
+    let builder = trustscale::scalers::http::MetricsApiBuilder::default();
+    let url = server.url("/");
+    let mut scalers = Vec::new();
+    for _ in 0..20 {
+        scalers.push(
+            builder
+                .build(
+                    &spec(&[("url", &url), ("valueLocation", "v"), ("targetValue", "1")]),
+                    &c,
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    for s in &scalers {
+        assert_eq!(s.poll().await.unwrap().metrics[0].value, 2.0);
+    }
+    assert_eq!(builder.live_clients(), 1);
+}
