@@ -16,15 +16,22 @@ use trustscale::trust::{TrustFactory, TrustOptions};
 
 fn fixture_port() -> (u16, std::path::PathBuf) {
     let env = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures/env");
-    let text = std::fs::read_to_string(&env)
-        .unwrap_or_else(|e| panic!("{}: {e}; start the fixtures with `fixtures/brokers.sh start redis`", env.display()));
+    let text = std::fs::read_to_string(&env).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; start the fixtures with `fixtures/brokers.sh start redis`",
+            env.display()
+        )
+    });
     let get = |k: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("export {k}=")))
             .map(|v| v.trim_matches('\'').to_string())
             .unwrap_or_else(|| panic!("{k} missing from {}", env.display()))
     };
-    (get("REDIS_TLS_PORT").parse().unwrap(), get("TRUSTSCALE_CA_CERT").into())
+    (
+        get("REDIS_TLS_PORT").parse().unwrap(),
+        get("TRUSTSCALE_CA_CERT").into(),
+    )
 }
 
 fn rss_kib() -> u64 {
@@ -46,11 +53,23 @@ fn spec(index: usize, port: u16, list: &str) -> TriggerSpec {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    TriggerSpec::new(ObjectRef { namespace: "bench".into(), name: format!("so-{}", index / 10) }, index % 10, "redis", meta)
+    TriggerSpec::new(
+        ObjectRef {
+            namespace: "bench".into(),
+            name: format!("so-{}", index / 10),
+        },
+        index % 10,
+        "redis",
+        meta,
+    )
 }
 
 async fn connected_clients(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO").arg("clients").query_async(conn).await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(conn)
+        .await
+        .unwrap();
     info.lines()
         .find_map(|l| l.strip_prefix("connected_clients:"))
         .and_then(|v| v.trim().parse().ok())
@@ -61,29 +80,51 @@ fn main() {
     let (port, ca) = fixture_port();
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(&ca, dir.path().join("ca.crt")).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let ctx = BuildContext { trust: TrustFactory::new(TrustOptions::default().ca_dirs([dir.path()])).unwrap() };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ctx = BuildContext {
+        trust: TrustFactory::new(TrustOptions::default().ca_dirs([dir.path()])).unwrap(),
+    };
     let tls = ctx.trust.context(&Default::default(), "bench").unwrap();
 
     // The bare client: the same TLS (from the same context) and redis' multiplexed connection.
     let mut bare = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
         tcp.set_nodelay(true).unwrap();
         let stream = tls.connect("localhost", tcp).await.unwrap();
         let info = redis::RedisConnectionInfo::default();
-        let (conn, driver) =
-            redis::aio::MultiplexedConnection::new_with_config(&info, stream, redis::AsyncConnectionConfig::new())
-                .await
-                .unwrap();
+        let (conn, driver) = redis::aio::MultiplexedConnection::new_with_config(
+            &info,
+            stream,
+            redis::AsyncConnectionConfig::new(),
+        )
+        .await
+        .unwrap();
         tokio::spawn(driver);
         conn
     });
     rt.block_on(async {
-        let _: () = redis::cmd("DEL").arg("bench-list").query_async(&mut bare).await.unwrap();
-        let _: () = redis::cmd("RPUSH").arg("bench-list").arg(&["a", "b", "c"]).query_async(&mut bare).await.unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg("bench-list")
+            .query_async(&mut bare)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("RPUSH")
+            .arg("bench-list")
+            .arg(&["a", "b", "c"])
+            .query_async(&mut bare)
+            .await
+            .unwrap();
     });
     let builder = RedisBuilder::default();
-    let scaler = rt.block_on(builder.build(&spec(0, port, "bench-list"), &ctx)).unwrap();
+    let scaler = rt
+        .block_on(builder.build(&spec(0, port, "bench-list"), &ctx))
+        .unwrap();
     assert_eq!(rt.block_on(scaler.poll()).unwrap().metrics[0].value, 3.0);
 
     // Side by side, interleaved, so machine noise hits both alike.
@@ -92,14 +133,22 @@ fn main() {
     rt.block_on(async {
         for _ in 0..2_000 {
             black_box(scaler.poll().await.unwrap());
-            let _: i64 = redis::cmd("LLEN").arg("bench-list").query_async(&mut bare).await.unwrap();
+            let _: i64 = redis::cmd("LLEN")
+                .arg("bench-list")
+                .query_async(&mut bare)
+                .await
+                .unwrap();
         }
         for _ in 0..rounds {
             let t = Instant::now();
             black_box(scaler.poll().await.unwrap());
             t_scaler.push(t.elapsed());
             let t = Instant::now();
-            let n: i64 = redis::cmd("LLEN").arg("bench-list").query_async(&mut bare).await.unwrap();
+            let n: i64 = redis::cmd("LLEN")
+                .arg("bench-list")
+                .query_async(&mut bare)
+                .await
+                .unwrap();
             black_box(n);
             t_bare.push(t.elapsed());
         }
@@ -117,12 +166,18 @@ fn main() {
     );
 
     let mut c = Criterion::default().configure_from_args();
-    c.bench_function("redis scaler poll (TLS, LLEN)", |b| b.to_async(&rt).iter(|| scaler.poll()));
+    c.bench_function("redis scaler poll (TLS, LLEN)", |b| {
+        b.to_async(&rt).iter(|| scaler.poll())
+    });
     c.bench_function("bare redis LLEN (same TLS)", |b| {
         b.to_async(&rt).iter(|| {
             let mut conn = bare.clone();
             async move {
-                let n: i64 = redis::cmd("LLEN").arg("bench-list").query_async(&mut conn).await.unwrap();
+                let n: i64 = redis::cmd("LLEN")
+                    .arg("bench-list")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
                 n
             }
         })
@@ -135,10 +190,15 @@ fn main() {
     let fresh = RedisBuilder::default();
     let rss_before = rss_kib();
     let scalers: Vec<Box<dyn Scaler>> = (0..1000)
-        .map(|i| rt.block_on(fresh.build(&spec(i, port, &format!("bench-list-{i}")), &ctx)).unwrap())
+        .map(|i| {
+            rt.block_on(fresh.build(&spec(i, port, &format!("bench-list-{i}")), &ctx))
+                .unwrap()
+        })
         .collect();
     let start = Instant::now();
-    let results = rt.block_on(futures_util::future::join_all(scalers.iter().map(|s| s.poll())));
+    let results = rt.block_on(futures_util::future::join_all(
+        scalers.iter().map(|s| s.poll()),
+    ));
     let round = start.elapsed();
     let failed = results.iter().filter(|r| r.is_err()).count();
     let rss_after = rss_kib();
