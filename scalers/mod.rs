@@ -3,5 +3,7 @@
 
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;

@@ -11,34 +11,24 @@
 
 mod extract;
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 
 pub use extract::{Format, extract};
 
-use crate::scaler::pool::SharedPool;
+use crate::scaler::httpclient::{self, HttpClients};
 use crate::scaler::{
     BuildContext, ErrorKind, MetricSpec, Params, Poll, Scaler, ScalerBuilder, ScalerError,
     TriggerSpec, parse_quantity,
 };
-use crate::trust::{Fingerprint, Secret, TlsContext};
+use crate::trust::{Secret, TlsContext};
 
-/// Default request timeout when neither `timeout` nor `KEDA_HTTP_DEFAULT_TIMEOUT` is set.
-pub const DEFAULT_TIMEOUT_MS: u64 = 3000;
 /// Default cap on the response body.
 pub const DEFAULT_MAX_BODY: u64 = 4 * 1024 * 1024;
-
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct ClientKey {
-    fingerprint: Option<Fingerprint>,
-    timeout_ms: u64,
-}
 
 /// Builds `metrics-api` scalers; owns the shared HTTP clients.
 #[derive(Default)]
 pub struct MetricsApiBuilder {
-    clients: SharedPool<ClientKey, reqwest::Client>,
+    clients: HttpClients,
 }
 
 impl MetricsApiBuilder {
@@ -79,13 +69,6 @@ pub struct MetricsApiScaler {
     timeout_ms: u64,
 }
 
-fn default_timeout_ms() -> u64 {
-    std::env::var("KEDA_HTTP_DEFAULT_TIMEOUT")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(DEFAULT_TIMEOUT_MS)
-}
-
 #[async_trait]
 impl ScalerBuilder for MetricsApiBuilder {
     async fn build(
@@ -114,7 +97,7 @@ impl ScalerBuilder for MetricsApiBuilder {
         let target = parse_quantity(&target_text)
             .map_err(|e| ScalerError::config(&label, "targetValue", e))?;
         let activation = p.quantity_or("activationTargetValue", 0.0)?;
-        let timeout_ms = p.parse_or("timeout", default_timeout_ms())?;
+        let timeout_ms = p.parse_or("timeout", httpclient::default_timeout_ms())?;
         let max_body = p.quantity_or("maxBodySize", DEFAULT_MAX_BODY as f64)? as u64;
 
         let modes = p
@@ -191,33 +174,7 @@ impl ScalerBuilder for MetricsApiBuilder {
             }
             None
         };
-        let key = ClientKey {
-            fingerprint: tls.as_ref().map(TlsContext::fingerprint),
-            timeout_ms,
-        };
-        let mut build_error = None;
-        let client = self.clients.get_or_insert_with(&key, || {
-            let mut b = reqwest::Client::builder()
-                .timeout(Duration::from_millis(timeout_ms))
-                .connect_timeout(Duration::from_millis(timeout_ms))
-                .pool_idle_timeout(Duration::from_secs(90))
-                .user_agent(concat!("trustscale/", env!("CARGO_PKG_VERSION")));
-            if let Some(ctx) = &tls {
-                // The one trust path: the factory's rustls configuration.
-                b = b.tls_backend_preconfigured((*ctx.rustls_config()).clone());
-            }
-            b.build().unwrap_or_else(|e| {
-                build_error = Some(e.to_string());
-                reqwest::Client::new()
-            })
-        });
-        if let Some(e) = build_error {
-            return Err(ScalerError::new(
-                ErrorKind::Config,
-                &label,
-                format!("cannot build the HTTP client: {e}"),
-            ));
-        }
+        let client = self.clients.get(tls.as_ref(), timeout_ms, &label)?;
         p.warn_unknown();
         let metric_name = spec.metric_name(&format!("metric-api-{value_location}"));
         Ok(Box::new(MetricsApiScaler {
@@ -242,10 +199,7 @@ impl ScalerBuilder for MetricsApiBuilder {
 
 impl MetricsApiScaler {
     fn target(&self) -> String {
-        match (self.url.host_str(), self.url.port_or_known_default()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            _ => self.url.to_string(),
-        }
+        httpclient::target_of(&self.url)
     }
 
     async fn fetch(&self) -> Result<Vec<u8>, ScalerError> {
@@ -297,41 +251,21 @@ impl MetricsApiScaler {
                 format!("{} answered {status}", self.target()),
             ));
         }
-        if let Some(len) = resp.content_length()
-            && len > self.max_body
-        {
-            return Err(self.too_big(len));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| self.request_error(&e))? {
-            if (body.len() + chunk.len()) as u64 > self.max_body {
-                return Err(self.too_big((body.len() + chunk.len()) as u64));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
-    }
-
-    fn too_big(&self, len: u64) -> ScalerError {
-        ScalerError::new(
-            ErrorKind::Source,
-            &self.label,
-            format!(
-                "the response body ({len} bytes or more) exceeds maxBodySize ({} bytes)",
-                self.max_body
-            ),
-        )
+        httpclient::read_capped(&mut resp, self.max_body)
+            .await
+            .map_err(|e| {
+                ScalerError::new(ErrorKind::Source, &self.label, format!("{e} (maxBodySize)"))
+            })
     }
 
     fn request_error(&self, e: &reqwest::Error) -> ScalerError {
-        if e.is_timeout() {
-            return ScalerError::new(
-                ErrorKind::Connection,
-                &self.label,
-                format!("{}: no answer within {} ms", self.target(), self.timeout_ms),
-            );
-        }
-        ScalerError::from_connect(&self.label, e, self.tls.as_ref(), &self.target())
+        httpclient::request_error(
+            &self.label,
+            e,
+            self.tls.as_ref(),
+            &self.target(),
+            self.timeout_ms,
+        )
     }
 }
 

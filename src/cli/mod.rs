@@ -77,8 +77,11 @@ impl TrustArgs {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        // lapin logs every failed connection at ERROR itself; scalers report those
+        // failures, classified, so its own lines are off unless RUST_LOG asks for them.
+        tracing_subscriber::EnvFilter::new("info,lapin=off")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

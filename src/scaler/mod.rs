@@ -2,6 +2,8 @@
 //! registry that maps trigger types to builders.
 
 mod error;
+#[cfg(any(feature = "http", feature = "rabbitmq"))]
+pub mod httpclient;
 pub mod params;
 pub mod pool;
 pub mod quantity;

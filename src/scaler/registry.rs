@@ -49,6 +49,11 @@ impl Registry {
             "metrics-api",
             crate::scalers::http::MetricsApiBuilder::default(),
         );
+        #[cfg(feature = "rabbitmq")]
+        r.register(
+            "rabbitmq",
+            crate::scalers::rabbitmq::RabbitMqBuilder::default(),
+        );
         #[cfg(feature = "redis")]
         {
             let redis = Arc::new(crate::scalers::redis::RedisBuilder::default());

@@ -4,6 +4,7 @@
 
 pub mod fixtures;
 pub mod http;
+pub mod rabbit;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,0 +1,129 @@
+//! Shared HTTP clients for scalers that read HTTP(S) sources (metrics-api, the RabbitMQ
+//! management API): built from the factory's rustls configuration only, one per trust
+//! fingerprint and timeout, each with its own keep-alive pool.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::pool::SharedPool;
+use super::{ErrorKind, ScalerError};
+use crate::trust::{Fingerprint, TlsContext};
+
+/// Default request timeout when neither the trigger nor `KEDA_HTTP_DEFAULT_TIMEOUT` sets one.
+pub const DEFAULT_TIMEOUT_MS: u64 = 3000;
+
+/// The timeout from `KEDA_HTTP_DEFAULT_TIMEOUT` (ms), else [`DEFAULT_TIMEOUT_MS`].
+#[must_use]
+pub fn default_timeout_ms() -> u64 {
+    std::env::var("KEDA_HTTP_DEFAULT_TIMEOUT")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|v| *v > 0)
+        .unwrap_or(DEFAULT_TIMEOUT_MS)
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    fingerprint: Option<Fingerprint>,
+    timeout_ms: u64,
+}
+
+/// A pool of shared reqwest clients.
+#[derive(Default)]
+pub struct HttpClients {
+    pool: SharedPool<Key, reqwest::Client>,
+}
+
+impl HttpClients {
+    /// The client for this trust (None: plain http) and timeout.
+    pub fn get(
+        &self,
+        tls: Option<&TlsContext>,
+        timeout_ms: u64,
+        trigger: &str,
+    ) -> Result<Arc<reqwest::Client>, ScalerError> {
+        let key = Key {
+            fingerprint: tls.map(TlsContext::fingerprint),
+            timeout_ms,
+        };
+        let mut error = None;
+        let client = self.pool.get_or_insert_with(&key, || {
+            let timeout = Duration::from_millis(timeout_ms);
+            let mut b = reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(timeout)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .user_agent(concat!("trustscale/", env!("CARGO_PKG_VERSION")));
+            if let Some(ctx) = tls {
+                // The one trust path: the factory's rustls configuration.
+                b = b.tls_backend_preconfigured((*ctx.rustls_config()).clone());
+            }
+            b.build().unwrap_or_else(|e| {
+                error = Some(e.to_string());
+                reqwest::Client::new()
+            })
+        });
+        match error {
+            Some(e) => Err(ScalerError::new(
+                ErrorKind::Config,
+                trigger,
+                format!("cannot build the HTTP client: {e}"),
+            )),
+            None => Ok(client),
+        }
+    }
+
+    /// Clients alive now.
+    #[must_use]
+    pub fn live(&self) -> usize {
+        self.pool.live()
+    }
+}
+
+/// Classifies a reqwest error: timeouts and connection failures (TLS ones by kind).
+#[must_use]
+pub fn request_error(
+    trigger: &str,
+    e: &reqwest::Error,
+    tls: Option<&TlsContext>,
+    target: &str,
+    timeout_ms: u64,
+) -> ScalerError {
+    if e.is_timeout() {
+        return ScalerError::new(
+            ErrorKind::Connection,
+            trigger,
+            format!("{target}: no answer within {timeout_ms} ms"),
+        );
+    }
+    ScalerError::from_connect(trigger, e, tls, target)
+}
+
+/// `host:port` of a URL, for messages (never the credentials or path).
+#[must_use]
+pub fn target_of(url: &reqwest::Url) -> String {
+    match (url.host_str(), url.port_or_known_default()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => "(no host)".into(),
+    }
+}
+
+/// Reads a body, refusing more than `max` bytes.
+pub async fn read_capped(resp: &mut reqwest::Response, max: u64) -> Result<Vec<u8>, String> {
+    let too_big =
+        |n: u64| format!("the response body ({n} bytes or more) exceeds the limit of {max} bytes");
+    if let Some(len) = resp.content_length()
+        && len > max
+    {
+        return Err(too_big(len));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        if (body.len() + chunk.len()) as u64 > max {
+            return Err(too_big((body.len() + chunk.len()) as u64));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

@@ -1,0 +1,577 @@
+//! The rabbitmq scaler against a real TLS RabbitMQ node (AMQPS and the management API over
+//! HTTPS), started by `fixtures/brokers.sh start`. lapin drives its socket from its own
+//! thread through the runtime handle, so these tests run on a multi-threaded runtime.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use support::fixtures::Fixtures;
+use support::rabbit::{Mgmt, connections_named, until_eq};
+use trustscale::scaler::{
+    BuildContext, ErrorKind, ObjectRef, Poll, Registry, Scaler, ScalerBuilder, ScalerError,
+    TriggerSpec,
+};
+use trustscale::scalers::rabbitmq::RabbitMqBuilder;
+use trustscale::trust::{TlsVersion, TrustFactory, TrustOptions};
+
+fn spec(name: &str, meta: &[(&str, &str)]) -> TriggerSpec {
+    let metadata: BTreeMap<String, String> = meta
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    TriggerSpec::new(
+        ObjectRef {
+            namespace: "test".into(),
+            name: name.into(),
+        },
+        0,
+        "rabbitmq",
+        metadata,
+    )
+}
+
+fn trusted() -> BuildContext {
+    let fx = Fixtures::get();
+    let dir = fx.ca_dir();
+    let ctx = BuildContext {
+        trust: TrustFactory::new(TrustOptions::default().ca_dirs([dir.path()])).unwrap(),
+    };
+    std::mem::forget(dir); // the folder outlives the factory's first read; tests are short-lived
+    ctx
+}
+
+fn amqps() -> String {
+    format!(
+        "amqps://admin:adminpass@localhost:{}/",
+        Fixtures::get().port("RABBITMQ_AMQPS_PORT")
+    )
+}
+
+fn https() -> String {
+    format!(
+        "https://admin:adminpass@localhost:{}/",
+        Fixtures::get().port("RABBITMQ_MGMT_PORT")
+    )
+}
+
+async fn poll(ctx: &BuildContext, s: TriggerSpec) -> Result<Poll, ScalerError> {
+    Registry::with_builtins().build(&s, ctx).await?.poll().await
+}
+
+async fn value(ctx: &BuildContext, s: TriggerSpec) -> f64 {
+    poll(ctx, s).await.unwrap().metrics[0].value
+}
+
+fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Takes `n` messages from `queue` over AMQPS and keeps them unacknowledged while the
+/// returned connection lives.
+async fn hold_unacked(queue: &str, n: u32) -> (lapin::Connection, lapin::Channel) {
+    use lapin::options::BasicGetOptions;
+    let fx = Fixtures::get();
+    let trust = TrustFactory::new(TrustOptions::default().ca_dirs([fx.ca_dir().path()])).unwrap();
+    let tls = trust.context(&Default::default(), "holder").unwrap();
+    let connector = lapin::tcp::RustlsConnector::from(tls.rustls_config());
+    let uri: lapin::uri::AMQPUri = format!(
+        "amqps://admin:adminpass@localhost:{}/%2F",
+        fx.port("RABBITMQ_AMQPS_PORT")
+    )
+    .parse()
+    .unwrap();
+    let conn = lapin::Connection::connector(
+        uri,
+        lapin::runtime::default_runtime().unwrap(),
+        async move |uri: lapin::uri::AMQPUri, runtime| {
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((uri.authority.host.as_str(), uri.authority.port))
+                    .await?
+                    .collect();
+            let stream = lapin::tcp::AsyncTcpStream::connect(&runtime, addrs).await?;
+            Ok(stream.into_rustls(&connector, "localhost").await?)
+        },
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    for _ in 0..n {
+        let got = ch
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await
+            .unwrap();
+        assert!(got.is_some());
+        std::mem::forget(got);
+    }
+    // Closing the channel would requeue the messages: keep it open.
+    (conn, ch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_length_is_exact_over_amqps_and_https_and_unacked_messages_count_only_over_http() {
+    let mgmt = Mgmt::new("RABBITMQ_MGMT_URL");
+    let q = unique("length");
+    mgmt.create_queue(&q).await;
+    mgmt.publish(&q, 7).await;
+    let ctx = trusted();
+    let amqp = |extra: &[(&str, &str)]| {
+        let host = amqps();
+        let mut m = vec![
+            ("host", host.as_str()),
+            ("queueName", q.as_str()),
+            ("mode", "QueueLength"),
+            ("value", "5"),
+        ];
+        m.extend_from_slice(extra);
+        spec("rmq", &m)
+    };
+    let http = |extra: &[(&str, &str)]| {
+        let host = https();
+        let mut m = vec![
+            ("host", host.as_str()),
+            ("queueName", q.as_str()),
+            ("mode", "QueueLength"),
+            ("value", "5"),
+        ];
+        m.extend_from_slice(extra);
+        spec("rmq", &m)
+    };
+    let p = poll(&ctx, amqp(&[])).await.unwrap();
+    assert_eq!(
+        p.metrics[0].value, 7.0,
+        "AMQP passive declare is exact at once"
+    );
+    assert!(p.active);
+    assert_eq!(p.metrics[0].name, format!("s0-rabbitmq-{q}"));
+    until_eq("HTTPS queue length", 7.0, || value(&ctx, http(&[]))).await;
+
+    let _holder = hold_unacked(&q, 2).await;
+    assert_eq!(
+        value(&ctx, amqp(&[])).await,
+        5.0,
+        "AMQP counts ready messages"
+    );
+    until_eq("HTTPS messages (ready + unacked)", 7.0, || {
+        value(&ctx, http(&[]))
+    })
+    .await;
+    until_eq("HTTPS excludeUnacknowledged", 5.0, || {
+        value(&ctx, http(&[("excludeUnacknowledged", "true")]))
+    })
+    .await;
+    mgmt.delete_queue(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_rate_is_read_over_https() {
+    let mgmt = Mgmt::new("RABBITMQ_MGMT_URL");
+    let q = unique("rate");
+    mgmt.create_queue(&q).await;
+    let ctx = trusted();
+    let host = https();
+    let s = || {
+        spec(
+            "rmq",
+            &[
+                ("host", &host),
+                ("queueName", &q),
+                ("mode", "MessageRate"),
+                ("value", "1"),
+            ],
+        )
+    };
+    let mut rate = 0.0;
+    for _ in 0..60 {
+        mgmt.publish(&q, 5).await;
+        rate = value(&ctx, s()).await;
+        if rate > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rate > 0.0, "the publish rate shows up while publishing");
+    mgmt.delete_queue(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regex_selects_queues_and_sum_avg_max_combine_them() {
+    let mgmt = Mgmt::new("RABBITMQ_MGMT_URL");
+    let prefix = unique("rx");
+    for (suffix, n) in [("a", 1), ("b", 2), ("c", 6)] {
+        let q = format!("{prefix}-{suffix}");
+        mgmt.create_queue(&q).await;
+        mgmt.publish(&q, n).await;
+    }
+    let ctx = trusted();
+    let host = https();
+    let pattern = format!("^{prefix}-.*$");
+    for (op, want) in [("sum", 9.0), ("avg", 3.0), ("max", 6.0)] {
+        let s = || {
+            spec(
+                "rmq",
+                &[
+                    ("host", &host),
+                    ("queueName", &pattern),
+                    ("useRegex", "true"),
+                    ("operation", op),
+                    ("mode", "QueueLength"),
+                    ("value", "1"),
+                ],
+            )
+        };
+        until_eq(op, want, || value(&ctx, s())).await;
+    }
+    for suffix in ["a", "b", "c"] {
+        mgmt.delete_queue(&format!("{prefix}-{suffix}")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amqps_host_always_goes_through_the_factory_even_without_tls_enable() {
+    let mgmt = Mgmt::new("RABBITMQ_MGMT_URL");
+    let q = unique("trust");
+    mgmt.create_queue(&q).await;
+    // A CA folder without the fixture CA: the broker is untrusted.
+    let empty = tempfile::tempdir().unwrap();
+    let untrusting = BuildContext {
+        trust: TrustFactory::new(TrustOptions::default().ca_dirs([empty.path()])).unwrap(),
+    };
+    for host in [amqps(), https()] {
+        let err = poll(
+            &untrusting,
+            spec("rmq", &[("host", &host), ("queueName", &q)]),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind.as_str(), "unknown_issuer", "{host}: {err}");
+        // With tls: enable the same holds, and unsafeSsl is honoured either way.
+        let with_tls =
+            spec("rmq", &[("host", &host), ("queueName", &q)]).with_auth("tls", "enable");
+        assert_eq!(
+            poll(&untrusting, with_tls).await.unwrap_err().kind.as_str(),
+            "unknown_issuer"
+        );
+        let unsafe_ssl = spec(
+            "rmq",
+            &[("host", &host), ("queueName", &q), ("unsafeSsl", "true")],
+        );
+        assert!(
+            poll(&untrusting, unsafe_ssl).await.is_ok(),
+            "{host}: unsafeSsl still connects"
+        );
+    }
+    assert_eq!(
+        untrusting.trust.stats().unsafe_ssl_triggers,
+        1,
+        "warned once for the one trigger"
+    );
+    // The trigger's own `ca` is trusted for that trigger.
+    let with_ca = spec("rmq", &[("host", &amqps()), ("queueName", &q)])
+        .with_auth("ca", Fixtures::get().pem("ca.crt"));
+    assert!(poll(&untrusting, with_ca).await.is_ok());
+    // tls: enable with a plaintext scheme is refused, not silently plaintext.
+    let plain = spec("rmq", &[("host", "amqp://localhost:1/"), ("queueName", &q)])
+        .with_auth("tls", "enable");
+    let err = poll(&untrusting, plain).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Config);
+    assert!(err.message.contains("amqps://"), "{err}");
+    mgmt.delete_queue(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls13_minimum_refuses_the_tls12_only_node() {
+    let fx = Fixtures::get();
+    let mgmt = Mgmt::new("RABBITMQ12_MGMT_URL");
+    let q = unique("v12");
+    mgmt.create_queue(&q).await;
+    mgmt.publish(&q, 2).await;
+    let dir = fx.ca_dir();
+    let strict = BuildContext {
+        trust: TrustFactory::new(
+            TrustOptions::default()
+                .ca_dirs([dir.path()])
+                .client_min_tls(TlsVersion::Tls13),
+        )
+        .unwrap(),
+    };
+    let amqps12 = format!(
+        "amqps://admin:adminpass@localhost:{}/",
+        fx.port("RABBITMQ12_AMQPS_PORT")
+    );
+    let https12 = format!(
+        "https://admin:adminpass@localhost:{}/",
+        fx.port("RABBITMQ12_MGMT_PORT")
+    );
+    for host in [&amqps12, &https12] {
+        let err = poll(&strict, spec("rmq", &[("host", host), ("queueName", &q)]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind.as_str(), "protocol_version", "{host}: {err}");
+    }
+    // Positive control: the TLS12 default reaches the same node.
+    assert_eq!(
+        value(
+            &trusted(),
+            spec("rmq", &[("host", &amqps12), ("queueName", &q)])
+        )
+        .await,
+        2.0
+    );
+    mgmt.delete_queue(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_without_a_password_authenticates_with_sasl_external() {
+    let fx = Fixtures::get();
+    let mgmt = Mgmt::new("RABBITMQ_MGMT_URL");
+    let q = unique("external");
+    mgmt.create_queue(&q).await;
+    mgmt.publish(&q, 3).await;
+    let ctx = trusted();
+    let host = format!("amqps://localhost:{}/", fx.port("RABBITMQ_AMQPS_PORT"));
+    let builder = RabbitMqBuilder::default();
+    let s = spec("rmq", &[("host", &host), ("queueName", &q)])
+        .with_auth("tls", "enable")
+        .with_auth("cert", fx.pem("client-chain.crt"))
+        .with_auth("key", fx.pem("client-encrypted.key"))
+        .with_auth("keyPassword", fx.var("TRUSTSCALE_CLIENT_KEY_PASSWORD"));
+    let scaler = builder.build(&s, &ctx).await.unwrap();
+    assert_eq!(scaler.poll().await.unwrap().metrics[0].value, 3.0);
+    assert!(builder.amqp_clients()[0].uses_external_auth());
+    // Negative control: no certificate and no password is refused.
+    let err = poll(&ctx, spec("rmq", &[("host", &host), ("queueName", &q)]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Auth, "{err}");
+    mgmt.delete_queue(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_source_and_auth_errors_are_classified() {
+    let ctx = trusted();
+    let wrong_pw = format!(
+        "amqps://admin:nope@localhost:{}/",
+        Fixtures::get().port("RABBITMQ_AMQPS_PORT")
+    );
+    let wrong_pw_http = format!(
+        "https://admin:nope@localhost:{}/",
+        Fixtures::get().port("RABBITMQ_MGMT_PORT")
+    );
+    let cases: Vec<(&str, TriggerSpec, ErrorKind, &str)> = vec![
+        (
+            "missing queue over AMQP",
+            spec("rmq", &[("host", &amqps()), ("queueName", "no-such-queue")]),
+            ErrorKind::Source,
+            "does not exist",
+        ),
+        (
+            "missing queue over HTTP",
+            spec("rmq", &[("host", &https()), ("queueName", "no-such-queue")]),
+            ErrorKind::Source,
+            "does not exist",
+        ),
+        (
+            "wrong password over AMQP",
+            spec("rmq", &[("host", &wrong_pw), ("queueName", "q")]),
+            ErrorKind::Auth,
+            "refused",
+        ),
+        (
+            "wrong password over HTTP",
+            spec("rmq", &[("host", &wrong_pw_http), ("queueName", "q")]),
+            ErrorKind::Auth,
+            "401",
+        ),
+        (
+            "a rate over AMQP",
+            spec(
+                "rmq",
+                &[
+                    ("host", &amqps()),
+                    ("queueName", "q"),
+                    ("mode", "MessageRate"),
+                    ("value", "1"),
+                ],
+            ),
+            ErrorKind::Config,
+            "protocol: http",
+        ),
+        (
+            "excludeUnacknowledged over AMQP",
+            spec(
+                "rmq",
+                &[
+                    ("host", &amqps()),
+                    ("queueName", "q"),
+                    ("excludeUnacknowledged", "true"),
+                ],
+            ),
+            ErrorKind::Config,
+            "excludeUnacknowledged",
+        ),
+        (
+            "queueLength with mode",
+            spec(
+                "rmq",
+                &[
+                    ("host", &amqps()),
+                    ("queueName", "q"),
+                    ("queueLength", "5"),
+                    ("mode", "QueueLength"),
+                ],
+            ),
+            ErrorKind::Config,
+            "queueLength",
+        ),
+        (
+            "unknown mode",
+            spec(
+                "rmq",
+                &[
+                    ("host", &amqps()),
+                    ("queueName", "q"),
+                    ("mode", "Fastest"),
+                    ("value", "1"),
+                ],
+            ),
+            ErrorKind::Config,
+            "mode",
+        ),
+        (
+            "no host",
+            spec("rmq", &[("queueName", "q")]),
+            ErrorKind::Config,
+            "host",
+        ),
+    ];
+    for (name, s, kind, text) in cases {
+        let err = poll(&ctx, s).await.unwrap_err();
+        assert_eq!(err.kind, kind, "{name}: {err}");
+        assert!(err.to_string().contains(text), "{name}: {err}");
+        assert!(
+            !err.to_string().contains("adminpass") && !err.to_string().contains("nope@"),
+            "{name}: no credentials in errors: {err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_with_the_same_settings_share_one_amqp_connection() {
+    let mgmt = Mgmt::new("RABBITMQ_MGMT_URL");
+    let q = unique("shared");
+    mgmt.create_queue(&q).await;
+    let ctx = trusted();
+    let builder = RabbitMqBuilder::default();
+    let mut scalers: Vec<Box<dyn Scaler>> = Vec::new();
+    let so = unique("shared-so");
+    for _ in 0..50 {
+        scalers.push(
+            builder
+                .build(&spec(&so, &[("host", &amqps()), ("queueName", &q)]), &ctx)
+                .await
+                .unwrap(),
+        );
+    }
+    let polls = futures_util::future::join_all(scalers.iter().map(|s| s.poll())).await;
+    assert!(polls.iter().all(Result::is_ok));
+    assert_eq!(builder.live_amqp_clients(), 1);
+    assert_eq!(builder.amqp_clients()[0].connects(), 1);
+    assert_eq!(connections_named(&so), 1, "the broker sees one connection");
+    drop(scalers);
+    assert_eq!(builder.live_amqp_clients(), 0);
+    let mut closed = false;
+    for _ in 0..50 {
+        if connections_named(&so) == 0 {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(closed, "the connection closes with its last trigger");
+    mgmt.delete_queue(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keda_manifest_set_probes() {
+    let fx = Fixtures::get();
+    let mgmt = Mgmt::new("RABBITMQ_MGMT_URL");
+    let q = unique("probe");
+    mgmt.create_queue(&q).await;
+    mgmt.publish(&q, 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = fx.port("RABBITMQ_AMQPS_PORT");
+    std::fs::write(
+        dir.path().join("rabbit.yaml"),
+        format!(
+            r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: rabbit, namespace: jobs}}
+stringData:
+  host: amqps://localhost:{port}/
+  username: admin
+  password: adminpass
+---
+apiVersion: keda.sh/v1alpha1
+kind: TriggerAuthentication
+metadata: {{name: rabbit, namespace: jobs}}
+spec:
+  secretTargetRef:
+    - {{parameter: host, name: rabbit, key: host}}
+    - {{parameter: username, name: rabbit, key: username}}
+    - {{parameter: password, name: rabbit, key: password}}
+---
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {{name: workers, namespace: jobs}}
+spec:
+  scaleTargetRef: {{name: workers}}
+  triggers:
+    - type: rabbitmq
+      metadata: {{protocol: amqp, queueName: {q}, mode: QueueLength, value: "2"}}
+      authenticationRef: {{name: rabbit}}
+"#
+        ),
+    )
+    .unwrap();
+    let ca = fx.ca_dir();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_trustscale"))
+        .args(["probe", "--json", "-f"])
+        .arg(dir.path())
+        .arg("--ca-dir")
+        .arg(ca.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["triggers"][0]["value"], 4.0);
+    assert_eq!(json["triggers"][0]["metric"], format!("s0-rabbitmq-{q}"));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("adminpass"));
+    mgmt.delete_queue(&q).await;
+}
+
+#[tokio::test]
+async fn amqp_on_a_current_thread_runtime_is_a_clear_config_error_not_a_hang() {
+    let err = poll(
+        &trusted(),
+        spec("rmq", &[("host", &amqps()), ("queueName", "q")]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Config);
+    assert!(err.message.contains("multi-threaded"), "{err}");
+}
