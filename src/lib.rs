@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod manifest;
+pub mod operator;
 pub mod scaler;
 #[path = "../scalers/mod.rs"]
 pub mod scalers;

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod certs;
 mod inspect;
+mod operator;
 mod probe;
 
 /// A TLS trust layer for event-driven autoscaling.
@@ -34,6 +36,28 @@ enum Command {
     ///
     /// Exit status 0 only if every trigger succeeded.
     Probe(probe::ProbeArgs),
+    /// Run ScaledObjects, serve their metrics over mutual TLS, keep internal certs current.
+    Operator(operator::OperatorArgs),
+    /// Internal certificates: the caBundle, and what the folder holds.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Read the operator's metrics API (mutual TLS with the internal certificates).
+    #[command(subcommand)]
+    Metrics(MetricsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCommand {
+    /// Print base64(ca.crt), for an APIService or webhook caBundle.
+    CaBundle(certs::CertDirArgs),
+    /// Show subjects, SANs, serials, validity, and whether the set is consistent.
+    Inspect(certs::InspectArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum MetricsCommand {
+    /// GET one external metric of a ScaledObject.
+    Get(certs::MetricsGetArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -80,7 +104,7 @@ fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         // lapin logs every failed connection at ERROR itself; scalers report those
         // failures, classified, so its own lines are off unless RUST_LOG asks for them.
-        tracing_subscriber::EnvFilter::new("info,lapin=off")
+        tracing_subscriber::EnvFilter::new("info,lapin=off,notify=warn")
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -109,6 +133,10 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Trust(TrustCommand::Inspect(args)) => inspect::run(args).await,
             Command::Probe(args) => probe::run(args).await,
+            Command::Operator(args) => operator::run(args).await,
+            Command::Certs(CertsCommand::CaBundle(args)) => certs::ca_bundle(&args),
+            Command::Certs(CertsCommand::Inspect(args)) => certs::inspect(&args),
+            Command::Metrics(MetricsCommand::Get(args)) => certs::metrics_get(&args).await,
         }
     });
     match result {

@@ -79,7 +79,7 @@ pub struct Fallback {
 }
 
 /// `authenticationRef`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Hash)]
 pub struct AuthRef {
     /// The authentication's name.
     pub name: String,
@@ -88,7 +88,7 @@ pub struct AuthRef {
     pub kind: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Hash)]
 #[serde(rename_all = "camelCase")]
 struct TriggerDef {
     #[serde(rename = "type")]
@@ -130,6 +130,9 @@ struct ScaledObjectSpec {
 /// A ScaledObject, with KEDA's defaults applied.
 #[derive(Clone, Debug)]
 pub struct ScaledObject {
+    /// A digest of everything that affects how it runs (spec, resolved auth), to tell
+    /// whether a reload changed it.
+    pub digest: [u8; 32],
     /// Namespace and name.
     pub id: ObjectRef,
     /// What it scales.
@@ -273,6 +276,14 @@ fn scalar_to_string(v: &serde_yaml_ng::Value) -> Option<String> {
     }
 }
 
+impl ScaledObject {
+    /// The digest of its configuration.
+    #[must_use]
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.digest
+    }
+}
+
 impl ManifestSet {
     /// Adds the documents of one file's text.
     pub fn add_text(&mut self, file: &Path, text: &str) {
@@ -402,13 +413,32 @@ impl ManifestSet {
                     namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
                     name: meta.name.clone(),
                 };
-                let triggers = spec
+                let triggers: Vec<Result<TriggerSpec, ScalerError>> = spec
                     .triggers
                     .iter()
                     .enumerate()
                     .map(|(i, t)| self.trigger(&id, i, t))
                     .collect();
+                let digest = {
+                    use sha2::{Digest, Sha256};
+                    let mut h = Sha256::new();
+                    h.update(format!("{spec:?}").as_bytes());
+                    for t in &triggers {
+                        match t {
+                            Ok(t) => {
+                                for (k, v) in &t.auth {
+                                    h.update(k.as_bytes());
+                                    h.update([0]);
+                                    h.update(Sha256::digest(v.expose().as_bytes()));
+                                }
+                            }
+                            Err(e) => h.update(e.message.as_bytes()),
+                        }
+                    }
+                    h.finalize().into()
+                };
                 ScaledObject {
+                    digest,
                     id,
                     scale_target_ref: spec.scale_target_ref.clone(),
                     polling_interval: spec.polling_interval.unwrap_or(30),

@@ -2,7 +2,6 @@
 //! registry that maps trigger types to builders.
 
 mod error;
-#[cfg(any(feature = "http", feature = "rabbitmq"))]
 pub mod httpclient;
 pub mod params;
 pub mod pool;

@@ -550,7 +550,7 @@ impl TrustFactory {
         )
     }
 
-    fn log_anchors(&self, anchors: &Anchors, initial: bool) {
+    fn log_anchors(&self, anchors: &Anchors, changed: bool) {
         let mut logged = self
             .inner
             .logged_files
@@ -562,14 +562,20 @@ impl TrustFactory {
                 tracing::warn!(path = %file.path.display(), status = ?file.status, %reason, "CA file not (fully) trusted");
             }
         }
-        tracing::info!(
-            anchors = anchors.len(),
-            system = anchors.system_count(),
-            custom = anchors.custom_count(),
-            generation = anchors.generation(),
-            initial,
-            "trust anchors loaded"
-        );
+        if changed {
+            tracing::info!(
+                anchors = anchors.len(),
+                system = anchors.system_count(),
+                custom = anchors.custom_count(),
+                generation = anchors.generation(),
+                "trust anchors loaded"
+            );
+        } else {
+            tracing::debug!(
+                generation = anchors.generation(),
+                "CA folders re-read; trust unchanged"
+            );
+        }
     }
 }
 
@@ -600,7 +606,7 @@ impl Inner {
                 TrustFactory {
                     inner: Arc::clone(self),
                 }
-                .log_anchors(&fresh, false);
+                .log_anchors(&fresh, changed);
                 if changed {
                     self.generation_tx.send_replace(fresh.generation());
                 }

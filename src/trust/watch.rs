@@ -23,7 +23,8 @@ const QUIET: Duration = Duration::from_millis(50);
 pub(crate) fn start(inner: &Arc<Inner>) -> Result<()> {
     let (tx, rx) = mpsc::channel::<()>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        // Reads (our own included) are access events: only changes count.
+        if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
             let _ = tx.send(());
         }
     })

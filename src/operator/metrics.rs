@@ -1,0 +1,163 @@
+//! Prometheus metrics of the operator.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// Labels of a trigger type.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    /// Trigger type.
+    pub r#type: String,
+}
+
+/// Labels of an error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// Trigger type.
+    pub r#type: String,
+    /// Error kind.
+    pub kind: String,
+}
+
+/// Labels of a metric value.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ValueLabels {
+    /// `namespace/name`.
+    pub scaledobject: String,
+    /// The metric name (`s0-...`).
+    pub metric: String,
+}
+
+/// Labels of a ScaledObject.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectLabels {
+    /// `namespace/name`.
+    pub scaledobject: String,
+}
+
+/// Labels of a reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// What was reloaded: manifests, certs, ca_folders.
+    pub what: String,
+    /// ok or failed.
+    pub result: String,
+}
+
+/// Every metric the operator exports.
+pub struct Metrics {
+    /// Registry to encode.
+    pub registry: Registry,
+    /// Poll latency by trigger type.
+    pub poll_seconds: Family<TypeLabels, Histogram>,
+    /// Poll errors by type and kind.
+    pub poll_errors: Family<ErrorLabels, Counter>,
+    /// Current metric values.
+    pub values: Family<ValueLabels, Gauge<f64, AtomicU64>>,
+    /// Desired replicas per ScaledObject.
+    pub desired_replicas: Family<ObjectLabels, Gauge>,
+    /// Trust anchors now.
+    pub trust_anchors: Gauge,
+    /// Rejected CA files now.
+    pub rejected_ca_files: Gauge,
+    /// Triggers that used unsafeSsl.
+    pub unsafe_ssl_triggers: Gauge,
+    /// Seconds until the internal serving certificate expires.
+    pub cert_expiry_seconds: Gauge<f64, AtomicU64>,
+    /// Reloads.
+    pub reloads: Family<ReloadLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("trustscale");
+        let poll_seconds = Family::<TypeLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ])
+        });
+        let m = Metrics {
+            poll_seconds,
+            poll_errors: Family::default(),
+            values: Family::default(),
+            desired_replicas: Family::default(),
+            trust_anchors: Gauge::default(),
+            rejected_ca_files: Gauge::default(),
+            unsafe_ssl_triggers: Gauge::default(),
+            cert_expiry_seconds: Gauge::default(),
+            reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "poll_duration_seconds",
+            "Time one trigger poll took",
+            m.poll_seconds.clone(),
+        );
+        registry.register(
+            "poll_errors",
+            "Trigger poll errors by kind",
+            m.poll_errors.clone(),
+        );
+        registry.register(
+            "metric_value",
+            "Last value of each trigger metric",
+            m.values.clone(),
+        );
+        registry.register(
+            "desired_replicas",
+            "Replicas decided for each ScaledObject",
+            m.desired_replicas.clone(),
+        );
+        registry.register(
+            "trust_anchors",
+            "Trust anchors in use (system roots + CA folders)",
+            m.trust_anchors.clone(),
+        );
+        registry.register(
+            "ca_files_rejected",
+            "Files of the CA folders that were rejected",
+            m.rejected_ca_files.clone(),
+        );
+        registry.register(
+            "unsafe_ssl_triggers",
+            "Triggers that connect with unsafeSsl",
+            m.unsafe_ssl_triggers.clone(),
+        );
+        registry.register(
+            "internal_cert_expiry_seconds",
+            "Seconds until the internal serving certificate expires",
+            m.cert_expiry_seconds.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Reloads of manifests, internal certificates and CA folders",
+            m.reloads.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Counts a reload.
+    pub fn reloaded(&self, what: &str, ok: bool) {
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                what: what.into(),
+                result: if ok { "ok" } else { "failed" }.into(),
+            })
+            .inc();
+    }
+
+    /// The text exposition.
+    #[must_use]
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,395 @@
+//! The operator's servers: internal certificates kept current and hot-reloaded, the
+//! mutual-TLS metrics API, and the plain-HTTP Prometheus endpoint.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use notify::Watcher as _;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+use super::engine::Engine;
+use super::metrics::Metrics;
+use super::pki::{self, PkiError, PkiOptions};
+use crate::scaler::format_quantity;
+use crate::trust::{ServerTls, TrustFactory};
+
+/// How often the certificate folder is re-checked without a file event.
+const CERT_RESCAN: Duration = Duration::from_secs(2);
+
+/// Keeps the serving certificate current: generates and rotates it (rotation on) or
+/// loads the user's (rotation off), and publishes every valid change to the server
+/// without a restart. A broken or mismatched set is refused; the last good one serves.
+pub struct CertManager {
+    dir: PathBuf,
+    rotation: bool,
+    opts: PkiOptions,
+    server: Arc<ServerTls>,
+    metrics: Arc<Metrics>,
+    digest: std::sync::Mutex<[u8; 32]>,
+}
+
+fn files_digest(dir: &std::path::Path) -> [u8; 32] {
+    let src = pki::source_dir(dir);
+    let mut h = Sha256::new();
+    for name in [pki::CA_CRT, pki::TLS_CRT, pki::TLS_KEY] {
+        h.update(Sha256::digest(
+            std::fs::read(src.join(name)).unwrap_or_default(),
+        ));
+    }
+    h.finalize().into()
+}
+
+impl CertManager {
+    /// Makes sure the folder holds a valid set (rotation on: generating one if needed) and
+    /// builds the server configuration from it.
+    pub fn start(
+        dir: PathBuf,
+        rotation: bool,
+        opts: PkiOptions,
+        trust: &TrustFactory,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<CertManager>, PkiError> {
+        if rotation {
+            let (action, _) = pki::ensure(&dir, &opts, SystemTime::now())?;
+            if action != pki::Action::Kept {
+                tracing::info!(dir = %dir.display(), action = ?action, "internal certificates written");
+            }
+        }
+        let set = pki::load(&dir)?;
+        let leaf = pki::validate(&dir, &set, SystemTime::now())?;
+        let (identity, ca) = pki::identity(&set);
+        let server = Arc::new(trust.server_tls(identity, &ca)?);
+        metrics.cert_expiry_seconds.set(expiry_in(leaf.not_after));
+        let mgr = Arc::new(CertManager {
+            digest: std::sync::Mutex::new(files_digest(&dir)),
+            dir,
+            rotation,
+            opts,
+            server,
+            metrics,
+        });
+        Ok(mgr)
+    }
+
+    /// The server configuration (swapped on every reload).
+    #[must_use]
+    pub fn server(&self) -> Arc<ServerTls> {
+        Arc::clone(&self.server)
+    }
+
+    /// Re-reads the folder and publishes it if it changed and is valid.
+    pub fn reload(&self) -> Result<bool, PkiError> {
+        let digest = files_digest(&self.dir);
+        if self.digest.lock().map(|d| *d == digest).unwrap_or(false) {
+            return Ok(false);
+        }
+        let result = pki::load(&self.dir).and_then(|set| {
+            let leaf = pki::validate(&self.dir, &set, SystemTime::now())?;
+            let (identity, ca) = pki::identity(&set);
+            self.server.update(identity, &ca)?;
+            Ok(leaf)
+        });
+        match result {
+            Ok(leaf) => {
+                if let Ok(mut d) = self.digest.lock() {
+                    *d = digest;
+                }
+                self.metrics
+                    .cert_expiry_seconds
+                    .set(expiry_in(leaf.not_after));
+                self.metrics.reloaded("certs", true);
+                tracing::info!(dir = %self.dir.display(), "internal certificates reloaded; new handshakes use them");
+                Ok(true)
+            }
+            Err(e) => {
+                self.metrics.reloaded("certs", false);
+                tracing::error!(dir = %self.dir.display(), error = %e, "internal certificates refused; the last good ones keep serving");
+                if matches!(e, PkiError::Invalid { .. })
+                    && let Ok(mut d) = self.digest.lock()
+                {
+                    *d = digest; // do not re-log the same broken set every rescan
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Watches the folder (and rotates, with rotation on) until `stop` turns true.
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            // Reads (our own included) are access events: only changes count.
+            if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+                let _ = tx.send(());
+            }
+        });
+        let _watcher = match watcher {
+            Ok(mut w) => {
+                if let Err(e) = w.watch(&self.dir, notify::RecursiveMode::Recursive) {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot watch the certificate folder; re-checking every {CERT_RESCAN:?}");
+                }
+                Some(w)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no file watcher; re-checking the certificate folder every {CERT_RESCAN:?}");
+                None
+            }
+        };
+        loop {
+            let mut wait = CERT_RESCAN;
+            if self.rotation {
+                let now = SystemTime::now();
+                match pki::ensure(&self.dir, &self.opts, now) {
+                    Ok((action, next)) => {
+                        if action != pki::Action::Kept {
+                            tracing::info!(action = ?action, "internal certificates rotated");
+                        }
+                        wait = wait.min(next.duration_since(SystemTime::now()).unwrap_or_default());
+                    }
+                    Err(e) => tracing::error!(error = %e, "certificate rotation failed; retrying"),
+                }
+            }
+            let _ = self.reload();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                Some(()) = rx.recv() => {
+                    // A secret update is several events: let them settle.
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    while rx.try_recv().is_ok() {}
+                }
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+fn expiry_in(not_after: i64) -> f64 {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    (not_after - now) as f64
+}
+
+type Body = Full<Bytes>;
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(value.to_string())))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+fn status_error(code: StatusCode, message: &str) -> Response<Body> {
+    json(
+        code,
+        &serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "code": code.as_u16()
+        }),
+    )
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(
+                std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                16,
+            )
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Answers one API request.
+pub fn api_response(
+    engine: &Engine,
+    method: &hyper::Method,
+    path: &str,
+    query: &str,
+) -> Response<Body> {
+    if method != hyper::Method::GET {
+        return status_error(StatusCode::METHOD_NOT_ALLOWED, "only GET is served");
+    }
+    let prefix = "/apis/external.metrics.k8s.io/v1beta1/namespaces/";
+    if let Some(rest) = path.strip_prefix(prefix) {
+        let Some((ns, metric)) = rest.split_once('/') else {
+            return status_error(
+                StatusCode::NOT_FOUND,
+                "expected /namespaces/{namespace}/{metric}",
+            );
+        };
+        let selector = query_param(query, "labelSelector").unwrap_or_default();
+        let Some(name) = selector
+            .split(',')
+            .find_map(|kv| kv.trim().strip_prefix("scaledobject.keda.sh/name="))
+        else {
+            return status_error(
+                StatusCode::BAD_REQUEST,
+                "labelSelector must name scaledobject.keda.sh/name=NAME",
+            );
+        };
+        return match engine.metric(ns, name, metric) {
+            Ok((value, at)) => json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "kind": "ExternalMetricValueList",
+                    "apiVersion": "external.metrics.k8s.io/v1beta1",
+                    "metadata": {},
+                    "items": [{
+                        "metricName": metric,
+                        "metricLabels": null,
+                        "timestamp": humantime::format_rfc3339_seconds(at).to_string(),
+                        "value": format_quantity(value),
+                    }]
+                }),
+            ),
+            Err(e) if e.contains("not found") || e.contains("has no metric") => {
+                status_error(StatusCode::NOT_FOUND, &e)
+            }
+            Err(e) => status_error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+        };
+    }
+    match path {
+        "/scaledobjects" => json(
+            StatusCode::OK,
+            &serde_json::json!({ "scaledObjects": engine.status(), "problems": engine.problems() }),
+        ),
+        "/healthz" | "/readyz" => Response::new(Full::new(Bytes::from_static(b"ok"))),
+        _ => status_error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// Serves the mutual-TLS API on `listener` until `stop`; then lets requests under way finish.
+pub async fn serve_api(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    engine: Engine,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+        let engine = engine.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let engine = engine.clone();
+                async move {
+                    let resp = api_response(
+                        &engine,
+                        req.method(),
+                        req.uri().path(),
+                        req.uri().query().unwrap_or(""),
+                    );
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = watcher.watch(conn).await;
+        });
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+}
+
+/// Serves Prometheus metrics over plain HTTP until `stop`.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    trust: TrustFactory,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+            _ = stop.changed() => return,
+        };
+        let metrics = Arc::clone(&metrics);
+        let trust = trust.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let metrics = Arc::clone(&metrics);
+                let trust = trust.clone();
+                async move {
+                    if req.uri().path() != "/metrics" {
+                        return Ok::<_, Infallible>(status_error(
+                            StatusCode::NOT_FOUND,
+                            "see /metrics",
+                        ));
+                    }
+                    let stats = trust.stats();
+                    metrics.trust_anchors.set(stats.anchors as i64);
+                    metrics.rejected_ca_files.set(stats.rejected_files as i64);
+                    metrics
+                        .unsafe_ssl_triggers
+                        .set(stats.unsafe_ssl_triggers as i64);
+                    let body = metrics.encode();
+                    Ok(Response::builder()
+                        .header(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )
+                        .body(Full::new(Bytes::from(body)))
+                        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+/// Binds a listener, naming the address in the error.
+pub async fn bind(addr: SocketAddr, what: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}"))
+    })
+}

@@ -1,0 +1,598 @@
+//! The operator's internal PKI, rotation and hot reload, and the mutual-TLS metrics API,
+//! over real TLS; the binary where a real process matters (SIGKILL, SIGTERM, manifests).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use support::http::{HttpsServer, Request, Response};
+use support::{TestCa, Versions, server_config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use trustscale::manifest::ManifestSet;
+use trustscale::operator::engine::{Engine, LogSink};
+use trustscale::operator::metrics::Metrics;
+use trustscale::operator::pki::{self, PkiOptions};
+use trustscale::operator::service::{self, CertManager};
+use trustscale::scaler::{BuildContext, Registry};
+use trustscale::trust::{TrustFactory, TrustOptions, material};
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs_in(path: &Path) -> Vec<CertificateDer<'static>> {
+    material::certificates_for("ca", &std::fs::read(path).unwrap()).unwrap()
+}
+
+/// A client config trusting `roots`, presenting `identity` (chain, key), limited to `versions`.
+fn client_config(
+    roots: &[CertificateDer<'static>],
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone()).unwrap();
+    }
+    let b = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(store);
+    Arc::new(match identity {
+        Some((chain, key)) => b.with_client_auth_cert(chain, key).unwrap(),
+        None => b.with_no_client_auth(),
+    })
+}
+
+/// One GET on a fresh connection: (status line, body, the server's leaf).
+async fn get(
+    addr: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    path: &str,
+) -> Result<(String, String, CertificateDer<'static>), String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first().cloned())
+        .ok_or("no peer cert")?
+        .into_owned();
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    tls.read_to_end(&mut out)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP answer: {text:?}"))?;
+    Ok((
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+        leaf,
+    ))
+}
+
+fn serial(cert: &CertificateDer<'_>) -> String {
+    let (_, c) = x509_parser::parse_x509_certificate(cert.as_ref()).unwrap();
+    c.raw_serial_as_string()
+}
+
+fn issuer(cert: &CertificateDer<'_>) -> String {
+    let (_, c) = x509_parser::parse_x509_certificate(cert.as_ref()).unwrap();
+    c.issuer().to_string()
+}
+
+struct Running {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    certs: Arc<CertManager>,
+}
+
+async fn start_operator(dir: &Path, rotation: bool, opts: PkiOptions) -> Running {
+    let trust = TrustFactory::new(TrustOptions::default().ca_dirs(Vec::<PathBuf>::new())).unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let certs = CertManager::start(
+        dir.to_path_buf(),
+        rotation,
+        opts,
+        &trust,
+        Arc::clone(&metrics),
+    )
+    .unwrap();
+    let engine = Engine::new(
+        Registry::with_builtins(),
+        BuildContext { trust },
+        metrics,
+        Arc::new(LogSink),
+    );
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(service::serve_api(
+        listener,
+        certs.server(),
+        engine.clone(),
+        rx.clone(),
+    ));
+    tokio::spawn(Arc::clone(&certs).run(rx));
+    Running { addr, stop, certs }
+}
+
+fn identity(dir: &Path) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    // As the operator does: one resolved set, so the chain and the key belong together.
+    let set = pki::load(dir).unwrap();
+    (set.chain, set.key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_under_load_loses_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = PkiOptions {
+        ca_lifetime: Duration::from_secs(9),
+        cert_lifetime: Duration::from_secs(3),
+        dns_names: vec![],
+    };
+    let op = start_operator(dir.path(), true, opts).await;
+    // The client keeps trusting the FIRST CA only, and picks up its own identity from the
+    // folder as a component mounting it would.
+    let first_ca = certs_in(&dir.path().join("ca.crt"));
+    let (failed, ok) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut leaves = std::collections::BTreeSet::new();
+    let mut issuers = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(9);
+    let mut last_error = String::new();
+    while Instant::now() < deadline {
+        let config = client_config(
+            &first_ca,
+            Some(identity(dir.path())),
+            &[&rustls::version::TLS13],
+        );
+        match get(op.addr, config, "/healthz").await {
+            Ok((status, _, leaf)) if status.contains("200") => {
+                ok.fetch_add(1, Ordering::Relaxed);
+                leaves.insert(serial(&leaf));
+                issuers.insert(issuer(&leaf));
+            }
+            Ok((status, _, _)) => {
+                failed.fetch_add(1, Ordering::Relaxed);
+                last_error = status;
+            }
+            Err(e) => {
+                failed.fetch_add(1, Ordering::Relaxed);
+                last_error = e;
+            }
+        }
+    }
+    let _ = op.stop.send(true);
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed; last: {last_error}",
+        ok + failed
+    );
+    assert!(
+        leaves.len() >= 4,
+        "the leaf rotated at least three times: {} leaves seen",
+        leaves.len()
+    );
+    assert!(
+        issuers.len() >= 2,
+        "the CA rotated: issuers seen {issuers:?}"
+    );
+    assert!(ok > 100, "a steady stream of requests: {ok}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_accepts_only_current_internal_clients_over_tls13() {
+    let dir = tempfile::tempdir().unwrap();
+    let op = start_operator(dir.path(), true, PkiOptions::default()).await;
+    let ca = certs_in(&dir.path().join("ca.crt"));
+    let tls13 = &[&rustls::version::TLS13][..];
+    // Accepted: the internal identity.
+    let (status, body, _) = get(
+        op.addr,
+        client_config(&ca, Some(identity(dir.path())), tls13),
+        "/scaledobjects",
+    )
+    .await
+    .unwrap();
+    assert!(status.contains("200"), "{status}");
+    assert!(body.contains("scaledObjects"), "{body}");
+    // Refused: no client certificate.
+    assert!(
+        get(op.addr, client_config(&ca, None, tls13), "/healthz")
+            .await
+            .is_err()
+    );
+    // Refused: a certificate from another CA (a public CA's would be refused the same way:
+    // only ca.crt is trusted for clients).
+    let other = TestCa::new("someone else");
+    let foreign = other.client("intruder");
+    assert!(
+        get(
+            op.addr,
+            client_config(&ca, Some((foreign.chain.clone(), foreign.key())), tls13),
+            "/healthz"
+        )
+        .await
+        .is_err()
+    );
+    // Refused: an expired certificate issued by the internal CA itself.
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.path().join("ca.key")).unwrap())
+            .unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_der(&ca[0], ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["old-client".to_string()]).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(10);
+    params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    let expired = params.signed_by(&key, &issuer).unwrap();
+    let expired_id = (
+        vec![expired.der().clone()],
+        PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    );
+    assert!(
+        get(
+            op.addr,
+            client_config(&ca, Some(expired_id), tls13),
+            "/healthz"
+        )
+        .await
+        .is_err()
+    );
+    // Refused: TLS 1.2 under the TLS13 default, even with the right identity.
+    let err = get(
+        op.addr,
+        client_config(&ca, Some(identity(dir.path())), &[&rustls::version::TLS12]),
+        "/healthz",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("handshake"), "{err}");
+    let _ = op.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_external_metrics_api_serves_a_scaledobjects_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let op = start_operator(dir.path(), true, PkiOptions::default()).await;
+    // A metrics source behind TLS with its own CA, trusted through the factory's CA folder.
+    let source_ca = TestCa::new("source CA");
+    let source = HttpsServer::start(
+        server_config(&source_ca.server(), Versions::Both, None),
+        |_: &Request| Response::ok(r#"{"q":{"depth":2500}}"#),
+    )
+    .await;
+    let ca_dir = tempfile::tempdir().unwrap();
+    source_ca.write_pem(&ca_dir.path().join("source.pem"));
+    let trust = TrustFactory::new(TrustOptions::default().ca_dirs([ca_dir.path()])).unwrap();
+    let engine = Engine::new(
+        Registry::with_builtins(),
+        BuildContext { trust },
+        Arc::new(Metrics::default()),
+        Arc::new(LogSink),
+    );
+    let mut set = ManifestSet::default();
+    set.add_text(
+        Path::new("so.yaml"),
+        &format!(
+            "kind: ScaledObject\nmetadata: {{name: web, namespace: shop}}\nspec:\n  pollingInterval: 1\n  triggers:\n    - type: metrics-api\n      metadata: {{url: \"{}\", valueLocation: q.depth, targetValue: \"1k\"}}\n",
+            source.url("/")
+        ),
+    );
+    engine.apply(&set).await;
+    // Serve this engine's API with the operator's certificates.
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(service::serve_api(
+        listener,
+        op.certs.server(),
+        engine.clone(),
+        rx,
+    ));
+    let ca = certs_in(&dir.path().join("ca.crt"));
+    let config = client_config(&ca, Some(identity(dir.path())), &[&rustls::version::TLS13]);
+    let path = "/apis/external.metrics.k8s.io/v1beta1/namespaces/shop/s0-metric-api-q-depth?labelSelector=scaledobject.keda.sh%2Fname%3Dweb";
+    let mut body = String::new();
+    for _ in 0..50 {
+        let (status, b, _) = get(addr, Arc::clone(&config), path).await.unwrap();
+        body = b;
+        if status.contains("200") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["kind"], "ExternalMetricValueList");
+    assert_eq!(json["items"][0]["metricName"], "s0-metric-api-q-depth");
+    assert_eq!(json["items"][0]["value"], "2500");
+    let status = engine.status();
+    assert_eq!(
+        status[0].decision.as_ref().unwrap().replicas,
+        3,
+        "ceil(2500 / 1000)"
+    );
+    let (s404, _, _) = get(addr, config, "/apis/external.metrics.k8s.io/v1beta1/namespaces/shop/nope?labelSelector=scaledobject.keda.sh%2Fname%3Dweb").await.unwrap();
+    assert!(s404.contains("404"));
+    let _ = stop.send(true);
+    engine.shutdown().await;
+    let _ = op.stop.send(true);
+}
+
+/// A user's own set (as cert-manager would write it), in the Kubernetes Secret layout.
+fn user_set(dir: &Path, ca: &TestCa, leaf_cert: &[CertificateDer<'static>], leaf_key: &str) {
+    let chain = material::certs_to_pem(leaf_cert.iter());
+    pki::write_set(
+        dir,
+        &[
+            ("ca.crt", ca.cert_pem.as_bytes(), false),
+            ("tls.crt", chain.as_bytes(), false),
+            ("tls.key", leaf_key.as_bytes(), true),
+        ],
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bring_your_own_files_switch_without_restart_and_a_bad_pair_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("cert-manager CA");
+    let first = ca.server();
+    user_set(dir.path(), &ca, &first.chain, &first.key_pem);
+    let op = start_operator(dir.path(), false, PkiOptions::default()).await;
+    let client = ca.client("api-server");
+    let config = client_config(
+        std::slice::from_ref(&ca.cert_der),
+        Some((client.chain.clone(), client.key())),
+        &[&rustls::version::TLS13],
+    );
+    let served = || async {
+        serial(
+            &get(op.addr, Arc::clone(&config), "/healthz")
+                .await
+                .unwrap()
+                .2,
+        )
+    };
+    assert_eq!(served().await, serial(&first.cert_der));
+    let second = ca.server();
+    user_set(dir.path(), &ca, &second.chain, &second.key_pem);
+    let start = Instant::now();
+    while served().await != serial(&second.cert_der) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the new certificate was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A mismatched pair (third certificate, second key) is refused; the second keeps serving.
+    let third = ca.server();
+    user_set(dir.path(), &ca, &third.chain, &second.key_pem);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(served().await, serial(&second.cert_der));
+    let err = pki::validate(
+        dir.path(),
+        &pki::load(dir.path()).unwrap(),
+        SystemTime::now(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("does not match"), "{err}");
+    assert!(
+        !dir.path().join("ca.key").exists(),
+        "rotation off never writes a CA key"
+    );
+    let _ = op.stop.send(true);
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_trustscale")
+}
+
+fn inspect_valid(dir: &Path) -> (bool, String) {
+    let out = std::process::Command::new(bin())
+        .args(["certs", "inspect", "--json", "--cert-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (
+        json["valid"] == true,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn a_sigkill_at_any_moment_of_rotation_leaves_a_consistent_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spawn = || {
+        std::process::Command::new(bin())
+            .args([
+                "operator",
+                "--metrics-bind-address",
+                "",
+                "--cert-lifetime",
+                "2s",
+                "--ca-lifetime",
+                "5s",
+                "--manifests",
+            ])
+            .arg(manifests.path())
+            .arg("--cert-dir")
+            .arg(dir.path())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut kills = 0;
+    for round in 0..10 {
+        let mut child = spawn();
+        std::thread::sleep(Duration::from_millis(100 + fastrand::u64(0..1500)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+        if pki::has_files(dir.path()) {
+            let set = pki::load(dir.path())
+                .unwrap_or_else(|e| panic!("round {round}: unreadable after SIGKILL: {e}"));
+            // The set must hang together (key matches leaf, leaf chains to ca.crt); it may
+            // have expired while nothing ran, which a restart renews.
+            let provider = rustls::crypto::ring::default_provider();
+            rustls::sign::CertifiedKey::from_der(set.chain.clone(), set.key.clone_key(), &provider)
+                .unwrap_or_else(|e| panic!("round {round}: key and certificate do not match: {e}"));
+        }
+    }
+    // Restarted, it serves again with a valid set.
+    let mut child = spawn();
+    let start = Instant::now();
+    loop {
+        let (valid, text) = inspect_valid(dir.path());
+        if valid && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not serving after restart: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(kills, 10);
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_manifest_changes_apply_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = tempfile::tempdir().unwrap();
+    let so = |name: &str| {
+        format!(
+            "kind: ScaledObject\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  pollingInterval: 1\n  triggers:\n    - type: redis\n      metadata: {{address: \"localhost:1\", listName: q}}\n"
+        )
+    };
+    std::fs::write(manifests.path().join("a.yaml"), so("alpha")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(bin())
+        .args(["operator", "--metrics-bind-address", "", "--manifests"])
+        .arg(manifests.path())
+        .arg("--cert-dir")
+        .arg(dir.path())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let objects = || -> Option<serde_json::Value> {
+        let set = pki::load(dir.path()).ok()?;
+        let config = client_config(
+            &set.ca,
+            Some((set.chain, set.key)),
+            &[&rustls::version::TLS13],
+        );
+        let (_, body, _) = rt.block_on(get(addr, config, "/scaledobjects")).ok()?;
+        serde_json::from_str(&body).ok()
+    };
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v["scaledObjects"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|o| o["scaledObject"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let wait_for = |what: &str, cond: &dyn Fn(&serde_json::Value) -> bool| {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = objects()
+                && cond(&v)
+            {
+                return v;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("alpha", &|v| names(v) == ["ns/alpha"]);
+    std::fs::write(manifests.path().join("b.yaml"), so("beta")).unwrap();
+    wait_for("beta added", &|v| names(v) == ["ns/alpha", "ns/beta"]);
+    std::fs::write(
+        manifests.path().join("broken.yaml"),
+        "kind: ScaledObject\nmetadata: {name: x}\nspec: {triggers: 5}\n",
+    )
+    .unwrap();
+    let v = wait_for("the broken manifest reported", &|v| {
+        v["problems"].as_array().is_some_and(|p| !p.is_empty())
+    });
+    assert_eq!(
+        names(&v),
+        ["ns/alpha", "ns/beta"],
+        "the others keep running"
+    );
+    std::fs::remove_file(manifests.path().join("a.yaml")).unwrap();
+    wait_for("alpha removed", &|v| names(v) == ["ns/beta"]);
+    // The trigger fails (nothing listens on port 1): the error is reported, nothing crashes.
+    let v = objects().unwrap();
+    assert_eq!(
+        v["scaledObjects"][0]["triggers"][0]["error"]["kind"],
+        "connection"
+    );
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "SIGTERM exits 0: {status:?}");
+}
