@@ -12,23 +12,13 @@ use trustscale::scaler::{BuildContext, ObjectRef, Scaler, ScalerBuilder, Trigger
 use trustscale::scalers::rabbitmq::RabbitMqBuilder;
 use trustscale::trust::{TrustFactory, TrustOptions};
 
+mod support;
+
 struct Env(BTreeMap<String, String>);
 
 impl Env {
     fn load() -> Env {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures/env");
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e}; start the fixtures with `fixtures/brokers.sh start`",
-                path.display()
-            )
-        });
-        Env(text
-            .lines()
-            .filter_map(|l| l.strip_prefix("export "))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-            .collect())
+        Env(support::fixture_env())
     }
     fn get(&self, k: &str) -> &str {
         self.0
@@ -36,16 +26,6 @@ impl Env {
             .map(String::as_str)
             .unwrap_or_else(|| panic!("{k} missing from the fixture env"))
     }
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn ctl(env: &Env, args: &[&str]) -> String {
@@ -136,7 +116,7 @@ fn main() {
     );
     let so = format!("bench-{}", std::process::id());
     let builder = RabbitMqBuilder::default();
-    let rss_before = rss_kib();
+    let rss_before = support::rss_kib();
     let scalers: Vec<Box<dyn Scaler>> = (0..1000)
         .map(|i| {
             rt.block_on(builder.build(&spec(&so, i, &host_a, queue), &ctx))
@@ -148,7 +128,7 @@ fn main() {
         scalers.iter().map(|s| s.poll()),
     ));
     let round = start.elapsed();
-    let rss_after = rss_kib();
+    let rss_after = support::rss_kib();
     let failed = results.iter().filter(|r| r.is_err()).count();
     println!(
         "1,000 rabbitmq triggers, identical settings: {} shared AMQP client(s), {} AMQP connection(s) on the broker, one poll round {round:?} with {failed} failures, RSS +{} KiB ({:.2} KiB per trigger)",

@@ -10,38 +10,18 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
+
+mod support;
 use trustscale::scaler::{BuildContext, ObjectRef, Scaler, ScalerBuilder, TriggerSpec};
 use trustscale::scalers::redis::RedisBuilder;
 use trustscale::trust::{TrustFactory, TrustOptions};
 
 fn fixture_port() -> (u16, std::path::PathBuf) {
-    let env = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures/env");
-    let text = std::fs::read_to_string(&env).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; start the fixtures with `fixtures/brokers.sh start redis`",
-            env.display()
-        )
-    });
-    let get = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("export {k}=")))
-            .map(|v| v.trim_matches('\'').to_string())
-            .unwrap_or_else(|| panic!("{k} missing from {}", env.display()))
-    };
+    let env = support::fixture_env();
     (
-        get("REDIS_TLS_PORT").parse().unwrap(),
-        get("TRUSTSCALE_CA_CERT").into(),
+        env["REDIS_TLS_PORT"].parse().unwrap(),
+        env["TRUSTSCALE_CA_CERT"].clone().into(),
     )
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn spec(index: usize, port: u16, list: &str) -> TriggerSpec {
@@ -188,7 +168,7 @@ fn main() {
     // 1,000 triggers, identical connection settings, different lists.
     let before_clients = rt.block_on(connected_clients(&mut bare));
     let fresh = RedisBuilder::default();
-    let rss_before = rss_kib();
+    let rss_before = support::rss_kib();
     let scalers: Vec<Box<dyn Scaler>> = (0..1000)
         .map(|i| {
             rt.block_on(fresh.build(&spec(i, port, &format!("bench-list-{i}")), &ctx))
@@ -201,7 +181,7 @@ fn main() {
     ));
     let round = start.elapsed();
     let failed = results.iter().filter(|r| r.is_err()).count();
-    let rss_after = rss_kib();
+    let rss_after = support::rss_kib();
     let after_clients = rt.block_on(connected_clients(&mut bare));
     println!(
         "1,000 redis triggers, identical settings: {} shared client(s), server connections +{} (before {before_clients}, after {after_clients}), one poll round {:?} with {failed} failures, RSS +{} KiB ({:.2} KiB per trigger)",

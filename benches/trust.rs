@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use trustscale::trust::{TlsSettings, TrustFactory, TrustOptions};
 
+mod support;
+
 fn write_cas(dir: &Path, n: usize) {
     for i in 0..n {
         let key = rcgen::KeyPair::generate().unwrap();
@@ -21,16 +23,6 @@ fn write_cas(dir: &Path, n: usize) {
         let cert = params.self_signed(&key).unwrap();
         std::fs::write(dir.join(format!("ca-{i:03}.pem")), cert.pem()).unwrap();
     }
-}
-
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn timings(c: &mut Criterion, dir: &Path) {
@@ -59,11 +51,11 @@ fn memory(dir: &Path) {
     let settings = TlsSettings::default();
     let mut held = Vec::with_capacity(10_000);
     held.push(factory.context(&settings, "trigger-0").unwrap());
-    let before = rss_kib();
+    let before = support::rss_kib();
     for i in 1..10_000 {
         held.push(factory.context(&settings, &format!("trigger-{i}")).unwrap());
     }
-    let after = rss_kib();
+    let after = support::rss_kib();
     let stats = factory.stats();
     let configs: std::collections::HashSet<*const rustls::ClientConfig> = held
         .iter()

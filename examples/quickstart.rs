@@ -147,9 +147,12 @@ async fn main() -> anyhow::Result<()> {
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let status = engine.status();
-            let (Some(so), true) = (status.first(), Instant::now() < deadline) else {
-                anyhow::bail!("no decision for queue depth {depth} in time");
-            };
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no decision for queue depth {depth} in time"
+            );
+            // The first poll of a ScaledObject is spread over up to one interval.
+            let Some(so) = status.first() else { continue };
             let t = &so.triggers[0];
             if let Some(e) = &t.error {
                 anyhow::bail!("the trigger failed: {}: {}", e.kind, e.message);

@@ -596,3 +596,136 @@ fn sigterm_stops_cleanly_and_manifest_changes_apply_without_restart() {
     };
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
 }
+
+#[test]
+fn the_binary_serves_metrics_get_prometheus_and_the_ca_bundle() {
+    use base64::Engine as _;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let source_ca = TestCa::new("binary source CA");
+    let source = rt.block_on(HttpsServer::start(
+        server_config(&source_ca.server(), Versions::Both, None),
+        |_: &Request| Response::ok(r#"{"v":7}"#),
+    ));
+    let ca_dir = tempfile::tempdir().unwrap();
+    source_ca.write_pem(&ca_dir.path().join("source.pem"));
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = tempfile::tempdir().unwrap();
+    std::fs::write(
+        manifests.path().join("web.yaml"),
+        format!(
+            "kind: ScaledObject\nmetadata: {{name: web, namespace: ns}}\nspec:\n  pollingInterval: 1\n  triggers:\n    - type: metrics-api\n      metadata: {{url: \"{}\", valueLocation: v, targetValue: \"2\"}}\n",
+            source.url("/")
+        ),
+    )
+    .unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (api, prom) = (free(), free());
+    let mut child = std::process::Command::new(bin())
+        .args([
+            "operator",
+            "--metrics-bind-address",
+            &format!("127.0.0.1:{prom}"),
+            "--manifests",
+        ])
+        .arg(manifests.path())
+        .arg("--ca-dir")
+        .arg(ca_dir.path())
+        .arg("--cert-dir")
+        .arg(dir.path())
+        .args(["--listen", &format!("127.0.0.1:{api}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let body = loop {
+        let out = std::process::Command::new(bin())
+            .args(["metrics", "get", "--cert-dir"])
+            .arg(dir.path())
+            .args([
+                "--server",
+                &format!("127.0.0.1:{api}"),
+                "ns",
+                "s0-metric-api-v",
+                "--scaledobject",
+                "web",
+            ])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "metrics get never succeeded: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["items"][0]["value"], "7");
+
+    let scrape = {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", prom)).unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).unwrap();
+        out
+    };
+    for name in [
+        "trustscale_desired_replicas{scaledobject=\"ns/web\"} 4",
+        "trustscale_metric_value{scaledobject=\"ns/web\",metric=\"s0-metric-api-v\"} 7",
+        "trustscale_trust_anchors",
+        "trustscale_internal_cert_expiry_seconds",
+        "trustscale_poll_duration_seconds_bucket",
+    ] {
+        assert!(scrape.contains(name), "{name} missing from:\n{scrape}");
+    }
+    let bundle = std::process::Command::new(bin())
+        .args(["certs", "ca-bundle", "--cert-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(String::from_utf8_lossy(&bundle.stdout).trim())
+        .unwrap();
+    assert_eq!(decoded, std::fs::read(dir.path().join("ca.crt")).unwrap());
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Rotation off with an empty folder: a clear error naming the folder, not a panic.
+    let empty = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin())
+        .args([
+            "operator",
+            "--enable-cert-rotation=false",
+            "--metrics-bind-address",
+            "",
+            "--listen",
+            "127.0.0.1:0",
+            "--manifests",
+        ])
+        .arg(manifests.path())
+        .arg("--cert-dir")
+        .arg(empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&empty.path().display().to_string()) && err.contains("ca.crt"),
+        "{err}"
+    );
+}

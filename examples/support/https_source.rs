@@ -2,6 +2,8 @@
 //! the way a platform team drops its CA into `/custom/ca`), a server certificate signed by
 //! it, and a JSON body whose number can be changed while it runs.
 
+#![allow(dead_code)]
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +17,8 @@ use hyper_util::rt::TokioIo;
 pub struct Source {
     pub addr: SocketAddr,
     pub value: Arc<AtomicU64>,
+    /// TCP connections accepted so far.
+    pub accepted: Arc<AtomicU64>,
 }
 
 impl Source {
@@ -62,12 +66,15 @@ pub async fn start(ca_folder: &Path, name: &str) -> anyhow::Result<Source> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let value = Arc::new(AtomicU64::new(0));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&accepted);
     let v = Arc::clone(&value);
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
+            count.fetch_add(1, Ordering::Relaxed);
             let acceptor = acceptor.clone();
             let v = Arc::clone(&v);
             tokio::spawn(async move {
@@ -93,5 +100,9 @@ pub async fn start(ca_folder: &Path, name: &str) -> anyhow::Result<Source> {
             });
         }
     });
-    Ok(Source { addr, value })
+    Ok(Source {
+        addr,
+        value,
+        accepted,
+    })
 }

@@ -162,18 +162,12 @@ impl ScalerBuilder for MetricsApiBuilder {
         if !wants_tls && settings.cert.is_some() {
             tracing::warn!(trigger = %label, "a client certificate is set without authMode tls; it is used anyway");
         }
-        let tls = if url.scheme() == "https" {
-            Some(
-                ctx.trust
-                    .context(&settings, &label)
-                    .map_err(|e| ScalerError::from_trust(&label, &e))?,
-            )
-        } else {
-            if settings.ca.is_some() || settings.cert.is_some() || settings.unsafe_ssl() {
-                tracing::warn!(trigger = %label, "TLS settings are ignored for a plain http:// url");
-            }
-            None
-        };
+        let tls = p.tls_context(
+            ctx,
+            &settings,
+            url.scheme() == "https",
+            "the url is plain http://",
+        )?;
         let client = self.clients.get(tls.as_ref(), timeout_ms, &label)?;
         p.warn_unknown();
         let metric_name = spec.metric_name(&format!("metric-api-{value_location}"));

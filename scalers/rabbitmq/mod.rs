@@ -299,18 +299,12 @@ impl ScalerBuilder for RabbitMqBuilder {
                 format!("is `enable` but host is {scheme}://; use {scheme}s://"),
             ));
         }
-        let tls = if secure_scheme {
-            Some(
-                ctx.trust
-                    .context(&settings, &label)
-                    .map_err(|e| ScalerError::from_trust(&label, &e))?,
-            )
-        } else {
-            if settings.unsafe_ssl() || settings.ca.is_some() || settings.cert.is_some() {
-                tracing::warn!(trigger = %label, "TLS settings are ignored for a plaintext {scheme}:// host");
-            }
-            None
-        };
+        let tls = p.tls_context(
+            ctx,
+            &settings,
+            secure_scheme,
+            &format!("the host is plaintext {scheme}://"),
+        )?;
         let username = p.secret("username");
         let password = p.secret("password");
         let vhost_name = p.get("vhostName");

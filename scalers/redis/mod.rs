@@ -236,18 +236,12 @@ impl RedisBuilder {
                 )
             })?
             .unwrap_or(false);
-        let tls = if use_tls {
-            Some(
-                ctx.trust
-                    .context(&settings, &trigger)
-                    .map_err(|e| ScalerError::from_trust(&trigger, &e))?,
-            )
-        } else {
-            if settings.ca.is_some() || settings.cert.is_some() || settings.unsafe_ssl() {
-                tracing::warn!(trigger = %trigger, "TLS parameters are set but TLS is not enabled (set enableTLS: \"true\" or tls: enable); connecting in plaintext");
-            }
-            None
-        };
+        let tls = p.tls_context(
+            ctx,
+            &settings,
+            use_tls,
+            "TLS is not enabled (set enableTLS: \"true\" or tls: enable); connecting in plaintext",
+        )?;
         let key = ClientKey {
             host: host.clone(),
             port,

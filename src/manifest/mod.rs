@@ -700,6 +700,59 @@ spec: {triggers: "not a list"}
     }
 
     #[test]
+    fn cluster_auth_configmaps_and_env_resolve() {
+        // `hostFromEnv` names a variable that is not set: the host then comes from auth.
+        let var = "TRUSTSCALE_TEST_UNSET_VARIABLE";
+        let text = format!(
+            r#"
+kind: Secret
+metadata: {{name: shared, namespace: keda}}
+stringData: {{password: p4ss}}
+---
+kind: ConfigMap
+metadata: {{name: settings, namespace: keda}}
+data: {{host: "amqps://rabbit:5671/"}}
+---
+kind: ClusterTriggerAuthentication
+metadata: {{name: cluster-wide}}
+spec:
+  secretTargetRef: [{{parameter: password, name: shared, key: password}}]
+  configMapTargetRef: [{{parameter: host, name: settings, key: host}}]
+  env: [{{parameter: username, name: PATH}}]
+---
+kind: ScaledObject
+metadata: {{name: q, namespace: team-a}}
+spec:
+  triggers:
+    - type: rabbitmq
+      metadata: {{queueName: jobs, hostFromEnv: {var}}}
+      authenticationRef: {{name: cluster-wide, kind: ClusterTriggerAuthentication}}
+    - type: rabbitmq
+      metadata: {{queueName: jobs}}
+      authenticationRef: {{name: cluster-wide, kind: SomethingElse}}
+"#
+        );
+        let mut set = ManifestSet::default();
+        set.add_text(Path::new("cluster.yaml"), &text);
+        assert!(set.problems.is_empty(), "{:?}", set.problems);
+        let so = &set.scaled_objects()[0];
+        let t = so.triggers[0].as_ref().unwrap();
+        assert_eq!(
+            t.auth["password"].expose(),
+            "p4ss",
+            "a cluster auth reads Secrets from the keda namespace"
+        );
+        assert_eq!(t.auth["host"].expose(), "amqps://rabbit:5671/");
+        assert_eq!(
+            t.auth["username"].expose(),
+            std::env::var("PATH").unwrap(),
+            "env parameters come from the process environment"
+        );
+        let err = so.triggers[1].as_ref().unwrap_err();
+        assert!(err.message.contains("SomethingElse"), "{err}");
+    }
+
+    #[test]
     fn invalid_yaml_is_reported_with_its_file() {
         let mut set = ManifestSet::default();
         set.add_text(

@@ -342,6 +342,15 @@ async fn run_object(
     );
     let mut last: Option<Decision> = None;
     let interval = Duration::from_secs(so.polling_interval.max(1));
+    // Spread the first polls: a thousand ScaledObjects starting together would otherwise
+    // hit every source at the same instant (and open a connection each).
+    let first = interval
+        .min(Duration::from_secs(10))
+        .mul_f64(fastrand::f64());
+    tokio::select! {
+        _ = tokio::time::sleep(first) => {}
+        _ = stop.changed() => return,
+    }
     loop {
         let mut statuses = Vec::with_capacity(n);
         let mut outcomes = Vec::with_capacity(n);

@@ -53,6 +53,9 @@ impl HttpClients {
                 .timeout(timeout)
                 .connect_timeout(timeout)
                 .pool_idle_timeout(Duration::from_secs(90))
+                // Polls are spread over the interval: a burst (every trigger polling at
+                // start) must not leave thousands of idle connections behind.
+                .pool_max_idle_per_host(256)
                 .user_agent(concat!("trustscale/", env!("CARGO_PKG_VERSION")));
             if let Some(ctx) = tls {
                 // The one trust path: the factory's rustls configuration.

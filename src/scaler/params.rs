@@ -10,10 +10,10 @@ use std::fmt::Display;
 use std::str::FromStr;
 use std::sync::Mutex;
 
-use super::TriggerSpec;
 use super::error::ScalerError;
 use super::quantity::parse_quantity;
-use crate::trust::{TlsSettings, parse_go_bool};
+use super::{BuildContext, TriggerSpec};
+use crate::trust::{TlsContext, TlsSettings, parse_go_bool};
 
 /// Parameter names every scaler accepts (TLS settings).
 pub const TLS_PARAMS: &[&str] = &[
@@ -192,6 +192,31 @@ impl<'a> Params<'a> {
             _ => self.get(name),
         })
         .map_err(|e| ScalerError::from_trust(self.trigger(), &e))
+    }
+
+    /// The trigger's TLS context from the factory when `secure`; otherwise `None`, with a
+    /// warning when TLS settings were given that a plaintext connection ignores.
+    pub fn tls_context(
+        &self,
+        ctx: &BuildContext,
+        settings: &TlsSettings,
+        secure: bool,
+        plaintext: &str,
+    ) -> Result<Option<TlsContext>, ScalerError> {
+        if secure {
+            return ctx
+                .trust
+                .context(settings, self.trigger())
+                .map(Some)
+                .map_err(|e| ScalerError::from_trust(self.trigger(), &e));
+        }
+        if settings.ca.is_some() || settings.cert.is_some() || settings.unsafe_ssl() {
+            tracing::warn!(
+                trigger = self.trigger(),
+                "TLS parameters are ignored: {plaintext}"
+            );
+        }
+        Ok(None)
     }
 
     /// Warns about metadata keys nobody asked for (typos are otherwise silent).
