@@ -131,8 +131,19 @@ async fn main() -> anyhow::Result<()> {
         ),
     );
     engine.apply(&set).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let status = engine.status();
+    // The first poll of a ScaledObject is spread over up to one polling interval.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let status = engine.status();
+        if !status.is_empty() || std::time::Instant::now() > deadline {
+            break status;
+        }
+    };
+    anyhow::ensure!(
+        !status.is_empty(),
+        "the ScaledObject was not polled within 10 s"
+    );
     let t = &status[0].triggers[0];
     match (&t.error, t.value, &status[0].decision) {
         (None, Some(v), Some(d)) => {
