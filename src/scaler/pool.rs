@@ -34,6 +34,25 @@ impl<K: Hash + Eq + Clone, V> SharedPool<K, V> {
         fresh
     }
 
+    /// Like [`SharedPool::get_or_insert_with`], for clients whose creation can fail.
+    pub fn try_get_or_insert_with<E>(
+        &self,
+        key: &K,
+        make: impl FnOnce() -> Result<V, E>,
+    ) -> Result<Arc<V>, E> {
+        let mut map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(live) = map.get(key).and_then(Weak::upgrade) {
+            return Ok(live);
+        }
+        map.retain(|_, v| v.strong_count() > 0);
+        let fresh = Arc::new(make()?);
+        map.insert(key.clone(), Arc::downgrade(&fresh));
+        Ok(fresh)
+    }
+
     /// Clients alive now.
     pub fn live(&self) -> usize {
         let map = self

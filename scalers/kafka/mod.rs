@@ -1,0 +1,639 @@
+//! The `kafka` scaler: consumer-group lag, computed as KEDA computes it.
+//!
+//! Parameters as KEDA: `bootstrapServers`, `consumerGroup`, `topic` (optional: every topic
+//! the group has offsets for), `lagThreshold` (10), `activationLagThreshold` (0),
+//! `offsetResetPolicy` (latest|earliest), `allowIdleConsumers`, `excludePersistentLag`,
+//! `limitToPartitionsWithLag`, `ensureEvenDistributionOfPartitions`,
+//! `partitionLimitation` ("1,2,10-12"), `scaleToZeroOnInvalidOffset`; `tls` (metadata or
+//! auth, the ScaledObject wins), the TLS settings, `sasl` (none|plaintext|scram_sha256|
+//! scram_sha512), `username`, `password`.
+//!
+//! TLS comes only from the factory's librdkafka translation ([`TlsContext::librdkafka`]):
+//! the merged anchors as `ssl.ca.pem`, the identity, hostname verification on; settings
+//! librdkafka cannot honour are refused there.
+//!
+//! One metadata/watermark client per cluster (bootstrap servers + trust + credentials),
+//! shared by every trigger on it, plus one offset-reading client per consumer group
+//! (rust-rdkafka has no safe `ListConsumerGroupOffsets`, which would let one client read
+//! every group's offsets).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::scaler::pool::{SharedPool, secret_digest};
+use crate::scaler::{
+    BuildContext, ErrorKind, MetricSpec, Params, Poll, Scaler, ScalerBuilder, ScalerError,
+    TriggerSpec,
+};
+use crate::trust::{Fingerprint, TlsContext};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ClusterKey {
+    bootstrap: String,
+    tls: Option<Fingerprint>,
+    sasl: String,
+    username: String,
+    password: [u8; 32],
+}
+
+/// The clients of one Kafka cluster.
+pub struct KafkaCluster {
+    config: ClientConfig,
+    metadata: BaseConsumer,
+    groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    created: AtomicU64,
+}
+
+impl KafkaCluster {
+    /// rdkafka clients created for this cluster so far.
+    pub fn clients_created(&self) -> u64 {
+        self.created.load(Ordering::Relaxed)
+    }
+
+    fn group(&self, group: &str) -> Result<Arc<BaseConsumer>, rdkafka::error::KafkaError> {
+        let mut groups = self
+            .groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = groups.get(group) {
+            return Ok(Arc::clone(c));
+        }
+        let mut config = self.config.clone();
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false");
+        let consumer: BaseConsumer = config.create()?;
+        self.created.fetch_add(1, Ordering::Relaxed);
+        let consumer = Arc::new(consumer);
+        groups.insert(group.to_string(), Arc::clone(&consumer));
+        Ok(consumer)
+    }
+}
+
+/// Builds `kafka` scalers; owns the shared cluster clients.
+#[derive(Default)]
+pub struct KafkaBuilder {
+    clusters: SharedPool<ClusterKey, KafkaCluster>,
+}
+
+impl KafkaBuilder {
+    /// Cluster client sets alive now.
+    #[must_use]
+    pub fn live_clusters(&self) -> usize {
+        self.clusters.live()
+    }
+
+    /// Every live cluster.
+    #[must_use]
+    pub fn clusters(&self) -> Vec<Arc<KafkaCluster>> {
+        self.clusters.all()
+    }
+}
+
+/// Parses KEDA's `partitionLimitation` ("1,2,10-12").
+fn parse_partitions(label: &str, text: &str) -> Result<BTreeSet<i32>, ScalerError> {
+    let mut out = BTreeSet::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || {
+            ScalerError::config(
+                label,
+                "partitionLimitation",
+                format!("{part:?} is not a partition or a range like 10-12"),
+            )
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (i32, i32) = (
+                    a.trim().parse().map_err(|_| bad())?,
+                    b.trim().parse().map_err(|_| bad())?,
+                );
+                if a > b {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => {
+                out.insert(part.parse().map_err(|_| bad())?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The `kafka` scaler.
+pub struct KafkaScaler {
+    label: String,
+    cluster: Arc<KafkaCluster>,
+    group: String,
+    topic: Option<String>,
+    spec: MetricSpec,
+    opts: LagOptions,
+    previous: Mutex<HashMap<(String, i32), i64>>,
+}
+
+/// The lag options of a trigger.
+#[derive(Clone, Debug, Default)]
+pub struct LagOptions {
+    /// lagThreshold.
+    pub lag_threshold: f64,
+    /// activationLagThreshold.
+    pub activation: f64,
+    /// offsetResetPolicy is earliest.
+    pub earliest: bool,
+    /// allowIdleConsumers.
+    pub allow_idle_consumers: bool,
+    /// excludePersistentLag.
+    pub exclude_persistent_lag: bool,
+    /// limitToPartitionsWithLag.
+    pub limit_to_partitions_with_lag: bool,
+    /// ensureEvenDistributionOfPartitions.
+    pub even_distribution: bool,
+    /// scaleToZeroOnInvalidOffset.
+    pub scale_to_zero_on_invalid_offset: bool,
+    /// partitionLimitation.
+    pub partitions: BTreeSet<i32>,
+}
+
+/// One partition's offsets: (newest offset, committed offset or None).
+pub type PartitionOffsets = ((String, i32), i64, Option<i64>);
+
+/// KEDA's lag arithmetic: the metric value and the activity from per-partition offsets.
+/// `previous` holds the committed offsets of the last poll (for excludePersistentLag).
+pub fn compute_lag(
+    opts: &LagOptions,
+    parts: &[PartitionOffsets],
+    previous: &mut HashMap<(String, i32), i64>,
+) -> (f64, bool) {
+    let (mut total, mut total_with_persistent, mut with_lag) = (0i64, 0i64, 0i64);
+    for (key, newest, committed) in parts {
+        let (lag, lag_with_persistent) = match committed {
+            None => {
+                let l = if opts.earliest {
+                    *newest
+                } else if opts.scale_to_zero_on_invalid_offset {
+                    0
+                } else {
+                    1
+                };
+                (l, l)
+            }
+            Some(c) => {
+                let l = (newest - c).max(0);
+                let persistent =
+                    opts.exclude_persistent_lag && l > 0 && previous.get(key) == Some(c);
+                previous.insert(key.clone(), *c);
+                (if persistent { 0 } else { l }, l)
+            }
+        };
+        if lag > 0 {
+            with_lag += 1;
+        }
+        total += lag;
+        total_with_persistent += lag_with_persistent;
+    }
+    let partitions = parts.len() as f64;
+    let mut value = total as f64;
+    if !opts.allow_idle_consumers {
+        let cap_parts = if opts.limit_to_partitions_with_lag {
+            with_lag as f64
+        } else {
+            partitions
+        };
+        value = value.min(cap_parts * opts.lag_threshold);
+    }
+    if opts.even_distribution && opts.lag_threshold > 0.0 && partitions > 0.0 {
+        // Round the consumer count up to a divisor of the partition count, so that every
+        // consumer gets the same number of partitions.
+        let consumers = (value / opts.lag_threshold).ceil() as i64;
+        let n = partitions as i64;
+        if consumers > 0 {
+            let fit = (consumers..=n).find(|c| n % c == 0).unwrap_or(n);
+            value = fit as f64 * opts.lag_threshold;
+        }
+    }
+    (value, total_with_persistent as f64 > opts.activation)
+}
+
+#[async_trait]
+impl ScalerBuilder for KafkaBuilder {
+    async fn build(
+        &self,
+        spec: &TriggerSpec,
+        ctx: &BuildContext,
+    ) -> Result<Box<dyn Scaler>, ScalerError> {
+        let p = Params::new(spec);
+        let label = spec.label.clone();
+        let bootstrap = p.required("bootstrapServers")?;
+        let group = p.required("consumerGroup")?;
+        let topic = p.get("topic");
+        let reset = p.one_of("offsetResetPolicy", &["latest", "earliest"], "latest")?;
+        let opts = LagOptions {
+            lag_threshold: p.quantity_or("lagThreshold", 10.0)?,
+            activation: p.quantity_or("activationLagThreshold", 0.0)?,
+            earliest: reset == "earliest",
+            allow_idle_consumers: p.bool_or("allowIdleConsumers", false)?,
+            exclude_persistent_lag: p.bool_or("excludePersistentLag", false)?,
+            limit_to_partitions_with_lag: p.bool_or("limitToPartitionsWithLag", false)?,
+            even_distribution: p.bool_or("ensureEvenDistributionOfPartitions", false)?,
+            scale_to_zero_on_invalid_offset: p.bool_or("scaleToZeroOnInvalidOffset", false)?,
+            partitions: match p.get("partitionLimitation") {
+                Some(t) => parse_partitions(&label, &t)?,
+                None => BTreeSet::new(),
+            },
+        };
+        if opts.lag_threshold <= 0.0 {
+            return Err(ScalerError::config(
+                &label,
+                "lagThreshold",
+                "must be greater than 0",
+            ));
+        }
+        if opts.allow_idle_consumers && opts.limit_to_partitions_with_lag {
+            return Err(ScalerError::config(
+                &label,
+                "limitToPartitionsWithLag",
+                "cannot be combined with allowIdleConsumers",
+            ));
+        }
+        // `tls` may be in the metadata or the auth parameters; the ScaledObject wins.
+        let settings = p.tls()?;
+        let use_tls = settings
+            .tls_requested()
+            .map_err(|e| ScalerError::from_trust(&label, &e))?
+            .unwrap_or(false);
+        let sasl = p.one_of(
+            "sasl",
+            &["none", "plaintext", "scram_sha256", "scram_sha512"],
+            "none",
+        )?;
+        let username = p.secret("username").unwrap_or_default();
+        let password = p.secret("password").unwrap_or_default();
+        if sasl != "none" && (username.is_empty() || password.is_empty()) {
+            return Err(ScalerError::config(
+                &label,
+                "username/password",
+                format!("sasl {sasl} needs both"),
+            ));
+        }
+        let tls: Option<TlsContext> = p.tls_context(
+            ctx,
+            &settings,
+            use_tls,
+            "tls is not enabled for this Kafka trigger",
+        )?;
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &bootstrap)
+            .set("client.id", "trustscale")
+            .set("socket.timeout.ms", "5000")
+            .set("log_level", "3");
+        if let Some(ctx) = &tls {
+            let props = ctx
+                .librdkafka(&label)
+                .map_err(|e| ScalerError::from_trust(&label, &e))?;
+            for (k, v) in props.entries() {
+                config.set(k, v);
+            }
+        }
+        let protocol = match (tls.is_some(), sasl.as_str()) {
+            (false, "none") => "plaintext",
+            (true, "none") => "ssl",
+            (false, _) => "sasl_plaintext",
+            (true, _) => "sasl_ssl",
+        };
+        config.set("security.protocol", protocol);
+        if sasl != "none" {
+            let mechanism = match sasl.as_str() {
+                "plaintext" => "PLAIN",
+                "scram_sha256" => "SCRAM-SHA-256",
+                _ => "SCRAM-SHA-512",
+            };
+            config
+                .set("sasl.mechanisms", mechanism)
+                .set("sasl.username", &username)
+                .set("sasl.password", &password);
+        }
+        let key = ClusterKey {
+            bootstrap: bootstrap.clone(),
+            tls: tls.as_ref().map(TlsContext::fingerprint),
+            sasl: sasl.clone(),
+            username,
+            password: secret_digest(Some(&password)),
+        };
+        let cluster = self
+            .clusters
+            .try_get_or_insert_with(&key, || {
+                let metadata = config.create::<BaseConsumer>()?;
+                Ok::<_, rdkafka::error::KafkaError>(KafkaCluster {
+                    config: config.clone(),
+                    metadata,
+                    groups: Mutex::new(HashMap::new()),
+                    created: AtomicU64::new(1),
+                })
+            })
+            .map_err(|e| {
+                ScalerError::new(
+                    ErrorKind::Config,
+                    &label,
+                    format!("cannot create the Kafka client: {e}"),
+                )
+            })?;
+        p.warn_unknown();
+        let name = match &topic {
+            Some(t) => format!("kafka-{t}"),
+            None => format!("kafka-{group}-topics"),
+        };
+        Ok(Box::new(KafkaScaler {
+            label,
+            cluster,
+            spec: MetricSpec {
+                name: spec.metric_name(&name),
+                target: opts.lag_threshold,
+                metric_type: spec.metric_type,
+            },
+            group,
+            topic,
+            opts,
+            previous: Mutex::new(HashMap::new()),
+        }))
+    }
+}
+
+fn kafka_error(label: &str, e: &rdkafka::error::KafkaError, what: &str) -> ScalerError {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    let code = e.rdkafka_error_code();
+    let kind = match code {
+        Some(
+            C::SaslAuthenticationFailed
+            | C::TopicAuthorizationFailed
+            | C::GroupAuthorizationFailed
+            | C::ClusterAuthorizationFailed,
+        ) => ErrorKind::Auth,
+        Some(
+            C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition | C::GroupIdNotFound,
+        ) => ErrorKind::Source,
+        Some(C::SSL) => ErrorKind::Tls(crate::trust::FailureKind::Tls),
+        _ => ErrorKind::Connection,
+    };
+    ScalerError::new(kind, label, format!("{what}: {e}"))
+}
+
+/// Reads the newest and committed offsets of every selected partition (blocking calls).
+fn read_offsets(
+    label: &str,
+    cluster: &KafkaCluster,
+    group: &str,
+    topic: Option<&str>,
+    only: &BTreeSet<i32>,
+) -> Result<Vec<PartitionOffsets>, ScalerError> {
+    let md = cluster
+        .metadata
+        .fetch_metadata(topic, TIMEOUT)
+        .map_err(|e| kafka_error(label, &e, "fetching metadata"))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        if let Some(err) = t.error() {
+            return Err(ScalerError::new(
+                ErrorKind::Source,
+                label,
+                format!("topic {:?}: {:?}", t.name(), err),
+            ));
+        }
+        if t.name().starts_with("__") {
+            continue;
+        }
+        for part in t.partitions() {
+            if only.is_empty() || only.contains(&part.id()) {
+                tpl.add_partition(t.name(), part.id());
+            }
+        }
+    }
+    if let Some(topic) = topic
+        && tpl.count() == 0
+    {
+        return Err(ScalerError::new(
+            ErrorKind::Source,
+            label,
+            format!("topic {topic:?} has no (selected) partitions"),
+        ));
+    }
+    let consumer = cluster
+        .group(group)
+        .map_err(|e| kafka_error(label, &e, "creating the group client"))?;
+    let committed = consumer.committed_offsets(tpl, TIMEOUT).map_err(|e| {
+        kafka_error(
+            label,
+            &e,
+            &format!("reading the offsets of group {:?}", group),
+        )
+    })?;
+    let mut out = Vec::new();
+    for el in committed.elements() {
+        let committed = match el.offset() {
+            Offset::Offset(o) if o >= 0 => Some(o),
+            _ => None,
+        };
+        // Without a topic, only the topics the group has offsets for count.
+        if topic.is_none() && committed.is_none() {
+            continue;
+        }
+        let (_, high) = cluster
+            .metadata
+            .fetch_watermarks(el.topic(), el.partition(), TIMEOUT)
+            .map_err(|e| {
+                kafka_error(
+                    label,
+                    &e,
+                    &format!(
+                        "reading the newest offset of {}/{}",
+                        el.topic(),
+                        el.partition()
+                    ),
+                )
+            })?;
+        out.push(((el.topic().to_string(), el.partition()), high, committed));
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl Scaler for KafkaScaler {
+    fn metric_specs(&self) -> Vec<MetricSpec> {
+        vec![self.spec.clone()]
+    }
+
+    async fn poll(&self) -> Result<Poll, ScalerError> {
+        // rdkafka's calls block: run them off the async workers.
+        let (label, cluster, group, topic, only) = (
+            self.label.clone(),
+            Arc::clone(&self.cluster),
+            self.group.clone(),
+            self.topic.clone(),
+            self.opts.partitions.clone(),
+        );
+        let parts = tokio::task::spawn_blocking(move || {
+            read_offsets(&label, &cluster, &group, topic.as_deref(), &only)
+        })
+        .await
+        .map_err(|e| {
+            ScalerError::new(
+                ErrorKind::Connection,
+                &self.label,
+                format!("offset reader stopped: {e}"),
+            )
+        })??;
+        let mut previous = self
+            .previous
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (value, active) = compute_lag(&self.opts, &parts, &mut previous);
+        let mut poll = Poll::single(&self.spec.name, value, self.opts.activation);
+        poll.active = active;
+        Ok(poll)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> LagOptions {
+        LagOptions {
+            lag_threshold: 10.0,
+            ..Default::default()
+        }
+    }
+
+    fn part(p: i32, newest: i64, committed: Option<i64>) -> PartitionOffsets {
+        (("t".into(), p), newest, committed)
+    }
+
+    #[test]
+    fn lag_arithmetic_follows_keda() {
+        let mut o = opts();
+        type Case = (&'static str, LagOptions, Vec<PartitionOffsets>, (f64, bool));
+        let cases: Vec<Case> = vec![
+            (
+                "sum of newest - committed",
+                o.clone(),
+                vec![part(0, 10, Some(4)), part(1, 7, Some(7))],
+                (6.0, true),
+            ),
+            (
+                "no offset, latest: 1",
+                o.clone(),
+                vec![part(0, 50, None)],
+                (1.0, true),
+            ),
+            (
+                "no offset, earliest: newest",
+                {
+                    o.earliest = true;
+                    o.clone()
+                },
+                vec![part(0, 50, None)],
+                (10.0, true),
+            ),
+            (
+                "capped at partitions x threshold",
+                opts(),
+                vec![part(0, 500, Some(0)), part(1, 0, Some(0))],
+                (20.0, true),
+            ),
+            (
+                "idle consumers allowed: no cap",
+                LagOptions {
+                    allow_idle_consumers: true,
+                    ..opts()
+                },
+                vec![part(0, 500, Some(0))],
+                (500.0, true),
+            ),
+            (
+                "cap by partitions with lag",
+                LagOptions {
+                    limit_to_partitions_with_lag: true,
+                    ..opts()
+                },
+                vec![
+                    part(0, 500, Some(0)),
+                    part(1, 0, Some(0)),
+                    part(2, 0, Some(0)),
+                ],
+                (10.0, true),
+            ),
+            (
+                "scale to zero on invalid offset",
+                LagOptions {
+                    scale_to_zero_on_invalid_offset: true,
+                    ..opts()
+                },
+                vec![part(0, 50, None)],
+                (0.0, false),
+            ),
+            (
+                "even distribution: consumers to a divisor of 6",
+                LagOptions {
+                    even_distribution: true,
+                    ..opts()
+                },
+                (0..6)
+                    .map(|p| part(p, if p < 4 { 10 } else { 0 }, Some(0)))
+                    .collect(),
+                (60.0, true),
+            ),
+        ];
+        for (name, o, parts, want) in cases {
+            let mut prev = HashMap::new();
+            assert_eq!(compute_lag(&o, &parts, &mut prev), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn persistent_lag_counts_for_activity_but_not_for_scaling() {
+        let o = LagOptions {
+            exclude_persistent_lag: true,
+            ..opts()
+        };
+        let mut prev = HashMap::new();
+        let parts = vec![part(0, 8, Some(3))];
+        assert_eq!(
+            compute_lag(&o, &parts, &mut prev),
+            (5.0, true),
+            "first sight: counted"
+        );
+        assert_eq!(
+            compute_lag(&o, &parts, &mut prev),
+            (0.0, true),
+            "did not move: excluded from scaling, still active"
+        );
+        assert_eq!(
+            compute_lag(&o, &[part(0, 9, Some(4))], &mut prev),
+            (5.0, true),
+            "moved: counted again"
+        );
+    }
+
+    #[test]
+    fn partition_limitation_parses_ranges() {
+        assert_eq!(
+            parse_partitions("t", "1, 2,10-12").unwrap(),
+            [1, 2, 10, 11, 12].into_iter().collect()
+        );
+        assert!(parse_partitions("t", "3-1").is_err());
+        assert!(
+            parse_partitions("t", "x")
+                .unwrap_err()
+                .to_string()
+                .contains("partitionLimitation")
+        );
+    }
+}

@@ -1,0 +1,332 @@
+//! The kafka scaler's lag, exactly, against librdkafka's in-process mock cluster (real
+//! Kafka protocol, real offsets and group commits; plaintext only).
+#![cfg(feature = "kafka")]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use trustscale::scaler::{
+    BuildContext, ErrorKind, ObjectRef, Poll, Scaler, ScalerBuilder, ScalerError, TriggerSpec,
+};
+use trustscale::scalers::kafka::KafkaBuilder;
+use trustscale::trust::{TrustFactory, TrustOptions};
+
+fn ctx() -> BuildContext {
+    BuildContext {
+        trust: TrustFactory::new(TrustOptions::default().ca_dirs(Vec::<std::path::PathBuf>::new()))
+            .unwrap(),
+    }
+}
+
+fn spec(meta: &[(&str, &str)]) -> TriggerSpec {
+    let metadata: BTreeMap<String, String> = meta
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    TriggerSpec::new(
+        ObjectRef {
+            namespace: "test".into(),
+            name: "kafka".into(),
+        },
+        0,
+        "kafka",
+        metadata,
+    )
+}
+
+/// A mock cluster with `topic` of `partitions` partitions holding `produced[p]` records each,
+/// and group `group` committed at `committed[p]` (None: no commit).
+struct Cluster {
+    mock: MockCluster<'static, DefaultProducerContext>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        Cluster {
+            mock: MockCluster::new(1).unwrap(),
+        }
+    }
+
+    fn bootstrap(&self) -> String {
+        self.mock.bootstrap_servers()
+    }
+
+    fn topic(&self, topic: &str, produced: &[i64]) {
+        self.mock
+            .create_topic(topic, produced.len() as i32, 1)
+            .unwrap();
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()
+            .unwrap();
+        for (p, n) in produced.iter().enumerate() {
+            for _ in 0..*n {
+                producer
+                    .send(
+                        BaseRecord::<(), str>::to(topic)
+                            .partition(p as i32)
+                            .payload("job"),
+                    )
+                    .unwrap();
+            }
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+    }
+
+    fn commit(&self, group: &str, topic: &str, committed: &[Option<i64>]) {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for (p, c) in committed.iter().enumerate() {
+            if let Some(c) = c {
+                tpl.add_partition_offset(topic, p as i32, Offset::Offset(*c))
+                    .unwrap();
+            }
+        }
+        if tpl.count() > 0 {
+            consumer.commit(&tpl, CommitMode::Sync).unwrap();
+        }
+    }
+}
+
+async fn poll(builder: &KafkaBuilder, meta: &[(&str, &str)]) -> Result<Poll, ScalerError> {
+    builder.build(&spec(meta), &ctx()).await?.poll().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_and_every_option_match_keda_exactly() {
+    let c = Cluster::new();
+    c.topic("orders", &[10, 20, 0, 5]);
+    c.commit("workers", "orders", &[Some(4), Some(20), None, Some(1)]);
+    let b = KafkaBuilder::default();
+    let boot = c.bootstrap();
+    let base = [
+        ("bootstrapServers", boot.as_str()),
+        ("consumerGroup", "workers"),
+        ("topic", "orders"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut m: Vec<(&str, &str)> = base.to_vec();
+        m.extend_from_slice(extra);
+        m
+    };
+    // Partitions: 0 lag 6, 1 lag 0, 2 no commit (latest: 1), 3 lag 4.
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64, bool);
+    let cases: Vec<Case> = vec![
+        ("lag, latest policy", with(&[]), 11.0, true),
+        (
+            "earliest: a partition without commit lags by its newest offset (0 here)",
+            with(&[("offsetResetPolicy", "earliest")]),
+            10.0,
+            true,
+        ),
+        (
+            "scaleToZeroOnInvalidOffset",
+            with(&[("scaleToZeroOnInvalidOffset", "true")]),
+            10.0,
+            true,
+        ),
+        (
+            "capped at partitions x lagThreshold",
+            with(&[("lagThreshold", "2")]),
+            8.0,
+            true,
+        ),
+        (
+            "limitToPartitionsWithLag caps by the 3 lagging partitions",
+            with(&[("lagThreshold", "2"), ("limitToPartitionsWithLag", "true")]),
+            6.0,
+            true,
+        ),
+        (
+            "allowIdleConsumers: no cap",
+            with(&[("lagThreshold", "2"), ("allowIdleConsumers", "true")]),
+            11.0,
+            true,
+        ),
+        (
+            "partitionLimitation",
+            with(&[("partitionLimitation", "0,3")]),
+            10.0,
+            true,
+        ),
+        (
+            "activation threshold",
+            with(&[("activationLagThreshold", "11")]),
+            11.0,
+            false,
+        ),
+        (
+            "even distribution: 2 consumers wanted, 2 divides 4",
+            with(&[
+                ("lagThreshold", "6"),
+                ("ensureEvenDistributionOfPartitions", "true"),
+            ]),
+            12.0,
+            true,
+        ),
+    ];
+    for (name, meta, want, active) in cases {
+        let p = poll(&b, &meta)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!((p.metrics[0].value, p.active), (want, active), "{name}");
+        assert_eq!(p.metrics[0].name, "s0-kafka-orders");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_topic_every_topic_the_group_has_offsets_for_counts() {
+    let c = Cluster::new();
+    c.topic("a", &[5, 5]);
+    c.topic("b", &[7]);
+    c.topic("unrelated", &[100]);
+    c.commit("g", "a", &[Some(1), Some(5)]);
+    c.commit("g", "b", &[Some(2)]);
+    let b = KafkaBuilder::default();
+    let boot = c.bootstrap();
+    let p = poll(
+        &b,
+        &[
+            ("bootstrapServers", &boot),
+            ("consumerGroup", "g"),
+            ("allowIdleConsumers", "true"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        p.metrics[0].value, 9.0,
+        "4 on a + 5 on b; the unrelated topic does not count"
+    );
+    assert_eq!(p.metrics[0].name, "s0-kafka-g-topics");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_lag_is_excluded_from_scaling_but_keeps_the_trigger_active() {
+    let c = Cluster::new();
+    c.topic("t", &[10]);
+    c.commit("g", "t", &[Some(3)]);
+    let b = KafkaBuilder::default();
+    let boot = c.bootstrap();
+    let scaler = b
+        .build(
+            &spec(&[
+                ("bootstrapServers", &boot),
+                ("consumerGroup", "g"),
+                ("topic", "t"),
+                ("excludePersistentLag", "true"),
+            ]),
+            &ctx(),
+        )
+        .await
+        .unwrap();
+    let p = scaler.poll().await.unwrap();
+    assert_eq!((p.metrics[0].value, p.active), (7.0, true));
+    let p = scaler.poll().await.unwrap();
+    assert_eq!(
+        (p.metrics[0].value, p.active),
+        (0.0, true),
+        "the offset did not move"
+    );
+    c.commit("g", "t", &[Some(5)]);
+    let p = scaler.poll().await.unwrap();
+    assert_eq!((p.metrics[0].value, p.active), (5.0, true), "it moved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_on_one_cluster_share_its_clients() {
+    let c = Cluster::new();
+    c.topic("t", &[3, 3]);
+    let b = KafkaBuilder::default();
+    let boot = c.bootstrap();
+    let mut scalers: Vec<Box<dyn Scaler>> = Vec::new();
+    for i in 0..20 {
+        let group = format!("g{}", i % 2);
+        scalers.push(
+            b.build(
+                &spec(&[
+                    ("bootstrapServers", &boot),
+                    ("consumerGroup", &group),
+                    ("topic", "t"),
+                ]),
+                &ctx(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for s in &scalers {
+        assert_eq!(
+            s.poll().await.unwrap().metrics[0].value,
+            2.0,
+            "two partitions without commits: 1 each"
+        );
+    }
+    assert_eq!(b.live_clusters(), 1);
+    assert_eq!(
+        b.clusters()[0].clients_created(),
+        3,
+        "one metadata client + one per group"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_classified() {
+    let c = Cluster::new();
+    c.topic("t", &[1]);
+    let b = KafkaBuilder::default();
+    let boot = c.bootstrap();
+    let err = poll(
+        &b,
+        &[
+            ("bootstrapServers", &boot),
+            ("consumerGroup", "g"),
+            ("topic", "missing"),
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Source, "{err}");
+    let err = poll(
+        &b,
+        &[
+            ("bootstrapServers", &boot),
+            ("consumerGroup", "g"),
+            ("partitionLimitation", "3-1"),
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Config);
+    let err = poll(
+        &b,
+        &[
+            ("bootstrapServers", &boot),
+            ("consumerGroup", "g"),
+            ("sasl", "scram_sha256"),
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert!(err.message.contains("username/password"), "{err}");
+    let err = poll(
+        &b,
+        &[
+            ("bootstrapServers", "127.0.0.1:1"),
+            ("consumerGroup", "g"),
+            ("topic", "t"),
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Connection, "{err}");
+}
