@@ -382,3 +382,25 @@ async fn triggers_with_the_same_trust_share_one_http_client() {
     }
     assert_eq!(builder.live_clients(), 1);
 }
+
+#[tokio::test]
+async fn an_api_key_in_the_query_never_reaches_an_error_message() {
+    let s = setup();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("https://localhost:{closed}/stats");
+    let spec = spec(&[
+        ("url", &url),
+        ("valueLocation", "v"),
+        ("targetValue", "1"),
+        ("authMode", "apiKey"),
+        ("method", "query"),
+    ])
+    .with_auth("apiKey", "TOPSECRETKEY");
+    let err = poll(&ctx(s.dir.path()), spec).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Connection, "{err}");
+    assert!(!format!("{err} {err:?}").contains("TOPSECRETKEY"), "{err}");
+}

@@ -229,7 +229,7 @@ impl MetricsApiScaler {
                 Auth::ApiKey { .. } => req,
             };
         }
-        let mut resp = req.send().await.map_err(|e| self.request_error(&e))?;
+        let mut resp = req.send().await.map_err(|e| self.request_error(e))?;
         let status = resp.status();
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
             return Err(ScalerError::new(
@@ -252,7 +252,7 @@ impl MetricsApiScaler {
             })
     }
 
-    fn request_error(&self, e: &reqwest::Error) -> ScalerError {
+    fn request_error(&self, e: reqwest::Error) -> ScalerError {
         httpclient::request_error(
             &self.label,
             e,

@@ -499,7 +499,7 @@ impl RabbitMqScaler {
                 let mut resp = req.send().await.map_err(|e| {
                     httpclient::request_error(
                         &self.label,
-                        &e,
+                        e,
                         self.tls.as_ref(),
                         &target,
                         *timeout_ms,

@@ -84,14 +84,16 @@ impl HttpClients {
 }
 
 /// Classifies a reqwest error: timeouts and connection failures (TLS ones by kind).
+/// The URL is dropped from the error first: it may carry an API key in its query.
 #[must_use]
 pub fn request_error(
     trigger: &str,
-    e: &reqwest::Error,
+    e: reqwest::Error,
     tls: Option<&TlsContext>,
     target: &str,
     timeout_ms: u64,
 ) -> ScalerError {
+    let e = e.without_url();
     if e.is_timeout() {
         return ScalerError::new(
             ErrorKind::Connection,
@@ -99,7 +101,7 @@ pub fn request_error(
             format!("{target}: no answer within {timeout_ms} ms"),
         );
     }
-    ScalerError::from_connect(trigger, e, tls, target)
+    ScalerError::from_connect(trigger, &e, tls, target)
 }
 
 /// `host:port` of a URL, for messages (never the credentials or path).
@@ -122,7 +124,11 @@ pub async fn read_capped(resp: &mut reqwest::Response, max: u64) -> Result<Vec<u
         return Err(too_big(len));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| e.without_url().to_string())?
+    {
         if (body.len() + chunk.len()) as u64 > max {
             return Err(too_big((body.len() + chunk.len()) as u64));
         }
