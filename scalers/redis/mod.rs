@@ -270,11 +270,9 @@ impl RedisBuilder {
     }
 }
 
+/// `host:port` or `[v6]:port`, as the trust layer parses targets.
 fn split_address(addr: &str) -> Option<(String, u16)> {
-    let (host, port) = addr.trim().rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = port.parse().ok()?;
-    (!host.is_empty()).then(|| (host.to_string(), port))
+    crate::trust::inspect::split_host_port(addr.trim())
 }
 
 #[async_trait]

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use notify::Watcher as _;
 use trustscale::manifest;
 use trustscale::operator::engine::{Engine, LogSink};
 use trustscale::operator::metrics::Metrics;
 use trustscale::operator::pki::PkiOptions;
 use trustscale::operator::service::{self, CertManager};
+use trustscale::operator::watch;
 use trustscale::scaler::{BuildContext, Registry};
 use trustscale::trust::TrustFactory;
 
@@ -142,34 +142,26 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     let set = manifest::load(&args.manifests);
     engine.apply(&set).await;
     metrics.reloaded("manifests", set.problems.is_empty());
-    let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        // Reads (our own included) are access events: only changes count.
-        if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
-            let _ = tx.send(());
-        }
-    })
-    .context("cannot start the manifest watcher")?;
-    for p in &args.manifests {
-        let target = if p.is_dir() {
-            p.clone()
-        } else {
-            p.parent().map(PathBuf::from).unwrap_or_else(|| ".".into())
-        };
-        if let Err(e) = watcher.watch(&target, notify::RecursiveMode::NonRecursive) {
-            tracing::warn!(path = %target.display(), error = %e, "cannot watch; re-checking every 5 s");
-        }
-    }
+    let targets: Vec<(PathBuf, notify::RecursiveMode)> = args
+        .manifests
+        .iter()
+        .map(|p| {
+            let folder = if p.is_dir() {
+                p.clone()
+            } else {
+                p.parent().map(PathBuf::from).unwrap_or_else(|| ".".into())
+            };
+            (folder, notify::RecursiveMode::NonRecursive)
+        })
+        .collect();
+    let (_watcher, mut changes) = watch::changes(&targets, "manifests");
     let mut last = stamp(&args.manifests);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-            Some(()) = changes.recv() => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                while changes.try_recv().is_ok() {}
-            }
+            Some(()) = changes.recv() => watch::settle(&mut changes, Duration::from_millis(50)).await,
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
         let now = stamp(&args.manifests);

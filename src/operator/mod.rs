@@ -6,3 +6,4 @@ pub mod engine;
 pub mod metrics;
 pub mod pki;
 pub mod service;
+pub mod watch;

@@ -12,7 +12,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use notify::Watcher as _;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
@@ -125,25 +124,10 @@ impl CertManager {
 
     /// Watches the folder (and rotates, with rotation on) until `stop` turns true.
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            // Reads (our own included) are access events: only changes count.
-            if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
-                let _ = tx.send(());
-            }
-        });
-        let _watcher = match watcher {
-            Ok(mut w) => {
-                if let Err(e) = w.watch(&self.dir, notify::RecursiveMode::Recursive) {
-                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot watch the certificate folder; re-checking every {CERT_RESCAN:?}");
-                }
-                Some(w)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "no file watcher; re-checking the certificate folder every {CERT_RESCAN:?}");
-                None
-            }
-        };
+        let (_watcher, mut rx) = super::watch::changes(
+            &[(self.dir.clone(), notify::RecursiveMode::Recursive)],
+            "certificate folder",
+        );
         loop {
             let mut wait = CERT_RESCAN;
             if self.rotation {
@@ -161,11 +145,7 @@ impl CertManager {
             let _ = self.reload();
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                Some(()) = rx.recv() => {
-                    // A secret update is several events: let them settle.
-                    tokio::time::sleep(Duration::from_millis(30)).await;
-                    while rx.try_recv().is_ok() {}
-                }
+                Some(()) = rx.recv() => super::watch::settle(&mut rx, Duration::from_millis(30)).await,
                 _ = stop.changed() => return,
             }
         }
