@@ -274,8 +274,8 @@ async fn triggers_on_one_cluster_share_its_clients() {
     assert_eq!(b.live_clusters(), 1);
     assert_eq!(
         b.clusters()[0].clients_created(),
-        3,
-        "one metadata client + one per group"
+        1,
+        "one client for the cluster, whatever the groups"
     );
 }
 
@@ -296,6 +296,17 @@ async fn errors_are_classified() {
     .await
     .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Source, "{err}");
+    let err = poll(
+        &b,
+        &[
+            ("bootstrapServers", &boot),
+            ("consumerGroup", "never-committed"),
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Source, "{err}");
+    assert!(err.message.contains("never-committed"), "{err}");
     let err = poll(
         &b,
         &[

@@ -12,10 +12,15 @@
 //! the merged anchors as `ssl.ca.pem`, the identity, hostname verification on; settings
 //! librdkafka cannot honour are refused there.
 //!
-//! One metadata/watermark client per cluster (bootstrap servers + trust + credentials),
-//! shared by every trigger on it, plus one offset-reading client per consumer group
-//! (rust-rdkafka has no safe `ListConsumerGroupOffsets`, which would let one client read
-//! every group's offsets).
+//! One rdkafka client per cluster (bootstrap servers + trust + credentials), shared by
+//! every trigger on it: metadata is fetched for the topics asked for only, newest offsets
+//! are read per partition, and every group's committed offsets through librdkafka's
+//! `ListConsumerGroupOffsets` admin call ([`group_offsets`], the one module that calls C).
+//! The client's error callback is kept, so a TLS failure is reported as what it is
+//! (`unknown_issuer`, `client_cert_required`, ...) instead of librdkafka's "all brokers
+//! are down".
+
+pub mod group_offsets;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,15 +28,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, TopicPartitionList};
 
 use crate::scaler::pool::{SharedPool, secret_digest};
 use crate::scaler::{
     BuildContext, ErrorKind, MetricSpec, Params, Poll, Scaler, ScalerBuilder, ScalerError,
     TriggerSpec,
 };
-use crate::trust::{Fingerprint, TlsContext};
+use crate::trust::{FailureKind, Fingerprint, TlsContext, classify_librdkafka_message};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -44,37 +52,85 @@ struct ClusterKey {
     password: [u8; 32],
 }
 
-/// The clients of one Kafka cluster.
+/// The client context of a cluster's client: librdkafka's log lines go to `tracing`, and
+/// the newest error or TLS log line is kept, because the errors returned by its calls
+/// only say that no broker answered.
+#[derive(Default)]
+pub struct KafkaContext {
+    last: Mutex<Option<String>>,
+}
+
+impl KafkaContext {
+    /// Keeps `text` unless what is kept already names a TLS failure and `text` does not
+    /// ("1/1 brokers are down" follows every failed handshake).
+    fn record(&self, text: String) {
+        let tls = |t: &str| {
+            !matches!(
+                classify_librdkafka_message(t),
+                None | Some(FailureKind::Connection)
+            )
+        };
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.as_deref().is_some_and(tls) && !tls(&text) {
+            return;
+        }
+        *last = Some(text);
+    }
+
+    fn take(&self) -> Option<String> {
+        self.last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
+impl ClientContext for KafkaContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::debug!(target: "trustscale::kafka::librdkafka", ?level, facility = fac, "{message}");
+        let severe = matches!(
+            level,
+            RDKafkaLogLevel::Emerg
+                | RDKafkaLogLevel::Alert
+                | RDKafkaLogLevel::Critical
+                | RDKafkaLogLevel::Error
+        );
+        if severe || classify_librdkafka_message(message).is_some() {
+            self.record(message.to_string());
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(target: "trustscale::kafka::librdkafka", %error, "{reason}");
+        self.record(reason.to_string());
+    }
+}
+
+impl ConsumerContext for KafkaContext {}
+
+/// The shared client of one Kafka cluster.
 pub struct KafkaCluster {
-    config: ClientConfig,
-    metadata: BaseConsumer,
-    groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    client: BaseConsumer<KafkaContext>,
     created: AtomicU64,
 }
 
 impl KafkaCluster {
-    /// rdkafka clients created for this cluster so far.
+    /// rdkafka clients created for this cluster so far (one).
     pub fn clients_created(&self) -> u64 {
         self.created.load(Ordering::Relaxed)
     }
 
-    fn group(&self, group: &str) -> Result<Arc<BaseConsumer>, rdkafka::error::KafkaError> {
-        let mut groups = self
-            .groups
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(c) = groups.get(group) {
-            return Ok(Arc::clone(c));
+    /// Serves the log and error events waiting on the client's queue (to its context),
+    /// so they are seen and the queue stays short.
+    fn serve_events(&self) {
+        let waiting = group_offsets::main_queue_len(self.client.client()).min(10_000);
+        for _ in 0..waiting {
+            // No subscription: nothing but events can come back.
+            let _ = self.client.poll(Duration::ZERO);
         }
-        let mut config = self.config.clone();
-        config
-            .set("group.id", group)
-            .set("enable.auto.commit", "false");
-        let consumer: BaseConsumer = config.create()?;
-        self.created.fetch_add(1, Ordering::Relaxed);
-        let consumer = Arc::new(consumer);
-        groups.insert(group.to_string(), Arc::clone(&consumer));
-        Ok(consumer)
     }
 }
 
@@ -331,11 +387,9 @@ impl ScalerBuilder for KafkaBuilder {
         let cluster = self
             .clusters
             .try_get_or_insert_with(&key, || {
-                let metadata = config.create::<BaseConsumer>()?;
-                Ok::<_, rdkafka::error::KafkaError>(KafkaCluster {
-                    config: config.clone(),
-                    metadata,
-                    groups: Mutex::new(HashMap::new()),
+                let client = config.create_with_context(KafkaContext::default())?;
+                Ok::<_, KafkaError>(KafkaCluster {
+                    client,
                     created: AtomicU64::new(1),
                 })
             })
@@ -367,23 +421,94 @@ impl ScalerBuilder for KafkaBuilder {
     }
 }
 
-fn kafka_error(label: &str, e: &rdkafka::error::KafkaError, what: &str) -> ScalerError {
+/// Classifies a failed call: librdkafka's own code where it says something (auth,
+/// unknown group or topic), else the newest error its callbacks reported (a TLS failure
+/// is only visible there).
+fn kafka_error(
+    label: &str,
+    cluster: &KafkaCluster,
+    code: Option<rdkafka::types::RDKafkaErrorCode>,
+    message: &str,
+    what: &str,
+) -> ScalerError {
     use rdkafka::types::RDKafkaErrorCode as C;
-    let code = e.rdkafka_error_code();
-    let kind = match code {
+    let known = match code {
         Some(
             C::SaslAuthenticationFailed
             | C::TopicAuthorizationFailed
             | C::GroupAuthorizationFailed
-            | C::ClusterAuthorizationFailed,
-        ) => ErrorKind::Auth,
+            | C::ClusterAuthorizationFailed
+            | C::Authentication,
+        ) => Some(ErrorKind::Auth),
         Some(
             C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition | C::GroupIdNotFound,
-        ) => ErrorKind::Source,
-        Some(C::SSL) => ErrorKind::Tls(crate::trust::FailureKind::Tls),
-        _ => ErrorKind::Connection,
+        ) => Some(ErrorKind::Source),
+        Some(C::InvalidArgument) => Some(ErrorKind::Config),
+        _ => None,
     };
-    ScalerError::new(kind, label, format!("{what}: {e}"))
+    if let Some(kind) = known {
+        return ScalerError::new(kind, label, format!("{what}: {message}"));
+    }
+    cluster.serve_events();
+    match cluster.client.context().take() {
+        Some(reason) => {
+            let kind = match classify_librdkafka_message(&reason) {
+                Some(FailureKind::Connection) | None => ErrorKind::Connection,
+                Some(k) => ErrorKind::Tls(k),
+            };
+            ScalerError::new(kind, label, format!("{what}: {message} ({reason})"))
+        }
+        None => ScalerError::new(ErrorKind::Connection, label, format!("{what}: {message}")),
+    }
+}
+
+fn rd_error(label: &str, cluster: &KafkaCluster, e: &KafkaError, what: &str) -> ScalerError {
+    kafka_error(label, cluster, e.rdkafka_error_code(), &e.to_string(), what)
+}
+
+/// The topics `group` has committed offsets for, from the offsets of every partition of
+/// every (non-internal) topic; fills `committed`.
+fn group_topics_the_long_way(
+    label: &str,
+    cluster: &KafkaCluster,
+    group: &str,
+    committed: &mut HashMap<(String, i32), i64>,
+) -> Result<BTreeSet<String>, ScalerError> {
+    let md = cluster
+        .client
+        .fetch_metadata(None, TIMEOUT)
+        .map_err(|e| rd_error(label, cluster, &e, "fetching metadata"))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        if t.error().is_some() || t.name().starts_with("__") {
+            continue;
+        }
+        for part in t.partitions() {
+            tpl.add_partition(t.name(), part.id());
+        }
+    }
+    let mut topics = BTreeSet::new();
+    if tpl.count() == 0 {
+        return Ok(topics);
+    }
+    let answer =
+        group_offsets::list_group_offsets(cluster.client.client(), group, Some(&tpl), TIMEOUT)
+            .map_err(|e| {
+                kafka_error(
+                    label,
+                    cluster,
+                    Some(e.code),
+                    &e.message,
+                    &format!("reading the offsets of group {group:?}"),
+                )
+            })?;
+    for p in answer {
+        if p.offset >= 0 && p.error.is_none() {
+            topics.insert(p.topic.clone());
+            committed.insert((p.topic, p.partition), p.offset);
+        }
+    }
+    Ok(topics)
 }
 
 /// Reads the newest and committed offsets of every selected partition (blocking calls).
@@ -394,63 +519,101 @@ fn read_offsets(
     topic: Option<&str>,
     only: &BTreeSet<i32>,
 ) -> Result<Vec<PartitionOffsets>, ScalerError> {
-    let md = cluster
-        .metadata
-        .fetch_metadata(topic, TIMEOUT)
-        .map_err(|e| kafka_error(label, &e, "fetching metadata"))?;
+    let group_error = |e: group_offsets::OffsetsError| {
+        kafka_error(
+            label,
+            cluster,
+            Some(e.code),
+            &e.message,
+            &format!("reading the offsets of group {group:?}"),
+        )
+    };
+    // What was reported before this poll is history.
+    cluster.serve_events();
+    let _ = cluster.client.context().take();
+    // Without a topic: the topics the group has offsets for (as KEDA).
+    let mut committed: HashMap<(String, i32), i64> = HashMap::new();
+    let topics: Vec<String> = match topic {
+        Some(t) => vec![t.to_string()],
+        None => {
+            let all =
+                group_offsets::list_group_offsets(cluster.client.client(), group, None, TIMEOUT)
+                    .map_err(group_error)?;
+            let mut topics = BTreeSet::new();
+            for p in all {
+                if p.offset >= 0 && p.error.is_none() {
+                    topics.insert(p.topic.clone());
+                    committed.insert((p.topic, p.partition), p.offset);
+                }
+            }
+            if topics.is_empty() {
+                // Some brokers (librdkafka's mock cluster among them) answer the "every
+                // topic" form of OffsetFetch with nothing: ask for every partition of
+                // every topic instead, and keep the topics the group has offsets for.
+                topics = group_topics_the_long_way(label, cluster, group, &mut committed)?;
+            }
+            if topics.is_empty() {
+                return Err(ScalerError::new(
+                    ErrorKind::Source,
+                    label,
+                    format!(
+                        "consumer group {group:?} has no committed offsets on any topic; set `topic` to measure a group that has not committed yet"
+                    ),
+                ));
+            }
+            topics.into_iter().collect()
+        }
+    };
     let mut tpl = TopicPartitionList::new();
-    for t in md.topics() {
-        if let Some(err) = t.error() {
-            return Err(ScalerError::new(
-                ErrorKind::Source,
-                label,
-                format!("topic {:?}: {:?}", t.name(), err),
-            ));
-        }
-        if t.name().starts_with("__") {
-            continue;
-        }
-        for part in t.partitions() {
-            if only.is_empty() || only.contains(&part.id()) {
-                tpl.add_partition(t.name(), part.id());
+    for name in &topics {
+        let md = cluster
+            .client
+            .fetch_metadata(Some(name), TIMEOUT)
+            .map_err(|e| rd_error(label, cluster, &e, "fetching metadata"))?;
+        for t in md.topics() {
+            if let Some(err) = t.error() {
+                let code = rdkafka::types::RDKafkaErrorCode::from(err);
+                return Err(kafka_error(
+                    label,
+                    cluster,
+                    Some(code),
+                    &code.to_string(),
+                    &format!("topic {:?}", t.name()),
+                ));
+            }
+            for part in t.partitions() {
+                if only.is_empty() || only.contains(&part.id()) {
+                    tpl.add_partition(t.name(), part.id());
+                }
             }
         }
     }
-    if let Some(topic) = topic
-        && tpl.count() == 0
-    {
-        return Err(ScalerError::new(
-            ErrorKind::Source,
-            label,
-            format!("topic {topic:?} has no (selected) partitions"),
-        ));
-    }
-    let consumer = cluster
-        .group(group)
-        .map_err(|e| kafka_error(label, &e, "creating the group client"))?;
-    let committed = consumer.committed_offsets(tpl, TIMEOUT).map_err(|e| {
-        kafka_error(
-            label,
-            &e,
-            &format!("reading the offsets of group {:?}", group),
-        )
-    })?;
-    let mut out = Vec::new();
-    for el in committed.elements() {
-        let committed = match el.offset() {
-            Offset::Offset(o) if o >= 0 => Some(o),
-            _ => None,
-        };
-        // Without a topic, only the topics the group has offsets for count.
-        if topic.is_none() && committed.is_none() {
-            continue;
+    if let Some(topic) = topic {
+        if tpl.count() == 0 {
+            return Err(ScalerError::new(
+                ErrorKind::Source,
+                label,
+                format!("topic {topic:?} has no (selected) partitions"),
+            ));
         }
+        for p in
+            group_offsets::list_group_offsets(cluster.client.client(), group, Some(&tpl), TIMEOUT)
+                .map_err(group_error)?
+        {
+            if p.offset >= 0 && p.error.is_none() {
+                committed.insert((p.topic, p.partition), p.offset);
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(tpl.count());
+    for el in tpl.elements() {
         let (_, high) = cluster
-            .metadata
+            .client
             .fetch_watermarks(el.topic(), el.partition(), TIMEOUT)
             .map_err(|e| {
-                kafka_error(
+                rd_error(
                     label,
+                    cluster,
                     &e,
                     &format!(
                         "reading the newest offset of {}/{}",
@@ -459,7 +622,9 @@ fn read_offsets(
                     ),
                 )
             })?;
-        out.push(((el.topic().to_string(), el.partition()), high, committed));
+        let key = (el.topic().to_string(), el.partition());
+        let c = committed.get(&key).copied();
+        out.push((key, high, c));
     }
     Ok(out)
 }

@@ -49,6 +49,8 @@ impl Registry {
             "metrics-api",
             crate::scalers::http::MetricsApiBuilder::default(),
         );
+        #[cfg(feature = "kafka")]
+        r.register("kafka", crate::scalers::kafka::KafkaBuilder::default());
         #[cfg(feature = "rabbitmq")]
         r.register(
             "rabbitmq",

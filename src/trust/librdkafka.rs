@@ -8,6 +8,7 @@
 use std::fmt;
 use std::path::Path;
 
+use super::classify::FailureKind;
 use super::context::TlsContext;
 use super::error::{Result, TrustError};
 use super::material;
@@ -94,6 +95,63 @@ pub fn openssl_config_for(min: TlsVersion) -> String {
     )
 }
 
+/// Classifies a librdkafka (OpenSSL) error message, as passed to a client context's error
+/// or log callback: librdkafka's own errors say only that the brokers are down.
+///
+/// None when the message is not about TLS or the connection.
+#[must_use]
+pub fn classify_librdkafka_message(message: &str) -> Option<FailureKind> {
+    // Broker names ("ssl://host:port/1") say nothing about the failure.
+    let m = message
+        .to_ascii_lowercase()
+        .replace("sasl_ssl://", "")
+        .replace("ssl://", "");
+    let has = |needles: &[&str]| needles.iter().any(|n| m.contains(n));
+    let kind = if has(&["certificate has expired", "certificate is not yet valid"]) {
+        FailureKind::Expired
+    } else if has(&["hostname mismatch", "ip address mismatch"]) {
+        FailureKind::HostnameMismatch
+    } else if has(&[
+        "alert certificate required",
+        "peer did not return a certificate",
+        "client ssl authentication might be required",
+    ]) {
+        FailureKind::ClientCertRequired
+    } else if has(&[
+        "alert unknown ca",
+        "alert bad certificate",
+        "alert certificate unknown",
+    ]) {
+        FailureKind::ClientCertRejected
+    } else if has(&[
+        "unable to get local issuer certificate",
+        "unable to get issuer certificate",
+        "self-signed certificate",
+        "self signed certificate",
+        "certificate verify failed",
+        "broker certificate could not be verified",
+    ]) {
+        FailureKind::UnknownIssuer
+    } else if has(&[
+        "unsupported protocol",
+        "alert protocol version",
+        "wrong version number",
+        "no protocols available",
+        "version too low",
+    ]) {
+        FailureKind::ProtocolVersion
+    } else if has(&["connection refused", "connect to ipv", "timed out"]) {
+        FailureKind::Connection
+    } else if has(&["ssl", "tls"]) {
+        FailureKind::Tls
+    } else if has(&["disconnected"]) {
+        FailureKind::Connection
+    } else {
+        return None;
+    };
+    Some(kind)
+}
+
 impl TlsContext {
     /// The same trust as librdkafka properties: `security.protocol=ssl`, the merged
     /// anchors (system + CA folders + the trigger's `ca`) as `ssl.ca.pem`, the identity as
@@ -158,6 +216,36 @@ impl TlsContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn librdkafka_messages_are_classified() {
+        let cases = [
+            (
+                "ssl://127.0.0.1:19092/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified, verify that ssl.ca.location is correctly configured (after 3ms in state SSL_HANDSHAKE)",
+                Some(FailureKind::UnknownIssuer),
+            ),
+            (
+                "ssl://127.0.0.1:19092/bootstrap: Connect to ipv4#127.0.0.1:19092 failed: Connection refused (after 0ms in state CONNECT)",
+                Some(FailureKind::Connection),
+            ),
+            (
+                "SSL handshake failed: error:0A00045C:SSL routines::tlsv13 alert certificate required",
+                Some(FailureKind::ClientCertRequired),
+            ),
+            (
+                "SSL handshake failed: error:0A000102:SSL routines::unsupported protocol",
+                Some(FailureKind::ProtocolVersion),
+            ),
+            (
+                "SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: certificate has expired",
+                Some(FailureKind::Expired),
+            ),
+            ("1/1 brokers are down", None),
+        ];
+        for (msg, want) in cases {
+            assert_eq!(classify_librdkafka_message(msg), want, "{msg}");
+        }
+    }
 
     #[test]
     fn min_protocol_is_read_from_openssl_config() {

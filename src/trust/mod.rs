@@ -26,7 +26,10 @@ pub use classify::{FailureKind, HandshakeFailure, classify, classify_rustls, fin
 pub use context::{Fingerprint, TlsContext};
 pub use error::{Result, TrustError};
 pub use factory::{TrustFactory, TrustOptions, TrustStats};
-pub use librdkafka::{LibrdkafkaTls, OPENSSL_CONF_ENV, openssl_config_for, openssl_enforced_min};
+pub use librdkafka::{
+    LibrdkafkaTls, OPENSSL_CONF_ENV, classify_librdkafka_message, openssl_config_for,
+    openssl_enforced_min,
+};
 pub use server::{ServerIdentity, ServerTls};
 pub use settings::{Secret, TlsMode, TlsSettings, UnsafeSslPolicy, parse_go_bool};
 pub use version::{CLIENT_MIN_TLS_ENV, SERVICE_MIN_TLS_ENV, TlsVersion};
