@@ -1,0 +1,595 @@
+//! The kafka scaler over TLS, against the tansu brokers behind stunnel started by
+//! `fixtures/brokers.sh start` (a TLS 1.2+1.3 listener, a client-certificate-required
+//! one and a TLS 1.2-only one), every positive case with its negative control.
+#![cfg(feature = "kafka")]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use support::fixtures::Fixtures;
+use trustscale::scaler::{
+    BuildContext, ErrorKind, ObjectRef, Poll, ScalerBuilder, ScalerError, TriggerSpec,
+};
+use trustscale::scalers::kafka::KafkaBuilder;
+use trustscale::trust::{FailureKind, Secret, TrustFactory, TrustOptions};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn factory(ca_dirs: Vec<PathBuf>) -> BuildContext {
+    BuildContext {
+        trust: TrustFactory::new(TrustOptions::default().ca_dirs(ca_dirs)).unwrap(),
+    }
+}
+
+fn spec(meta: &[(&str, &str)], auth: &[(&str, &str)]) -> TriggerSpec {
+    let mut s = TriggerSpec::new(
+        ObjectRef {
+            namespace: "test".into(),
+            name: "kafka-tls".into(),
+        },
+        0,
+        "kafka",
+        meta.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    s.auth = auth
+        .iter()
+        .map(|(k, v)| (k.to_string(), Secret::new(*v)))
+        .collect();
+    s
+}
+
+/// A unique name, so tests never see each other's topics and groups.
+fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// librdkafka settings of the test's own admin, producer and committer: the fixture CA
+/// by file (independent of the code under test), and the client certificate when asked.
+fn client_config(bootstrap: &str, client_cert: bool) -> ClientConfig {
+    let fx = Fixtures::get();
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("security.protocol", "ssl")
+        .set("ssl.ca.location", fx.pki("ca.crt").to_str().unwrap())
+        .set("socket.timeout.ms", "5000");
+    if client_cert {
+        c.set(
+            "ssl.certificate.location",
+            fx.pki("client.crt").to_str().unwrap(),
+        )
+        .set("ssl.key.location", fx.pki("client.key").to_str().unwrap());
+    }
+    c
+}
+
+/// Creates `topic` with one partition per entry of `produced`, writes that many records
+/// to each (one record per produce request: tansu 0.6.0 reports a wrong newest offset
+/// for batches), and commits `committed` for `group`.
+async fn seed(
+    bootstrap: &str,
+    client_cert: bool,
+    topic: &str,
+    produced: &[usize],
+    group: &str,
+    committed: &[Option<i64>],
+) {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(bootstrap, client_cert).create().unwrap();
+    let new = NewTopic::new(topic, produced.len() as i32, TopicReplication::Fixed(1));
+    let res = admin
+        .create_topics([&new], &AdminOptions::new().operation_timeout(Some(WAIT)))
+        .await
+        .expect("create_topics");
+    for r in res {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+    let producer: BaseProducer = client_config(bootstrap, client_cert)
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1")
+        .create()
+        .unwrap();
+    for (p, n) in produced.iter().enumerate() {
+        for _ in 0..*n {
+            producer
+                .send(
+                    BaseRecord::<(), str>::to(topic)
+                        .partition(p as i32)
+                        .payload("job"),
+                )
+                .map_err(|(e, _)| e)
+                .unwrap();
+            producer.flush(WAIT).unwrap();
+        }
+    }
+    commit(bootstrap, client_cert, group, topic, committed);
+}
+
+fn commit(bootstrap: &str, client_cert: bool, group: &str, topic: &str, c: &[Option<i64>]) {
+    let consumer: BaseConsumer = client_config(bootstrap, client_cert)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in c.iter().enumerate() {
+        if let Some(o) = o {
+            tpl.add_partition_offset(topic, p as i32, Offset::Offset(*o))
+                .unwrap();
+        }
+    }
+    consumer.commit(&tpl, CommitMode::Sync).unwrap();
+}
+
+async fn poll(
+    ctx: &BuildContext,
+    meta: &[(&str, &str)],
+    auth: &[(&str, &str)],
+) -> Result<Poll, ScalerError> {
+    // A builder per call: a new client, so nothing is learnt from an earlier poll.
+    KafkaBuilder::default()
+        .build(&spec(meta, auth), ctx)
+        .await?
+        .poll()
+        .await
+}
+
+fn tls_kind(err: &ScalerError) -> Option<FailureKind> {
+    match err.kind {
+        ErrorKind::Tls(k) => Some(k),
+        _ => None,
+    }
+}
+
+/// The bootstrap address in fixture variable `var`, checked to be listening.
+fn bootstrap(var: &str) -> String {
+    let addr = Fixtures::get().var(var);
+    if std::net::TcpStream::connect(&addr).is_err() {
+        panic!(
+            "fixture {var} ({addr}) is not listening; start the brokers with `fixtures/brokers.sh start`"
+        );
+    }
+    addr
+}
+
+fn dir_with(files: &[&Path]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in files {
+        std::fs::copy(f, dir.path().join(f.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_ca_folder_trusts_the_broker_and_the_lag_is_exact() {
+    let fx = Fixtures::get();
+    let boot = bootstrap("KAFKA_TLS_BOOTSTRAP");
+    let (topic, group) = (unique("orders"), unique("workers"));
+    seed(
+        &boot,
+        false,
+        &topic,
+        &[5, 3, 0],
+        &group,
+        &[Some(1), Some(3), None],
+    )
+    .await;
+    let meta = [
+        ("bootstrapServers", boot.as_str()),
+        ("consumerGroup", group.as_str()),
+        ("topic", topic.as_str()),
+        ("tls", "enable"),
+    ];
+    let ca = fx.ca_dir();
+    let p = poll(&factory(vec![ca.path().to_path_buf()]), &meta, &[])
+        .await
+        .unwrap();
+    // 4 + 0 + 1 (no commit, latest policy).
+    assert_eq!((p.metrics[0].value, p.active), (5.0, true));
+
+    // The whole group (no topic): the same figure, through the same trust.
+    let p = poll(
+        &factory(vec![ca.path().to_path_buf()]),
+        &[
+            ("bootstrapServers", boot.as_str()),
+            ("consumerGroup", group.as_str()),
+            ("tls", "enable"),
+        ],
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(p.metrics[0].value, 5.0);
+
+    // Negative control: a folder with another CA only.
+    let wrong = dir_with(&[&fx.pki("untrusted-ca.crt")]);
+    let err = poll(&factory(vec![wrong.path().to_path_buf()]), &meta, &[])
+        .await
+        .unwrap_err();
+    assert_eq!(tls_kind(&err), Some(FailureKind::UnknownIssuer), "{err}");
+    assert!(
+        err.to_string().contains("certificate verify failed"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_trigger_ca_is_added_to_the_anchors_of_that_trigger_only() {
+    let fx = Fixtures::get();
+    let boot = bootstrap("KAFKA_TLS_BOOTSTRAP");
+    let (topic, group) = (unique("t"), unique("g"));
+    seed(&boot, false, &topic, &[2], &group, &[Some(0)]).await;
+    let meta = [
+        ("bootstrapServers", boot.as_str()),
+        ("consumerGroup", group.as_str()),
+        ("topic", topic.as_str()),
+    ];
+    let system_only = factory(Vec::new());
+    let ca = fx.pem("ca.crt");
+    let p = poll(&system_only, &meta, &[("tls", "enable"), ("ca", &ca)])
+        .await
+        .unwrap();
+    assert_eq!(p.metrics[0].value, 2.0);
+    let err = poll(&system_only, &meta, &[("tls", "enable")])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        tls_kind(&err),
+        Some(FailureKind::UnknownIssuer),
+        "system roots alone do not trust the broker: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_requires_a_client_certificate_gets_the_triggers_identity() {
+    let fx = Fixtures::get();
+    let boot = bootstrap("KAFKA_MTLS_BOOTSTRAP");
+    let (topic, group) = (unique("t"), unique("g"));
+    seed(&boot, true, &topic, &[4, 1], &group, &[Some(1), None]).await;
+    let meta = [
+        ("bootstrapServers", boot.as_str()),
+        ("consumerGroup", group.as_str()),
+        ("topic", topic.as_str()),
+        ("tls", "enable"),
+    ];
+    let ca = fx.ca_dir();
+    let ctx = factory(vec![ca.path().to_path_buf()]);
+    // The encrypted key and its password, as a TriggerAuthentication would give them.
+    let cert = fx.pem("client-chain.crt");
+    let key = fx.pem("client-encrypted.key");
+    let password = fx.var("TRUSTSCALE_CLIENT_KEY_PASSWORD");
+    let p = poll(
+        &ctx,
+        &meta,
+        &[("cert", &cert), ("key", &key), ("keyPassword", &password)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(p.metrics[0].value, 4.0, "3 + 1 (no commit)");
+    let err = poll(&ctx, &meta, &[]).await.unwrap_err();
+    assert_eq!(
+        tls_kind(&err),
+        Some(FailureKind::ClientCertRequired),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_ssl_still_works_and_is_the_only_way_without_the_ca() {
+    let boot = bootstrap("KAFKA_TLS_BOOTSTRAP");
+    let (topic, group) = (unique("t"), unique("g"));
+    seed(&boot, false, &topic, &[3], &group, &[Some(1)]).await;
+    let meta = [
+        ("bootstrapServers", boot.as_str()),
+        ("consumerGroup", group.as_str()),
+        ("topic", topic.as_str()),
+        ("tls", "enable"),
+    ];
+    let system_only = factory(Vec::new());
+    let mut unsafe_meta = meta.to_vec();
+    unsafe_meta.push(("unsafeSsl", "true"));
+    let p = poll(&system_only, &unsafe_meta, &[]).await.unwrap();
+    assert_eq!(p.metrics[0].value, 2.0);
+    let err = poll(&system_only, &meta, &[]).await.unwrap_err();
+    assert_eq!(tls_kind(&err), Some(FailureKind::UnknownIssuer), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_topic_is_a_source_error_over_tls() {
+    let boot = bootstrap("KAFKA_TLS_BOOTSTRAP");
+    let ca = Fixtures::get().ca_dir();
+    let err = poll(
+        &factory(vec![ca.path().to_path_buf()]),
+        &[
+            ("bootstrapServers", boot.as_str()),
+            ("consumerGroup", "g"),
+            ("topic", &unique("never-created")),
+            ("tls", "enable"),
+        ],
+        &[],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Source, "{err}");
+}
+
+/// A tansu broker behind stunnel owned by one test, so the test can take it down.
+struct OwnBroker {
+    dir: tempfile::TempDir,
+    tls_port: u16,
+    plain_port: u16,
+    children: Vec<Child>,
+}
+
+impl OwnBroker {
+    fn new(tls_port: u16, plain_port: u16) -> OwnBroker {
+        let mut b = OwnBroker {
+            dir: tempfile::tempdir().unwrap(),
+            tls_port,
+            plain_port,
+            children: Vec::new(),
+        };
+        b.start();
+        b
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.tls_port)
+    }
+
+    fn start(&mut self) {
+        let fx = Fixtures::get();
+        let conf = self.dir.path().join("stunnel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "foreground = yes\npid =\nsyslog = no\ndebug = notice\n[kafka]\naccept = 127.0.0.1:{}\nconnect = 127.0.0.1:{}\ncert = {}\nkey = {}\n",
+                self.tls_port,
+                self.plain_port,
+                fx.pki("server-chain.crt").display(),
+                fx.pki("server.key").display()
+            ),
+        )
+        .unwrap();
+        let tansu = Command::new(fx.var("KAFKA_TANSU_BIN"))
+            .args([
+                "broker",
+                "--cluster-id",
+                "trustscale-restart",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{}", self.plain_port),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{}", self.tls_port),
+                "--storage-engine",
+                "memory://tansu-restart/",
+            ])
+            .env_remove("LISTENER_URL")
+            .env_remove("ADVERTISED_LISTENER_URL")
+            .env_remove("STORAGE_ENGINE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting tansu (KAFKA_TANSU_BIN)");
+        let stunnel = Command::new(fx.var("KAFKA_STUNNEL_BIN"))
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting stunnel (KAFKA_STUNNEL_BIN)");
+        self.children = vec![tansu, stunnel];
+        let deadline = Instant::now() + WAIT;
+        for port in [self.plain_port, self.tls_port] {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "own broker port {port} never listened"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        for mut c in self.children.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_broker_restart_the_next_poll_succeeds() {
+    // Ports of this test's own broker, off the fixture's.
+    let mut broker = OwnBroker::new(19095, 19195);
+    let boot = broker.bootstrap();
+    let (topic, group) = ("restart-orders", "restart-workers");
+    seed(&boot, false, topic, &[6], group, &[Some(2)]).await;
+    let ca = Fixtures::get().ca_dir();
+    let ctx = factory(vec![ca.path().to_path_buf()]);
+    let scaler = KafkaBuilder::default()
+        .build(
+            &spec(
+                &[
+                    ("bootstrapServers", boot.as_str()),
+                    ("consumerGroup", group),
+                    ("topic", topic),
+                    ("tls", "enable"),
+                ],
+                &[],
+            ),
+            &ctx,
+        )
+        .await
+        .unwrap();
+    assert_eq!(scaler.poll().await.unwrap().metrics[0].value, 4.0);
+
+    broker.stop();
+    let err = scaler.poll().await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Connection, "broker down: {err}");
+
+    // Back, empty (in-memory storage): the same data again, with another lag.
+    broker.start();
+    seed(&boot, false, topic, &[6], group, &[Some(5)]).await;
+    let p = scaler
+        .poll()
+        .await
+        .expect("the first poll after the restart");
+    assert_eq!(p.metrics[0].value, 1.0);
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// `trustscale probe` on a KEDA manifest set with Kafka triggers, optionally with a
+/// process-wide OpenSSL configuration and a TLS13 client minimum.
+fn probe(
+    dir: &Path,
+    ca_dir: &Path,
+    openssl_conf: Option<&Path>,
+    min_tls: Option<&str>,
+) -> (std::process::Output, serde_json::Value) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trustscale"));
+    cmd.arg("probe")
+        .arg("-f")
+        .arg(dir)
+        .arg("--ca-dir")
+        .arg(ca_dir)
+        .arg("--json")
+        .env_remove("OPENSSL_CONF")
+        .env_remove("KEDA_HTTP_MIN_TLS_VERSION");
+    if let Some(conf) = openssl_conf {
+        cmd.env("OPENSSL_CONF", conf);
+    }
+    if let Some(v) = min_tls {
+        cmd.env("KEDA_HTTP_MIN_TLS_VERSION", v);
+    }
+    let out = cmd.output().unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out, json)
+}
+
+fn kafka_manifests(tls: &str, mtls: &str, tls12: &str, topic: &str, group: &str) -> String {
+    let fx = Fixtures::get();
+    format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: kafka-client, namespace: shop}}
+type: Opaque
+data:
+  cert: {cert}
+  key: {key}
+stringData:
+  tls: enable
+---
+apiVersion: keda.sh/v1alpha1
+kind: TriggerAuthentication
+metadata: {{name: kafka-mtls, namespace: shop}}
+spec:
+  secretTargetRef:
+    - {{parameter: tls, name: kafka-client, key: tls}}
+    - {{parameter: cert, name: kafka-client, key: cert}}
+    - {{parameter: key, name: kafka-client, key: key}}
+---
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {{name: orders, namespace: shop}}
+spec:
+  scaleTargetRef: {{name: orders-worker}}
+  triggers:
+    - type: kafka
+      metadata: {{bootstrapServers: "{tls}", consumerGroup: {group}, topic: {topic}, lagThreshold: "5", tls: enable}}
+    - type: kafka
+      metadata: {{bootstrapServers: "{mtls}", consumerGroup: {group}, topic: {topic}, lagThreshold: "5"}}
+      authenticationRef: {{name: kafka-mtls}}
+    - type: kafka
+      metadata: {{bootstrapServers: "{tls12}", consumerGroup: {group}, topic: {topic}, lagThreshold: "5", tls: enable}}
+"#,
+        cert = b64(&fx.pem("client.crt")),
+        key = b64(&fx.pem("client.key")),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_of_a_manifest_set_and_a_tls13_minimum_that_really_holds() {
+    let fx = Fixtures::get();
+    let (tls, mtls, tls12) = (
+        bootstrap("KAFKA_TLS_BOOTSTRAP"),
+        bootstrap("KAFKA_MTLS_BOOTSTRAP"),
+        bootstrap("KAFKA_TLS12_BOOTSTRAP"),
+    );
+    let (topic, group) = (unique("probe"), unique("probe-group"));
+    seed(&tls, false, &topic, &[3], &group, &[Some(1)]).await;
+    seed(&mtls, true, &topic, &[3], &group, &[Some(1)]).await;
+    seed(&tls12, false, &topic, &[3], &group, &[Some(1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("kafka.yaml"),
+        kafka_manifests(&tls, &mtls, &tls12, &topic, &group),
+    )
+    .unwrap();
+    let ca = fx.ca_dir();
+
+    // The default minimum (TLS 1.2): all three listeners.
+    let (out, json) = probe(dir.path(), ca.path(), None, None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{json}\n{stderr}");
+    for i in 0..3 {
+        assert_eq!(json["triggers"][i]["value"], 2.0, "trigger {i}: {json}");
+    }
+    assert!(!stderr.contains("PRIVATE KEY"), "no key in the logs");
+
+    // TLS13 without a process-wide OpenSSL minimum: librdkafka could not honour it, so
+    // every Kafka trigger is refused with a clear error rather than silently downgraded.
+    let (out, json) = probe(dir.path(), ca.path(), None, Some("TLS13"));
+    assert_eq!(out.status.code(), Some(1), "{json}");
+    for i in 0..3 {
+        let msg = json["triggers"][i]["error"]["message"]
+            .as_str()
+            .unwrap_or_default();
+        assert_eq!(json["triggers"][i]["error"]["kind"], "config", "{json}");
+        assert!(msg.contains("OPENSSL_CONF"), "{msg}");
+    }
+
+    // TLS13 with OPENSSL_CONF enforcing it: the TLS 1.2-only listener fails the handshake,
+    // the others still answer.
+    let conf = dir.path().join("openssl-tls13.cnf");
+    std::fs::write(
+        &conf,
+        trustscale::trust::openssl_config_for(trustscale::trust::TlsVersion::Tls13),
+    )
+    .unwrap();
+    let (out, json) = probe(dir.path(), ca.path(), Some(&conf), Some("TLS13"));
+    assert_eq!(out.status.code(), Some(1), "{json}");
+    assert_eq!(json["triggers"][0]["value"], 2.0, "{json}");
+    assert_eq!(json["triggers"][1]["value"], 2.0, "{json}");
+    assert_eq!(
+        json["triggers"][2]["error"]["kind"], "protocol_version",
+        "{json}"
+    );
+}
