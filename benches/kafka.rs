@@ -2,14 +2,18 @@
 //! (10 topics × 100 consumer groups) on one cluster — rdkafka clients created, resident
 //! memory per additional trigger, and the time of one full poll round.
 //!
-//! `cargo bench --bench kafka --features kafka`
+//! `cargo bench --bench kafka --features kafka` (mock cluster), or
+//! `cargo bench --bench kafka --features kafka -- tls` (the fixture's tansu broker over
+//! TLS; `fixtures/brokers.sh start kafka` first).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use trustscale::scaler::{BuildContext, ObjectRef, Scaler, ScalerBuilder, TriggerSpec};
 use trustscale::scalers::kafka::KafkaBuilder;
@@ -17,55 +21,108 @@ use trustscale::trust::{TrustFactory, TrustOptions};
 
 mod support;
 
+/// librdkafka settings of the bench's own producer and committer.
+fn seed_config(boot: &str, ca: Option<&str>) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", boot);
+    if let Some(ca) = ca {
+        c.set("security.protocol", "ssl").set("ssl.ca.location", ca);
+    }
+    c
+}
+
 fn main() {
+    // `-- tls`: against the fixture's tansu broker behind stunnel (TLS, custom CA folder)
+    // instead of the in-process mock cluster.
+    let tls = std::env::args().any(|a| a == "tls");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let mock = MockCluster::new(1).unwrap();
-    let boot = mock.bootstrap_servers();
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &boot)
+    let mock = (!tls).then(|| MockCluster::new(1).unwrap());
+    let (boot, ca_file, ca_dirs) = if tls {
+        let env = support::fixture_env();
+        let pki = std::path::PathBuf::from(&env["TRUSTSCALE_PKI_DIR"]);
+        let dir =
+            std::env::temp_dir().join(format!("trustscale-kafka-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(pki.join("ca.crt"), dir.join("ca.crt")).unwrap();
+        (
+            env["KAFKA_TLS_BOOTSTRAP"].clone(),
+            Some(pki.join("ca.crt").display().to_string()),
+            vec![dir],
+        )
+    } else {
+        let mock = mock.as_ref().unwrap();
+        (mock.bootstrap_servers(), None, Vec::new())
+    };
+    let run = std::process::id();
+    let topic_name = |t: usize| format!("topic-{run}-{t}");
+    let group_name = |g: usize| format!("group-{run}-{g}");
+    let ca = ca_file.as_deref();
+    let producer: BaseProducer = seed_config(&boot, ca)
+        .set("linger.ms", "0")
         .create()
         .unwrap();
+    if tls {
+        let admin: AdminClient<DefaultClientContext> = seed_config(&boot, ca).create().unwrap();
+        let topics: Vec<String> = (0..10).map(topic_name).collect();
+        let new: Vec<NewTopic> = topics
+            .iter()
+            .map(|t| NewTopic::new(t, 4, TopicReplication::Fixed(1)))
+            .collect();
+        for r in rt
+            .block_on(admin.create_topics(new.iter(), &AdminOptions::new()))
+            .unwrap()
+        {
+            r.unwrap();
+        }
+    } else if let Some(mock) = &mock {
+        for t in 0..10 {
+            mock.create_topic(&topic_name(t), 4, 1).unwrap();
+        }
+    }
+    // One record per produce request (tansu 0.6.0 miscounts batches).
     for t in 0..10 {
-        let topic = format!("topic-{t}");
-        mock.create_topic(&topic, 4, 1).unwrap();
         for p in 0..4 {
             for _ in 0..5 {
                 producer
-                    .send(BaseRecord::<(), str>::to(&topic).partition(p).payload("x"))
+                    .send(
+                        BaseRecord::<(), str>::to(&topic_name(t))
+                            .partition(p)
+                            .payload("x"),
+                    )
+                    .map_err(|(e, _)| e)
                     .unwrap();
+                producer.flush(Duration::from_secs(10)).unwrap();
             }
         }
     }
-    producer.flush(Duration::from_secs(10)).unwrap();
     for g in 0..100 {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &boot)
-            .set("group.id", format!("group-{g}"))
+        let c: BaseConsumer = seed_config(&boot, ca)
+            .set("group.id", group_name(g))
             .create()
             .unwrap();
         let mut tpl = TopicPartitionList::new();
         for t in 0..10 {
             for p in 0..4 {
-                tpl.add_partition_offset(&format!("topic-{t}"), p, Offset::Offset(2))
+                tpl.add_partition_offset(&topic_name(t), p, Offset::Offset(2))
                     .unwrap();
             }
         }
         c.commit(&tpl, CommitMode::Sync).unwrap();
     }
     let ctx = BuildContext {
-        trust: TrustFactory::new(TrustOptions::default().ca_dirs(Vec::<std::path::PathBuf>::new()))
-            .unwrap(),
+        trust: TrustFactory::new(TrustOptions::default().ca_dirs(ca_dirs)).unwrap(),
     };
     let builder = KafkaBuilder::default();
     let spec = |i: usize| {
         let meta: BTreeMap<String, String> = [
             ("bootstrapServers", boot.clone()),
-            ("consumerGroup", format!("group-{}", i / 10)),
-            ("topic", format!("topic-{}", i % 10)),
+            ("consumerGroup", group_name(i / 10)),
+            ("topic", topic_name(i % 10)),
+            ("tls", if tls { "enable" } else { "disable" }.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -106,7 +163,12 @@ fn main() {
     ));
     let round2 = start.elapsed();
     println!(
-        "1,000 kafka triggers (10 topics x 100 groups), one cluster: {} cluster client set, {} rdkafka clients created (1 metadata + 1 per group), RSS +{:.1} KiB per additional trigger, first poll round {round:?}, second {round2:?}, {failed}+{} failed, total lag {lag}",
+        "1,000 kafka triggers (10 topics x 100 groups), one cluster ({}): {} cluster client set, {} rdkafka clients created, RSS +{:.1} KiB per additional trigger, first poll round {round:?}, second {round2:?}, {failed}+{} failed, total lag {lag}",
+        if tls {
+            "tansu behind stunnel, TLS"
+        } else {
+            "librdkafka mock cluster"
+        },
         builder.live_clusters(),
         builder.clusters()[0].clients_created(),
         rss1.saturating_sub(rss0) as f64 / 999.0,
