@@ -7,14 +7,10 @@
 //! TLS; `fixtures/brokers.sh start kafka` first).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use trustscale::scaler::{BuildContext, ObjectRef, Scaler, ScalerBuilder, TriggerSpec};
 use trustscale::scalers::kafka::KafkaBuilder;
 use trustscale::trust::{TrustFactory, TrustOptions};
@@ -60,59 +56,21 @@ fn main() {
     let run = std::process::id();
     let topic_name = |t: usize| format!("topic-{run}-{t}");
     let group_name = |g: usize| format!("group-{run}-{g}");
-    let ca = ca_file.as_deref();
-    let producer: BaseProducer = seed_config(&boot, ca)
-        .set("linger.ms", "0")
-        .create()
-        .unwrap();
-    if tls {
-        let admin: AdminClient<DefaultClientContext> = seed_config(&boot, ca).create().unwrap();
-        let topics: Vec<String> = (0..10).map(topic_name).collect();
-        let new: Vec<NewTopic> = topics
-            .iter()
-            .map(|t| NewTopic::new(t, 4, TopicReplication::Fixed(1)))
-            .collect();
-        for r in rt
-            .block_on(admin.create_topics(new.iter(), &AdminOptions::new()))
-            .unwrap()
-        {
-            r.unwrap();
-        }
-    } else if let Some(mock) = &mock {
-        for t in 0..10 {
-            mock.create_topic(&topic_name(t), 4, 1).unwrap();
-        }
-    }
-    // One record per produce request (tansu 0.6.0 miscounts batches).
-    for t in 0..10 {
-        for p in 0..4 {
-            for _ in 0..5 {
-                producer
-                    .send(
-                        BaseRecord::<(), str>::to(&topic_name(t))
-                            .partition(p)
-                            .payload("x"),
-                    )
-                    .map_err(|(e, _)| e)
-                    .unwrap();
-                producer.flush(Duration::from_secs(10)).unwrap();
-            }
-        }
-    }
-    for g in 0..100 {
-        let c: BaseConsumer = seed_config(&boot, ca)
-            .set("group.id", group_name(g))
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for t in 0..10 {
-            for p in 0..4 {
-                tpl.add_partition_offset(&topic_name(t), p, Offset::Offset(2))
-                    .unwrap();
-            }
-        }
-        c.commit(&tpl, CommitMode::Sync).unwrap();
-    }
+    let topics: Vec<String> = (0..10).map(topic_name).collect();
+    let groups: Vec<String> = (0..100).map(group_name).collect();
+    let target = match &mock {
+        Some(m) => support::kafka::Target::Mock(m),
+        None => support::kafka::Target::Broker,
+    };
+    rt.block_on(support::kafka::seed(
+        &seed_config(&boot, ca_file.as_deref()),
+        target,
+        &topics,
+        4,
+        5,
+        &groups,
+        2,
+    ));
     let ctx = BuildContext {
         trust: TrustFactory::new(TrustOptions::default().ca_dirs(ca_dirs)).unwrap(),
     };

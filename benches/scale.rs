@@ -1,10 +1,12 @@
 //! The scale run: 10,000 triggers across 1,000 ScaledObjects in one engine — per
 //! ScaledObject 4 metrics-api triggers (an in-process HTTPS source), 5 Redis triggers (the
-//! TLS Redis fixture) and 1 RabbitMQ trigger (the AMQPS fixture) — polled every 30 s, then
-//! every 1 s. Reports resident memory and CPU per 1,000 triggers, connections per source,
-//! failed polls, and p50/p99 poll latency.
+//! TLS Redis fixture) and 1 RabbitMQ trigger (the AMQPS fixture); with the `kafka`
+//! feature, one of the Redis triggers becomes a Kafka trigger (the TLS Kafka fixture,
+//! 10 topics × 100 groups) — polled every 30 s, then every 1 s. Reports resident memory
+//! and CPU per 1,000 triggers, connections per source, failed polls, and p50/p99 poll
+//! latency.
 //!
-//! Needs `fixtures/brokers.sh start`. `cargo bench --bench scale`
+//! Needs `fixtures/brokers.sh start`. `cargo bench --bench scale [--features kafka]`
 
 #[path = "../examples/support/https_source.rs"]
 mod https_source;
@@ -95,10 +97,21 @@ fn manifests(interval: u32, api_url: &str, redis_port: &str, amqps_port: &str) -
                 "    - type: metrics-api\n      metadata: {{url: \"{api_url}?t={i}\", valueLocation: queue.depth, targetValue: \"10\"}}"
             );
         }
-        for i in 0..5 {
+        let redis_triggers = if cfg!(feature = "kafka") { 4 } else { 5 };
+        for i in 0..redis_triggers {
             let _ = writeln!(
                 out,
                 "    - type: redis\n      metadata: {{address: \"localhost:{redis_port}\", listName: \"scale-{so}-{i}\", enableTLS: \"true\"}}"
+            );
+        }
+        #[cfg(feature = "kafka")]
+        {
+            let _ = writeln!(
+                out,
+                "    - type: kafka\n      metadata: {{bootstrapServers: \"{}\", consumerGroup: {}, topic: {}, tls: enable}}",
+                kafka::bootstrap(),
+                kafka::group(so % 100),
+                kafka::topic(so % 10)
             );
         }
         let _ = writeln!(
@@ -107,6 +120,65 @@ fn manifests(interval: u32, api_url: &str, redis_port: &str, amqps_port: &str) -
         );
     }
     out
+}
+
+/// The Kafka part: topics and groups on the TLS fixture, and the connections to it.
+#[cfg(feature = "kafka")]
+mod kafka {
+    use rdkafka::ClientConfig;
+
+    pub fn bootstrap() -> String {
+        super::support::fixture_env()["KAFKA_TLS_BOOTSTRAP"].clone()
+    }
+    pub fn topic(t: usize) -> String {
+        format!("scale-{}-topic-{t}", std::process::id())
+    }
+    pub fn group(g: usize) -> String {
+        format!("scale-{}-group-{g}", std::process::id())
+    }
+
+    fn config() -> ClientConfig {
+        let env = super::support::fixture_env();
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", bootstrap())
+            .set("security.protocol", "ssl")
+            .set("ssl.ca.location", &env["TRUSTSCALE_CA_CERT"]);
+        c
+    }
+
+    /// 10 topics of 4 partitions with 5 records each, and 100 groups committed at offset
+    /// 2 everywhere.
+    pub async fn seed() {
+        let topics: Vec<String> = (0..10).map(topic).collect();
+        let groups: Vec<String> = (0..100).map(group).collect();
+        let target = super::support::kafka::Target::Broker;
+        super::support::kafka::seed(&config(), target, &topics, 4, 5, &groups, 2).await;
+    }
+
+    /// Established connections from this process to the Kafka TLS port.
+    pub fn connections() -> usize {
+        let port = bootstrap()
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let out = std::process::Command::new("ss")
+            .args([
+                "-Htnp",
+                "state",
+                "established",
+                "dport",
+                "=",
+                &format!(":{port}"),
+            ])
+            .output()
+            .unwrap();
+        let me = format!("pid={},", std::process::id());
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&me))
+            .count()
+    }
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -167,6 +239,8 @@ fn main() {
         source.set(25);
         std::fs::copy(&env["TRUSTSCALE_CA_CERT"], ca_dir.join("fixture-ca.crt")).unwrap();
         let ca_cert = std::path::PathBuf::from(&env["TRUSTSCALE_CA_CERT"]);
+        #[cfg(feature = "kafka")]
+        kafka::seed().await;
         for (interval, run_for) in [(30u32, Duration::from_secs(100)), (1, Duration::from_secs(30))] {
             let record = Arc::new(Record::default());
             let builtins = Registry::with_builtins();
@@ -175,6 +249,8 @@ fn main() {
                 ("metrics-api", Arc::new(trustscale::scalers::http::MetricsApiBuilder::default())),
                 ("redis", Arc::new(trustscale::scalers::redis::RedisBuilder::default())),
                 ("rabbitmq", Arc::new(trustscale::scalers::rabbitmq::RabbitMqBuilder::default())),
+                #[cfg(feature = "kafka")]
+                ("kafka", Arc::new(trustscale::scalers::kafka::KafkaBuilder::default())),
             ];
             for (name, b) in inner {
                 registry.register(name, Timed { inner: b, record: Arc::clone(&record) });
@@ -205,11 +281,15 @@ fn main() {
             let redis_conns = redis_clients(&env["REDIS_TLS_PORT"], &ca_cert).await.saturating_sub(redis_before);
             let amqp_conns = amqp_connections(&env);
             let https_conns = source.accepted.load(Ordering::Relaxed) - accepted_before;
+            #[cfg(feature = "kafka")]
+            let kafka_conns = format!(", kafka (TLS) {}", kafka::connections());
+            #[cfg(not(feature = "kafka"))]
+            let kafka_conns = String::new();
             let (ok, failed) = (record.ok.load(Ordering::Relaxed) - ok0, record.failed.load(Ordering::Relaxed) - failed0);
             let mut lat = record.micros.lock().map(|v| v.clone()).unwrap_or_default();
             lat.sort_unstable();
             println!(
-                "interval {interval:>2} s, 10,000 triggers / 1,000 ScaledObjects, measured over {:.0} s:\n  RSS +{:.1} MiB in all = {:.2} MiB per 1,000 triggers; CPU {:.1} mCPU per 1,000 triggers ({:.2} CPU-s)\n  connections: redis {redis_conns}, rabbitmq (AMQPS) {amqp_conns}, HTTPS source {https_conns} accepted since start\n  polls: {ok} ok, {failed} failed ({:.3} %); latency p50 {:.2} ms, p99 {:.2} ms",
+                "interval {interval:>2} s, 10,000 triggers / 1,000 ScaledObjects, measured over {:.0} s:\n  RSS +{:.1} MiB in all = {:.2} MiB per 1,000 triggers; CPU {:.1} mCPU per 1,000 triggers ({:.2} CPU-s)\n  connections: redis {redis_conns}, rabbitmq (AMQPS) {amqp_conns}, HTTPS source {https_conns} accepted since start{kafka_conns}\n  polls: {ok} ok, {failed} failed ({:.3} %); latency p50 {:.2} ms, p99 {:.2} ms",
                 window.as_secs_f64(),
                 rss as f64 / 1024.0,
                 rss as f64 / 1024.0 / 10.0,

@@ -5,7 +5,7 @@
 //! `/custom/ca`), enforces a minimum TLS version, and keeps the deprecated `unsafeSsl`
 //! working but visible.
 // No unsafe code, except the one module that must call librdkafka's C API directly
-// (scalers/kafka/group_offsets.rs, which says why); without the kafka feature it is
+// (scalers/kafka/queue.rs, which says why); without the kafka feature it is
 // forbidden outright.
 #![cfg_attr(not(feature = "kafka"), forbid(unsafe_code))]
 #![cfg_attr(feature = "kafka", deny(unsafe_code))]

@@ -274,8 +274,8 @@ async fn triggers_on_one_cluster_share_its_clients() {
     assert_eq!(b.live_clusters(), 1);
     assert_eq!(
         b.clusters()[0].clients_created(),
-        1,
-        "one client for the cluster, whatever the groups"
+        3,
+        "one metadata client + one committed-offset reader per group"
     );
 }
 

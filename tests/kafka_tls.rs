@@ -355,6 +355,12 @@ impl OwnBroker {
 
     fn start(&mut self) {
         let fx = Fixtures::get();
+        for port in [self.plain_port, self.tls_port] {
+            assert!(
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+                "port {port}, needed by this test's own broker, is taken (a broker left by an aborted run?)"
+            );
+        }
         let conf = self.dir.path().join("stunnel.conf");
         std::fs::write(
             &conf,

@@ -38,3 +38,6 @@ pub fn cpu_seconds() -> f64 {
     let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (field(11) + field(12)) / 100.0
 }
+
+#[cfg(feature = "kafka")]
+pub mod kafka;

@@ -12,15 +12,18 @@
 //! the merged anchors as `ssl.ca.pem`, the identity, hostname verification on; settings
 //! librdkafka cannot honour are refused there.
 //!
-//! One rdkafka client per cluster (bootstrap servers + trust + credentials), shared by
-//! every trigger on it: metadata is fetched for the topics asked for only, newest offsets
-//! are read per partition, and every group's committed offsets through librdkafka's
-//! `ListConsumerGroupOffsets` admin call ([`group_offsets`], the one module that calls C).
-//! The client's error callback is kept, so a TLS failure is reported as what it is
-//! (`unknown_issuer`, `client_cert_required`, ...) instead of librdkafka's "all brokers
-//! are down".
+//! Per cluster (bootstrap servers + trust + credentials), shared by every trigger on it:
+//! one metadata client, whose metadata cache holds only the topics asked for (refreshed
+//! every 15 s) and which reads the newest offsets of all of a trigger's partitions in one
+//! round, plus one committed-offset reader per consumer group. One client for every group
+//! would need librdkafka's `ListConsumerGroupOffsets` admin call, and librdkafka 2.12
+//! aborts the whole process when a broker drops the connection under such a call (a
+//! use-after-free in its coordinator request path; reproduced here by the broker restart
+//! test), so the group's own consumer handle, librdkafka's well-trodden path, reads them.
+//! The clients' log and error events are kept, so a TLS failure is reported as what it is
+//! (`unknown_issuer`, `client_cert_required`, ...) instead of "all brokers are down".
 
-pub mod group_offsets;
+mod queue;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,12 +55,12 @@ struct ClusterKey {
     password: [u8; 32],
 }
 
-/// The client context of a cluster's client: librdkafka's log lines go to `tracing`, and
-/// the newest error or TLS log line is kept, because the errors returned by its calls
-/// only say that no broker answered.
-#[derive(Default)]
+/// The client context of a cluster's clients: librdkafka's log lines go to `tracing`, and
+/// the newest error or TLS log line is kept (shared by the cluster's clients), because the
+/// errors returned by librdkafka's calls only say that no broker answered.
+#[derive(Clone, Default)]
 pub struct KafkaContext {
-    last: Mutex<Option<String>>,
+    last: Arc<Mutex<Option<String>>>,
 }
 
 impl KafkaContext {
@@ -111,25 +114,107 @@ impl ClientContext for KafkaContext {
 
 impl ConsumerContext for KafkaContext {}
 
-/// The shared client of one Kafka cluster.
+/// How long the partitions of a topic are taken from the cluster's metadata cache.
+const METADATA_TTL: Duration = Duration::from_secs(15);
+
+type GroupReaders = HashMap<String, Arc<BaseConsumer<KafkaContext>>>;
+
+/// The shared clients of one Kafka cluster.
 pub struct KafkaCluster {
+    config: ClientConfig,
+    context: KafkaContext,
     client: BaseConsumer<KafkaContext>,
+    groups: Mutex<GroupReaders>,
     created: AtomicU64,
+    /// Partitions of the topics asked for, with when they were fetched.
+    partitions: Mutex<HashMap<String, (std::time::Instant, Vec<i32>)>>,
 }
 
 impl KafkaCluster {
-    /// rdkafka clients created for this cluster so far (one).
+    /// rdkafka clients created for this cluster so far: the metadata client and one
+    /// committed-offset reader per consumer group.
     pub fn clients_created(&self) -> u64 {
         self.created.load(Ordering::Relaxed)
+    }
+
+    /// The committed-offset reader of `group` (created on first use).
+    fn group(&self, group: &str) -> Result<Arc<BaseConsumer<KafkaContext>>, KafkaError> {
+        let mut groups = self
+            .groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = groups.get(group) {
+            return Ok(Arc::clone(c));
+        }
+        let mut config = self.config.clone();
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false");
+        let consumer = Arc::new(config.create_with_context(self.context.clone())?);
+        self.created.fetch_add(1, Ordering::Relaxed);
+        groups.insert(group.to_string(), Arc::clone(&consumer));
+        Ok(consumer)
+    }
+
+    /// The partitions of `topic`: from the cache when fetched less than [`METADATA_TTL`]
+    /// ago, else from a metadata request for that topic only.
+    fn topic_partitions(&self, label: &str, topic: &str) -> Result<Vec<i32>, ScalerError> {
+        let cached = self
+            .partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(topic)
+            .filter(|(at, _)| at.elapsed() < METADATA_TTL)
+            .map(|(_, p)| p.clone());
+        if let Some(p) = cached {
+            return Ok(p);
+        }
+        let md = self
+            .client
+            .fetch_metadata(Some(topic), TIMEOUT)
+            .map_err(|e| rd_error(label, self, &e, "fetching metadata"))?;
+        let mut ids = Vec::new();
+        for t in md.topics() {
+            if let Some(err) = t.error() {
+                let code = rdkafka::types::RDKafkaErrorCode::from(err);
+                return Err(kafka_error(
+                    label,
+                    self,
+                    Some(code),
+                    &code.to_string(),
+                    &format!("topic {:?}", t.name()),
+                ));
+            }
+            ids.extend(t.partitions().iter().map(|p| p.id()));
+        }
+        ids.sort_unstable();
+        self.partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(topic.to_string(), (std::time::Instant::now(), ids.clone()));
+        Ok(ids)
     }
 
     /// Serves the log and error events waiting on the client's queue (to its context),
     /// so they are seen and the queue stays short.
     fn serve_events(&self) {
-        let waiting = group_offsets::main_queue_len(self.client.client()).min(10_000);
-        for _ in 0..waiting {
-            // No subscription: nothing but events can come back.
-            let _ = self.client.poll(Duration::ZERO);
+        fn serve(c: &BaseConsumer<KafkaContext>) {
+            let waiting = queue::main_queue_len(c.client()).min(10_000);
+            for _ in 0..waiting {
+                // No subscription: nothing but events can come back.
+                let _ = c.poll(Duration::ZERO);
+            }
+        }
+        serve(&self.client);
+        let readers: Vec<_> = self
+            .groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for r in readers {
+            serve(&r);
         }
     }
 }
@@ -350,6 +435,9 @@ impl ScalerBuilder for KafkaBuilder {
             .set("bootstrap.servers", &bootstrap)
             .set("client.id", "trustscale")
             .set("socket.timeout.ms", "5000")
+            // A broker that comes back is found again within 2 s (librdkafka's default
+            // backoff grows to 10 s, longer than a short polling interval).
+            .set("reconnect.backoff.max.ms", "2000")
             .set("log_level", "3");
         if let Some(ctx) = &tls {
             let props = ctx
@@ -387,10 +475,15 @@ impl ScalerBuilder for KafkaBuilder {
         let cluster = self
             .clusters
             .try_get_or_insert_with(&key, || {
-                let client = config.create_with_context(KafkaContext::default())?;
+                let context = KafkaContext::default();
+                let client = config.create_with_context(context.clone())?;
                 Ok::<_, KafkaError>(KafkaCluster {
+                    config: config.clone(),
+                    context,
                     client,
+                    groups: Mutex::new(HashMap::new()),
                     created: AtomicU64::new(1),
+                    partitions: Mutex::new(HashMap::new()),
                 })
             })
             .map_err(|e| {
@@ -450,7 +543,7 @@ fn kafka_error(
         return ScalerError::new(kind, label, format!("{what}: {message}"));
     }
     cluster.serve_events();
-    match cluster.client.context().take() {
+    match cluster.context.take() {
         Some(reason) => {
             let kind = match classify_librdkafka_message(&reason) {
                 Some(FailureKind::Connection) | None => ErrorKind::Connection,
@@ -466,14 +559,41 @@ fn rd_error(label: &str, cluster: &KafkaCluster, e: &KafkaError, what: &str) -> 
     kafka_error(label, cluster, e.rdkafka_error_code(), &e.to_string(), what)
 }
 
-/// The topics `group` has committed offsets for, from the offsets of every partition of
-/// every (non-internal) topic; fills `committed`.
-fn group_topics_the_long_way(
+/// The committed offsets of `group` for the partitions in `tpl` (partitions without one
+/// are left out).
+fn committed_offsets(
+    label: &str,
+    cluster: &KafkaCluster,
+    group: &str,
+    tpl: TopicPartitionList,
+) -> Result<HashMap<(String, i32), i64>, ScalerError> {
+    let what = format!("reading the offsets of group {group:?}");
+    let reader = cluster
+        .group(group)
+        .map_err(|e| rd_error(label, cluster, &e, &what))?;
+    let answer = reader
+        .committed_offsets(tpl, TIMEOUT)
+        .map_err(|e| rd_error(label, cluster, &e, &what))?;
+    Ok(answer
+        .elements()
+        .iter()
+        .filter_map(|el| match el.offset() {
+            rdkafka::Offset::Offset(o) if o >= 0 => {
+                Some(((el.topic().to_string(), el.partition()), o))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// The topics `group` has committed offsets for (as KEDA, when no topic is set), from the
+/// offsets of every partition of every non-internal topic; fills `committed`.
+fn group_topics(
     label: &str,
     cluster: &KafkaCluster,
     group: &str,
     committed: &mut HashMap<(String, i32), i64>,
-) -> Result<BTreeSet<String>, ScalerError> {
+) -> Result<Vec<String>, ScalerError> {
     let md = cluster
         .client
         .fetch_metadata(None, TIMEOUT)
@@ -487,28 +607,20 @@ fn group_topics_the_long_way(
             tpl.add_partition(t.name(), part.id());
         }
     }
-    let mut topics = BTreeSet::new();
-    if tpl.count() == 0 {
-        return Ok(topics);
+    if tpl.count() > 0 {
+        *committed = committed_offsets(label, cluster, group, tpl)?;
     }
-    let answer =
-        group_offsets::list_group_offsets(cluster.client.client(), group, Some(&tpl), TIMEOUT)
-            .map_err(|e| {
-                kafka_error(
-                    label,
-                    cluster,
-                    Some(e.code),
-                    &e.message,
-                    &format!("reading the offsets of group {group:?}"),
-                )
-            })?;
-    for p in answer {
-        if p.offset >= 0 && p.error.is_none() {
-            topics.insert(p.topic.clone());
-            committed.insert((p.topic, p.partition), p.offset);
-        }
+    let topics: BTreeSet<String> = committed.keys().map(|(t, _)| t.clone()).collect();
+    if topics.is_empty() {
+        return Err(ScalerError::new(
+            ErrorKind::Source,
+            label,
+            format!(
+                "consumer group {group:?} has no committed offsets on any topic; set `topic` to measure a group that has not committed yet"
+            ),
+        ));
     }
-    Ok(topics)
+    Ok(topics.into_iter().collect())
 }
 
 /// Reads the newest and committed offsets of every selected partition (blocking calls).
@@ -519,72 +631,19 @@ fn read_offsets(
     topic: Option<&str>,
     only: &BTreeSet<i32>,
 ) -> Result<Vec<PartitionOffsets>, ScalerError> {
-    let group_error = |e: group_offsets::OffsetsError| {
-        kafka_error(
-            label,
-            cluster,
-            Some(e.code),
-            &e.message,
-            &format!("reading the offsets of group {group:?}"),
-        )
-    };
     // What was reported before this poll is history.
     cluster.serve_events();
-    let _ = cluster.client.context().take();
-    // Without a topic: the topics the group has offsets for (as KEDA).
+    let _ = cluster.context.take();
     let mut committed: HashMap<(String, i32), i64> = HashMap::new();
     let topics: Vec<String> = match topic {
         Some(t) => vec![t.to_string()],
-        None => {
-            let all =
-                group_offsets::list_group_offsets(cluster.client.client(), group, None, TIMEOUT)
-                    .map_err(group_error)?;
-            let mut topics = BTreeSet::new();
-            for p in all {
-                if p.offset >= 0 && p.error.is_none() {
-                    topics.insert(p.topic.clone());
-                    committed.insert((p.topic, p.partition), p.offset);
-                }
-            }
-            if topics.is_empty() {
-                // Some brokers (librdkafka's mock cluster among them) answer the "every
-                // topic" form of OffsetFetch with nothing: ask for every partition of
-                // every topic instead, and keep the topics the group has offsets for.
-                topics = group_topics_the_long_way(label, cluster, group, &mut committed)?;
-            }
-            if topics.is_empty() {
-                return Err(ScalerError::new(
-                    ErrorKind::Source,
-                    label,
-                    format!(
-                        "consumer group {group:?} has no committed offsets on any topic; set `topic` to measure a group that has not committed yet"
-                    ),
-                ));
-            }
-            topics.into_iter().collect()
-        }
+        None => group_topics(label, cluster, group, &mut committed)?,
     };
     let mut tpl = TopicPartitionList::new();
     for name in &topics {
-        let md = cluster
-            .client
-            .fetch_metadata(Some(name), TIMEOUT)
-            .map_err(|e| rd_error(label, cluster, &e, "fetching metadata"))?;
-        for t in md.topics() {
-            if let Some(err) = t.error() {
-                let code = rdkafka::types::RDKafkaErrorCode::from(err);
-                return Err(kafka_error(
-                    label,
-                    cluster,
-                    Some(code),
-                    &code.to_string(),
-                    &format!("topic {:?}", t.name()),
-                ));
-            }
-            for part in t.partitions() {
-                if only.is_empty() || only.contains(&part.id()) {
-                    tpl.add_partition(t.name(), part.id());
-                }
+        for id in cluster.topic_partitions(label, name)? {
+            if only.is_empty() || only.contains(&id) {
+                tpl.add_partition(name, id);
             }
         }
     }
@@ -596,32 +655,48 @@ fn read_offsets(
                 format!("topic {topic:?} has no (selected) partitions"),
             ));
         }
-        for p in
-            group_offsets::list_group_offsets(cluster.client.client(), group, Some(&tpl), TIMEOUT)
-                .map_err(group_error)?
-        {
-            if p.offset >= 0 && p.error.is_none() {
-                committed.insert((p.topic, p.partition), p.offset);
-            }
-        }
+        committed = committed_offsets(label, cluster, group, tpl.clone())?;
     }
-    let mut out = Vec::with_capacity(tpl.count());
+    // The newest offsets of every partition in one ListOffsets round (timestamp "latest"),
+    // not two requests per partition.
+    let mut latest = TopicPartitionList::new();
     for el in tpl.elements() {
-        let (_, high) = cluster
-            .client
-            .fetch_watermarks(el.topic(), el.partition(), TIMEOUT)
-            .map_err(|e| {
-                rd_error(
+        latest
+            .add_partition_offset(el.topic(), el.partition(), rdkafka::Offset::End)
+            .map_err(|e| rd_error(label, cluster, &e, "preparing the offset request"))?;
+    }
+    let newest = cluster
+        .client
+        .offsets_for_times(latest, TIMEOUT)
+        .map_err(|e| rd_error(label, cluster, &e, "reading the newest offsets"))?;
+    let mut out = Vec::with_capacity(newest.count());
+    for el in newest.elements() {
+        if let Err(e) = el.error() {
+            return Err(rd_error(
+                label,
+                cluster,
+                &e,
+                &format!(
+                    "reading the newest offset of {}/{}",
+                    el.topic(),
+                    el.partition()
+                ),
+            ));
+        }
+        let high = match el.offset() {
+            rdkafka::Offset::Offset(o) => o,
+            other => {
+                return Err(ScalerError::new(
+                    ErrorKind::Source,
                     label,
-                    cluster,
-                    &e,
-                    &format!(
-                        "reading the newest offset of {}/{}",
+                    format!(
+                        "no newest offset for {}/{} (broker answered {other:?})",
                         el.topic(),
                         el.partition()
                     ),
-                )
-            })?;
+                ));
+            }
+        };
         let key = (el.topic().to_string(), el.partition());
         let c = committed.get(&key).copied();
         out.push((key, high, c));
