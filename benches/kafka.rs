@@ -72,7 +72,14 @@ fn main() {
         2,
     ));
     let ctx = BuildContext {
-        trust: TrustFactory::new(TrustOptions::default().ca_dirs(ca_dirs)).unwrap(),
+        // `-- no-system-roots`: only the CA folder (how much of a TLS client's memory is the
+        // system trust store that every librdkafka client parses for itself).
+        trust: TrustFactory::new(
+            TrustOptions::default()
+                .ca_dirs(ca_dirs)
+                .system_roots(!std::env::args().any(|a| a == "no-system-roots")),
+        )
+        .unwrap(),
     };
     let builder = KafkaBuilder::default();
     let spec = |i: usize| {

@@ -23,6 +23,7 @@
 //! The clients' log and error events are kept, so a TLS failure is reported as what it is
 //! (`unknown_issuer`, `client_cert_required`, ...) instead of "all brokers are down".
 
+mod cadir;
 mod queue;
 
 use std::collections::{BTreeSet, HashMap};
@@ -128,6 +129,8 @@ pub struct KafkaCluster {
     created: AtomicU64,
     /// Partitions of the topics asked for, with when they were fetched.
     partitions: Mutex<HashMap<String, (std::time::Instant, Vec<i32>)>>,
+    /// The CA directory the clients read (kept as long as they live).
+    _ca_dir: Option<Arc<cadir::CaDir>>,
 }
 
 impl KafkaCluster {
@@ -223,6 +226,7 @@ impl KafkaCluster {
 #[derive(Default)]
 pub struct KafkaBuilder {
     clusters: SharedPool<ClusterKey, KafkaCluster>,
+    ca_dirs: cadir::CaDirs,
 }
 
 impl KafkaBuilder {
@@ -439,11 +443,28 @@ impl ScalerBuilder for KafkaBuilder {
             // backoff grows to 10 s, longer than a short polling interval).
             .set("reconnect.backoff.max.ms", "2000")
             .set("log_level", "3");
+        let mut ca_dir = None;
         if let Some(ctx) = &tls {
             let props = ctx
                 .librdkafka(&label)
                 .map_err(|e| ScalerError::from_trust(&label, &e))?;
             for (k, v) in props.entries() {
+                if k == "ssl.ca.pem" {
+                    // The same anchors as a hashed directory: OpenSSL then loads only the
+                    // issuers a chain needs instead of every anchor into every client.
+                    match self.ca_dirs.dir_for(v) {
+                        Ok(dir) => {
+                            config.set("ssl.ca.location", dir.path().to_string_lossy());
+                            ca_dir = Some(dir);
+                            continue;
+                        }
+                        Err(e) => tracing::warn!(
+                            trigger = %label,
+                            error = %e,
+                            "cannot write the CA directory for librdkafka; passing the anchors inline"
+                        ),
+                    }
+                }
                 config.set(k, v);
             }
         }
@@ -484,6 +505,7 @@ impl ScalerBuilder for KafkaBuilder {
                     groups: Mutex::new(HashMap::new()),
                     created: AtomicU64::new(1),
                     partitions: Mutex::new(HashMap::new()),
+                    _ca_dir: ca_dir.clone(),
                 })
             })
             .map_err(|e| {
