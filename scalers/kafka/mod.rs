@@ -65,14 +65,15 @@ pub struct KafkaContext {
 }
 
 impl KafkaContext {
-    /// Keeps `text` unless what is kept already names a TLS failure and `text` does not
-    /// ("1/1 brokers are down" follows every failed handshake).
+    /// Keeps `text` unless what is kept already names a TLS or login failure and `text`
+    /// does not ("1/1 brokers are down" follows every failed handshake).
     fn record(&self, text: String) {
         let tls = |t: &str| {
-            !matches!(
-                classify_librdkafka_message(t),
-                None | Some(FailureKind::Connection)
-            )
+            is_auth_message(t)
+                || !matches!(
+                    classify_librdkafka_message(t),
+                    None | Some(FailureKind::Connection)
+                )
         };
         let mut last = self
             .last
@@ -536,6 +537,12 @@ impl ScalerBuilder for KafkaBuilder {
     }
 }
 
+/// Whether a librdkafka message says the broker refused the SASL login.
+fn is_auth_message(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.contains("sasl authentication") || lower.contains("authentication failed")
+}
+
 /// Classifies a failed call: librdkafka's own code where it says something (auth,
 /// unknown group or topic), else the newest error its callbacks reported (a TLS failure
 /// is only visible there).
@@ -567,9 +574,13 @@ fn kafka_error(
     cluster.serve_events();
     match cluster.context.take() {
         Some(reason) => {
-            let kind = match classify_librdkafka_message(&reason) {
-                Some(FailureKind::Connection) | None => ErrorKind::Connection,
-                Some(k) => ErrorKind::Tls(k),
+            let kind = if is_auth_message(&reason) {
+                ErrorKind::Auth
+            } else {
+                match classify_librdkafka_message(&reason) {
+                    Some(FailureKind::Connection) | None => ErrorKind::Connection,
+                    Some(k) => ErrorKind::Tls(k),
+                }
             };
             ScalerError::new(kind, label, format!("{what}: {message} ({reason})"))
         }
@@ -882,6 +893,16 @@ mod tests {
             (5.0, true),
             "moved: counted again"
         );
+    }
+
+    #[test]
+    fn a_refused_login_is_recognised_in_librdkafka_messages() {
+        assert!(is_auth_message(
+            "sasl_ssl://b:9093/1: SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-256"
+        ));
+        assert!(!is_auth_message(
+            "ssl://b:9093/1: SSL handshake failed: certificate verify failed"
+        ));
     }
 
     #[test]
