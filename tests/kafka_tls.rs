@@ -599,3 +599,40 @@ async fn probe_of_a_manifest_set_and_a_tls13_minimum_that_really_holds() {
         "{json}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_files_manifests_work_through_a_secret_style_ca_folder() {
+    let fx = Fixtures::get();
+    bootstrap("KAFKA_TLS_BOOTSTRAP");
+    fx.port("REDIS_TLS_PORT");
+    // pki/custom-ca: ca.crt -> ..data/ca.crt, ..data -> ..<timestamp>/ (gen-pki.sh).
+    let ca = fx.pki("custom-ca");
+    assert!(
+        std::fs::symlink_metadata(ca.join("..data"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/docker/manifests");
+    let (out, json) = probe(&manifests, &ca, None, None);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the Kafka topic does not exist: {json}"
+    );
+    assert_eq!(json["triggers"][0]["type"], "redis");
+    assert_eq!(json["triggers"][0]["value"], 0.0, "{json}");
+    // Past TLS: the broker itself answers that the topic is unknown.
+    assert_eq!(json["triggers"][1]["error"]["kind"], "source", "{json}");
+    // Negative control: the same manifests without the folder fail TLS on both.
+    let empty = tempfile::tempdir().unwrap();
+    let (_, json) = probe(&manifests, empty.path(), None, None);
+    assert_eq!(
+        json["triggers"][0]["error"]["kind"], "unknown_issuer",
+        "{json}"
+    );
+    assert_eq!(
+        json["triggers"][1]["error"]["kind"], "unknown_issuer",
+        "{json}"
+    );
+}
