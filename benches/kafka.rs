@@ -9,23 +9,12 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use trustscale::scaler::{BuildContext, ObjectRef, Scaler, ScalerBuilder, TriggerSpec};
 use trustscale::scalers::kafka::KafkaBuilder;
 use trustscale::trust::{TrustFactory, TrustOptions};
 
 mod support;
-
-/// librdkafka settings of the bench's own producer and committer.
-fn seed_config(boot: &str, ca: Option<&str>) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", boot);
-    if let Some(ca) = ca {
-        c.set("security.protocol", "ssl").set("ssl.ca.location", ca);
-    }
-    c
-}
 
 fn main() {
     // `-- tls`: against the fixture's tansu broker behind stunnel (TLS, custom CA folder)
@@ -46,7 +35,7 @@ fn main() {
         std::fs::copy(pki.join("ca.crt"), dir.join("ca.crt")).unwrap();
         (
             env["KAFKA_TLS_BOOTSTRAP"].clone(),
-            Some(pki.join("ca.crt").display().to_string()),
+            Some(pki.join("ca.crt")),
             vec![dir],
         )
     } else {
@@ -58,18 +47,11 @@ fn main() {
     let group_name = |g: usize| format!("group-{run}-{g}");
     let topics: Vec<String> = (0..10).map(topic_name).collect();
     let groups: Vec<String> = (0..100).map(group_name).collect();
-    let target = match &mock {
-        Some(m) => support::kafka::Target::Mock(m),
-        None => support::kafka::Target::Broker,
-    };
-    rt.block_on(support::kafka::seed(
-        &seed_config(&boot, ca_file.as_deref()),
-        target,
+    rt.block_on(support::seed_kafka(
+        &support::kafka::config(&boot, ca_file.as_deref(), None),
+        mock.as_ref(),
         &topics,
-        4,
-        5,
         &groups,
-        2,
     ));
     let ctx = BuildContext {
         // `-- no-system-roots`: only the CA folder (how much of a TLS client's memory is the

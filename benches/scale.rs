@@ -125,7 +125,6 @@ fn manifests(interval: u32, api_url: &str, redis_port: &str, amqps_port: &str) -
 /// The Kafka part: topics and groups on the TLS fixture, and the connections to it.
 #[cfg(feature = "kafka")]
 mod kafka {
-    use rdkafka::ClientConfig;
 
     pub fn bootstrap() -> String {
         super::support::fixture_env()["KAFKA_TLS_BOOTSTRAP"].clone()
@@ -137,22 +136,15 @@ mod kafka {
         format!("scale-{}-group-{g}", std::process::id())
     }
 
-    fn config() -> ClientConfig {
-        let env = super::support::fixture_env();
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", bootstrap())
-            .set("security.protocol", "ssl")
-            .set("ssl.ca.location", &env["TRUSTSCALE_CA_CERT"]);
-        c
-    }
-
     /// 10 topics of 4 partitions with 5 records each, and 100 groups committed at offset
-    /// 2 everywhere.
+    /// 2 everywhere, over TLS.
     pub async fn seed() {
+        let env = super::support::fixture_env();
+        let ca = std::path::PathBuf::from(&env["TRUSTSCALE_CA_CERT"]);
+        let config = super::support::kafka::config(&bootstrap(), Some(&ca), None);
         let topics: Vec<String> = (0..10).map(topic).collect();
         let groups: Vec<String> = (0..100).map(group).collect();
-        let target = super::support::kafka::Target::Broker;
-        super::support::kafka::seed(&config(), target, &topics, 4, 5, &groups, 2).await;
+        super::support::seed_kafka(&config, None, &topics, &groups).await;
     }
 
     /// Established connections from this process to the Kafka TLS port.

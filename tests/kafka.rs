@@ -2,15 +2,13 @@
 //! Kafka protocol, real offsets and group commits; plaintext only).
 #![cfg(feature = "kafka")]
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+mod support;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::producer::DefaultProducerContext;
+use support::kafka;
 use trustscale::scaler::{
-    BuildContext, ErrorKind, ObjectRef, Poll, Scaler, ScalerBuilder, ScalerError, TriggerSpec,
+    BuildContext, ErrorKind, Poll, Scaler, ScalerBuilder, ScalerError, TriggerSpec,
 };
 use trustscale::scalers::kafka::KafkaBuilder;
 use trustscale::trust::{TrustFactory, TrustOptions};
@@ -23,19 +21,7 @@ fn ctx() -> BuildContext {
 }
 
 fn spec(meta: &[(&str, &str)]) -> TriggerSpec {
-    let metadata: BTreeMap<String, String> = meta
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    TriggerSpec::new(
-        ObjectRef {
-            namespace: "test".into(),
-            name: "kafka".into(),
-        },
-        0,
-        "kafka",
-        metadata,
-    )
+    support::trigger("kafka", 0, "kafka", meta)
 }
 
 /// A mock cluster with `topic` of `partitions` partitions holding `produced[p]` records each,
@@ -55,45 +41,24 @@ impl Cluster {
         self.mock.bootstrap_servers()
     }
 
-    fn topic(&self, topic: &str, produced: &[i64]) {
+    fn topic(&self, topic: &str, produced: &[usize]) {
         self.mock
             .create_topic(topic, produced.len() as i32, 1)
             .unwrap();
-        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .create()
-            .unwrap();
-        for (p, n) in produced.iter().enumerate() {
-            for _ in 0..*n {
-                producer
-                    .send(
-                        BaseRecord::<(), str>::to(topic)
-                            .partition(p as i32)
-                            .payload("job"),
-                    )
-                    .unwrap();
-            }
-        }
-        producer.flush(Duration::from_secs(10)).unwrap();
+        kafka::produce(
+            &kafka::config(&self.bootstrap(), None, None),
+            topic,
+            produced,
+        );
     }
 
     fn commit(&self, group: &str, topic: &str, committed: &[Option<i64>]) {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for (p, c) in committed.iter().enumerate() {
-            if let Some(c) = c {
-                tpl.add_partition_offset(topic, p as i32, Offset::Offset(*c))
-                    .unwrap();
-            }
-        }
-        if tpl.count() > 0 {
-            consumer.commit(&tpl, CommitMode::Sync).unwrap();
-        }
+        kafka::commit(
+            &kafka::config(&self.bootstrap(), None, None),
+            group,
+            topic,
+            committed,
+        );
     }
 }
 

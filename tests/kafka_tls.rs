@@ -10,15 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use support::fixtures::Fixtures;
-use trustscale::scaler::{
-    BuildContext, ErrorKind, ObjectRef, Poll, ScalerBuilder, ScalerError, TriggerSpec,
-};
+use support::kafka;
+use trustscale::scaler::{BuildContext, ErrorKind, Poll, ScalerBuilder, ScalerError, TriggerSpec};
 use trustscale::scalers::kafka::KafkaBuilder;
 use trustscale::trust::{FailureKind, Secret, TrustFactory, TrustOptions};
 
@@ -31,17 +26,7 @@ fn factory(ca_dirs: Vec<PathBuf>) -> BuildContext {
 }
 
 fn spec(meta: &[(&str, &str)], auth: &[(&str, &str)]) -> TriggerSpec {
-    let mut s = TriggerSpec::new(
-        ObjectRef {
-            namespace: "test".into(),
-            name: "kafka-tls".into(),
-        },
-        0,
-        "kafka",
-        meta.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    );
+    let mut s = support::trigger("kafka-tls", 0, "kafka", meta);
     s.auth = auth
         .iter()
         .map(|(k, v)| (k.to_string(), Secret::new(*v)))
@@ -64,24 +49,16 @@ fn unique(prefix: &str) -> String {
 /// by file (independent of the code under test), and the client certificate when asked.
 fn client_config(bootstrap: &str, client_cert: bool) -> ClientConfig {
     let fx = Fixtures::get();
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap)
-        .set("security.protocol", "ssl")
-        .set("ssl.ca.location", fx.pki("ca.crt").to_str().unwrap())
-        .set("socket.timeout.ms", "5000");
-    if client_cert {
-        c.set(
-            "ssl.certificate.location",
-            fx.pki("client.crt").to_str().unwrap(),
-        )
-        .set("ssl.key.location", fx.pki("client.key").to_str().unwrap());
-    }
-    c
+    let (ca, cert, key) = (fx.pki("ca.crt"), fx.pki("client.crt"), fx.pki("client.key"));
+    kafka::config(
+        bootstrap,
+        Some(&ca),
+        client_cert.then_some((cert.as_path(), key.as_path())),
+    )
 }
 
 /// Creates `topic` with one partition per entry of `produced`, writes that many records
-/// to each (one record per produce request: tansu 0.6.0 reports a wrong newest offset
-/// for batches), and commits `committed` for `group`.
+/// to each, and commits `committed` for `group`.
 async fn seed(
     bootstrap: &str,
     client_cert: bool,
@@ -90,51 +67,10 @@ async fn seed(
     group: &str,
     committed: &[Option<i64>],
 ) {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(bootstrap, client_cert).create().unwrap();
-    let new = NewTopic::new(topic, produced.len() as i32, TopicReplication::Fixed(1));
-    let res = admin
-        .create_topics([&new], &AdminOptions::new().operation_timeout(Some(WAIT)))
-        .await
-        .expect("create_topics");
-    for r in res {
-        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
-    }
-    let producer: BaseProducer = client_config(bootstrap, client_cert)
-        .set("linger.ms", "0")
-        .set("batch.num.messages", "1")
-        .create()
-        .unwrap();
-    for (p, n) in produced.iter().enumerate() {
-        for _ in 0..*n {
-            producer
-                .send(
-                    BaseRecord::<(), str>::to(topic)
-                        .partition(p as i32)
-                        .payload("job"),
-                )
-                .map_err(|(e, _)| e)
-                .unwrap();
-            producer.flush(WAIT).unwrap();
-        }
-    }
-    commit(bootstrap, client_cert, group, topic, committed);
-}
-
-fn commit(bootstrap: &str, client_cert: bool, group: &str, topic: &str, c: &[Option<i64>]) {
-    let consumer: BaseConsumer = client_config(bootstrap, client_cert)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in c.iter().enumerate() {
-        if let Some(o) = o {
-            tpl.add_partition_offset(topic, p as i32, Offset::Offset(*o))
-                .unwrap();
-        }
-    }
-    consumer.commit(&tpl, CommitMode::Sync).unwrap();
+    let config = client_config(bootstrap, client_cert);
+    kafka::create_topics(&config, &[topic], produced.len() as i32).await;
+    kafka::produce(&config, topic, produced);
+    kafka::commit(&config, group, topic, committed);
 }
 
 async fn poll(

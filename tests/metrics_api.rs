@@ -2,29 +2,13 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-
 use support::http::{HttpsServer, Request, Response};
 use support::{TestCa, Versions, ca_dir, server_config};
-use trustscale::scaler::{
-    BuildContext, ErrorKind, ObjectRef, Poll, Registry, ScalerError, TriggerSpec,
-};
+use trustscale::scaler::{BuildContext, ErrorKind, Poll, Registry, ScalerError, TriggerSpec};
 use trustscale::trust::{TlsVersion, TrustFactory, TrustOptions};
 
 fn spec(meta: &[(&str, &str)]) -> TriggerSpec {
-    let metadata: BTreeMap<String, String> = meta
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    TriggerSpec::new(
-        ObjectRef {
-            namespace: "test".into(),
-            name: "api".into(),
-        },
-        0,
-        "metrics-api",
-        metadata,
-    )
+    support::trigger("api", 0, "metrics-api", meta)
 }
 
 fn ctx(dir: &std::path::Path) -> BuildContext {

@@ -4,32 +4,18 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use support::fixtures::Fixtures;
 use support::rabbit::{Mgmt, connections_named, until_eq};
 use trustscale::scaler::{
-    BuildContext, ErrorKind, ObjectRef, Poll, Registry, Scaler, ScalerBuilder, ScalerError,
-    TriggerSpec,
+    BuildContext, ErrorKind, Poll, Registry, Scaler, ScalerBuilder, ScalerError, TriggerSpec,
 };
 use trustscale::scalers::rabbitmq::RabbitMqBuilder;
 use trustscale::trust::{TlsVersion, TrustFactory, TrustOptions};
 
 fn spec(name: &str, meta: &[(&str, &str)]) -> TriggerSpec {
-    let metadata: BTreeMap<String, String> = meta
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    TriggerSpec::new(
-        ObjectRef {
-            namespace: "test".into(),
-            name: name.into(),
-        },
-        0,
-        "rabbitmq",
-        metadata,
-    )
+    support::trigger(name, 0, "rabbitmq", meta)
 }
 
 fn trusted() -> BuildContext {

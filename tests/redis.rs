@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use support::fixtures::Fixtures;
 use trustscale::scaler::{
-    BuildContext, ErrorKind, ObjectRef, Poll, Registry, Scaler, ScalerError, TriggerSpec,
+    BuildContext, ErrorKind, Poll, Registry, Scaler, ScalerError, TriggerSpec,
 };
 use trustscale::scalers::redis::RedisBuilder;
 use trustscale::trust::{TlsVersion, TrustFactory, TrustOptions};
@@ -27,19 +26,7 @@ fn trust_with(options: TrustOptions) -> BuildContext {
 }
 
 fn spec(type_name: &str, index: usize, meta: &[(&str, &str)]) -> TriggerSpec {
-    let metadata: BTreeMap<String, String> = meta
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    TriggerSpec::new(
-        ObjectRef {
-            namespace: "test".into(),
-            name: "redis".into(),
-        },
-        index,
-        type_name,
-        metadata,
-    )
+    support::trigger("redis", index, type_name, meta)
 }
 
 async fn build(

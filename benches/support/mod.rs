@@ -40,4 +40,34 @@ pub fn cpu_seconds() -> f64 {
 }
 
 #[cfg(feature = "kafka")]
+#[path = "../../tests/support/kafka.rs"]
 pub mod kafka;
+
+/// The benchmarks' Kafka data: each of `topics` with 4 partitions of 5 records, and every
+/// one of `groups` committed at offset 2 on all of them (a lag of 3 per partition).
+/// Topics are made through `mock` when given, else through the admin API.
+#[cfg(feature = "kafka")]
+pub async fn seed_kafka(
+    base: &rdkafka::ClientConfig,
+    mock: Option<
+        &rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    >,
+    topics: &[String],
+    groups: &[String],
+) {
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    match mock {
+        Some(m) => {
+            for t in &names {
+                m.create_topic(t, 4, 1).unwrap();
+            }
+        }
+        None => kafka::create_topics(base, &names, 4).await,
+    }
+    for t in &names {
+        kafka::produce(base, t, &[5; 4]);
+        for g in groups {
+            kafka::commit(base, g, t, &[Some(2); 4]);
+        }
+    }
+}

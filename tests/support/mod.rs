@@ -4,6 +4,8 @@
 
 pub mod fixtures;
 pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod rabbit;
 
 use std::net::SocketAddr;
@@ -19,6 +21,27 @@ use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+
+/// A trigger of `type_name`, number `index` of ScaledObject `test/<object>`, with the
+/// metadata `meta`.
+pub fn trigger(
+    object: &str,
+    index: usize,
+    type_name: &str,
+    meta: &[(&str, &str)],
+) -> trustscale::scaler::TriggerSpec {
+    trustscale::scaler::TriggerSpec::new(
+        trustscale::scaler::ObjectRef {
+            namespace: "test".into(),
+            name: object.into(),
+        },
+        index,
+        type_name,
+        meta.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
 
 /// A certificate authority for tests.
 pub struct TestCa {
