@@ -6,11 +6,10 @@
 //! `cargo bench --bench kafka --features kafka -- tls` (the fixture's tansu broker over
 //! TLS; `fixtures/brokers.sh start kafka` first).
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use rdkafka::mocking::MockCluster;
-use trustscale::scaler::{BuildContext, ObjectRef, Scaler, ScalerBuilder, TriggerSpec};
+use trustscale::scaler::{BuildContext, Scaler, ScalerBuilder};
 use trustscale::scalers::kafka::KafkaBuilder;
 use trustscale::trust::{TrustFactory, TrustOptions};
 
@@ -65,23 +64,17 @@ fn main() {
     };
     let builder = KafkaBuilder::default();
     let spec = |i: usize| {
-        let meta: BTreeMap<String, String> = [
-            ("bootstrapServers", boot.clone()),
-            ("consumerGroup", group_name(i / 10)),
-            ("topic", topic_name(i % 10)),
-            ("tls", if tls { "enable" } else { "disable" }.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        TriggerSpec::new(
-            ObjectRef {
-                namespace: "bench".into(),
-                name: format!("so-{}", i / 10),
-            },
+        let (group, topic) = (group_name(i / 10), topic_name(i % 10));
+        support::trigger(
+            &format!("so-{}", i / 10),
             i % 10,
             "kafka",
-            meta,
+            &[
+                ("bootstrapServers", &boot),
+                ("consumerGroup", &group),
+                ("topic", &topic),
+                ("tls", if tls { "enable" } else { "disable" }),
+            ],
         )
     };
     // The first trigger brings the cluster client; measure the 999 after it.

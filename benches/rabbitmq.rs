@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use trustscale::scaler::{BuildContext, ObjectRef, Scaler, ScalerBuilder, TriggerSpec};
+use trustscale::scaler::{BuildContext, Scaler, ScalerBuilder, TriggerSpec};
 use trustscale::scalers::rabbitmq::RabbitMqBuilder;
 use trustscale::trust::{TrustFactory, TrustOptions};
 
@@ -59,23 +59,16 @@ fn connections(env: &Env, node: &str, needle: &str) -> usize {
 }
 
 fn spec(so: &str, index: usize, host: &str, queue: &str) -> TriggerSpec {
-    let meta: BTreeMap<String, String> = [
-        ("host", host),
-        ("queueName", queue),
-        ("mode", "QueueLength"),
-        ("value", "10"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    TriggerSpec::new(
-        ObjectRef {
-            namespace: "bench".into(),
-            name: so.into(),
-        },
+    support::trigger(
+        so,
         index,
         "rabbitmq",
-        meta,
+        &[
+            ("host", host),
+            ("queueName", queue),
+            ("mode", "QueueLength"),
+            ("value", "10"),
+        ],
     )
 }
 

@@ -5,14 +5,13 @@
 //!
 //! `cargo bench --bench redis`
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 
 mod support;
-use trustscale::scaler::{BuildContext, ObjectRef, Scaler, ScalerBuilder, TriggerSpec};
+use trustscale::scaler::{BuildContext, Scaler, ScalerBuilder, TriggerSpec};
 use trustscale::scalers::redis::RedisBuilder;
 use trustscale::trust::{TrustFactory, TrustOptions};
 
@@ -25,22 +24,16 @@ fn fixture_port() -> (u16, std::path::PathBuf) {
 }
 
 fn spec(index: usize, port: u16, list: &str) -> TriggerSpec {
-    let meta: BTreeMap<String, String> = [
-        ("address", format!("localhost:{port}")),
-        ("listName", list.to_string()),
-        ("enableTLS", "true".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    TriggerSpec::new(
-        ObjectRef {
-            namespace: "bench".into(),
-            name: format!("so-{}", index / 10),
-        },
+    let address = format!("localhost:{port}");
+    support::trigger(
+        &format!("so-{}", index / 10),
         index % 10,
         "redis",
-        meta,
+        &[
+            ("address", &address),
+            ("listName", list),
+            ("enableTLS", "true"),
+        ],
     )
 }
 

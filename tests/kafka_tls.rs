@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use rdkafka::ClientConfig;
 use support::fixtures::Fixtures;
-use support::kafka;
+use support::{kafka, unique};
 use trustscale::scaler::{BuildContext, ErrorKind, Poll, ScalerBuilder, ScalerError, TriggerSpec};
 use trustscale::scalers::kafka::KafkaBuilder;
 use trustscale::trust::{FailureKind, Secret, TrustFactory, TrustOptions};
@@ -32,17 +32,6 @@ fn spec(meta: &[(&str, &str)], auth: &[(&str, &str)]) -> TriggerSpec {
         .map(|(k, v)| (k.to_string(), Secret::new(*v)))
         .collect();
     s
-}
-
-/// A unique name, so tests never see each other's topics and groups.
-fn unique(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// librdkafka settings of the test's own admin, producer and committer: the fixture CA

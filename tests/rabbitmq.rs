@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use support::fixtures::Fixtures;
 use support::rabbit::{Mgmt, connections_named, until_eq};
+use support::unique;
 use trustscale::scaler::{
     BuildContext, ErrorKind, Poll, Registry, Scaler, ScalerBuilder, ScalerError, TriggerSpec,
 };
@@ -48,16 +49,6 @@ async fn poll(ctx: &BuildContext, s: TriggerSpec) -> Result<Poll, ScalerError> {
 
 async fn value(ctx: &BuildContext, s: TriggerSpec) -> f64 {
     poll(ctx, s).await.unwrap().metrics[0].value
-}
-
-fn unique(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// Takes `n` messages from `queue` over AMQPS and keeps them unacknowledged while the

@@ -3,6 +3,26 @@
 
 use std::collections::BTreeMap;
 
+/// Trigger `index` of ScaledObject `bench/<object>`, of type `type_name`, with `meta`.
+pub fn trigger(
+    object: &str,
+    index: usize,
+    type_name: &str,
+    meta: &[(&str, &str)],
+) -> trustscale::scaler::TriggerSpec {
+    trustscale::scaler::TriggerSpec::new(
+        trustscale::scaler::ObjectRef {
+            namespace: "bench".into(),
+            name: object.into(),
+        },
+        index,
+        type_name,
+        meta.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
 /// The variables `fixtures/brokers.sh start` wrote; panics with instructions without them.
 pub fn fixture_env() -> BTreeMap<String, String> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures/env");

@@ -43,6 +43,17 @@ pub fn trigger(
     )
 }
 
+/// A name no other test of this run uses (queues, topics, groups on shared brokers).
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// A certificate authority for tests.
 pub struct TestCa {
     pub name: String,
