@@ -8,10 +8,10 @@
 
 use std::time::Instant;
 
-use rdkafka::mocking::MockCluster;
 use trustscale::scaler::{BuildContext, Scaler, ScalerBuilder};
-use trustscale::scalers::kafka::KafkaBuilder;
 use trustscale::trust::{TrustFactory, TrustOptions};
+use trustscale_kafka::KafkaBuilder;
+use trustscale_kafka::rdkafka::mocking::MockCluster;
 
 mod support;
 

@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use trustscale::operator::engine::{Engine, LogSink};
-use trustscale::operator::metrics::Metrics;
-use trustscale::operator::pki::{self, PkiOptions};
-use trustscale::operator::service::{self, CertManager};
-use trustscale::scaler::{BuildContext, Registry};
+use trustscale::scaler::BuildContext;
 use trustscale::trust::{TrustFactory, TrustOptions, material};
+use trustscale_operator::certs::CertManager;
+use trustscale_operator::engine::{Engine, LogSink};
+use trustscale_operator::metrics::Metrics;
+use trustscale_operator::pki::{self, PkiOptions};
+use trustscale_operator::service;
 
 struct Ca {
     der: CertificateDer<'static>,
@@ -132,7 +133,7 @@ fn main() {
         let trust = TrustFactory::new(TrustOptions::default().ca_dirs(Vec::<std::path::PathBuf>::new())).unwrap();
         let metrics = Arc::new(Metrics::default());
         let certs = CertManager::start(dir.path().to_path_buf(), false, PkiOptions::default(), &trust, Arc::clone(&metrics)).unwrap();
-        let engine = Engine::new(Registry::with_builtins(), BuildContext { trust }, metrics, Arc::new(LogSink));
+        let engine = Engine::new(trustscale_operator::builtins::registry(), BuildContext { trust }, metrics, Arc::new(LogSink));
         let (_stop, rx) = tokio::sync::watch::channel(false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

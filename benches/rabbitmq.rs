@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use trustscale::scaler::{BuildContext, Scaler, ScalerBuilder, TriggerSpec};
-use trustscale::scalers::rabbitmq::RabbitMqBuilder;
 use trustscale::trust::{TrustFactory, TrustOptions};
+use trustscale_rabbitmq::RabbitMqBuilder;
 
 mod support;
 

@@ -12,8 +12,8 @@ use criterion::Criterion;
 
 mod support;
 use trustscale::scaler::{BuildContext, Scaler, ScalerBuilder, TriggerSpec};
-use trustscale::scalers::redis::RedisBuilder;
 use trustscale::trust::{TrustFactory, TrustOptions};
+use trustscale_redis::RedisBuilder;
 
 fn fixture_port() -> (u16, std::path::PathBuf) {
     let env = support::fixture_env();

@@ -19,13 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use trustscale::manifest::ManifestSet;
-use trustscale::operator::engine::{Engine, LogSink};
-use trustscale::operator::metrics::Metrics;
 use trustscale::scaler::{
     BuildContext, MetricSpec, Poll, Registry, Scaler, ScalerBuilder, ScalerError, TriggerSpec,
 };
 use trustscale::trust::{TrustFactory, TrustOptions};
+use trustscale_operator::engine::{Engine, LogSink};
+use trustscale_operator::manifest::ManifestSet;
+use trustscale_operator::metrics::Metrics;
 
 #[derive(Default)]
 struct Record {
@@ -235,14 +235,14 @@ fn main() {
         kafka::seed().await;
         for (interval, run_for) in [(30u32, Duration::from_secs(100)), (1, Duration::from_secs(30))] {
             let record = Arc::new(Record::default());
-            let builtins = Registry::with_builtins();
+            let builtins = trustscale_operator::builtins::registry();
             let mut registry = Registry::new();
             let inner: Vec<(&str, Arc<dyn ScalerBuilder>)> = vec![
-                ("metrics-api", Arc::new(trustscale::scalers::http::MetricsApiBuilder::default())),
-                ("redis", Arc::new(trustscale::scalers::redis::RedisBuilder::default())),
-                ("rabbitmq", Arc::new(trustscale::scalers::rabbitmq::RabbitMqBuilder::default())),
+                ("metrics-api", Arc::new(trustscale_metrics_api::MetricsApiBuilder::default())),
+                ("redis", Arc::new(trustscale_redis::RedisBuilder::default())),
+                ("rabbitmq", Arc::new(trustscale_rabbitmq::RabbitMqBuilder::default())),
                 #[cfg(feature = "kafka")]
-                ("kafka", Arc::new(trustscale::scalers::kafka::KafkaBuilder::default())),
+                ("kafka", Arc::new(trustscale_kafka::KafkaBuilder::default())),
             ];
             for (name, b) in inner {
                 registry.register(name, Timed { inner: b, record: Arc::clone(&record) });
@@ -257,7 +257,7 @@ fn main() {
             set.add_text(std::path::Path::new("scale.yaml"), &manifests(interval, &source.url(), &env["REDIS_TLS_PORT"], &env["RABBITMQ_AMQPS_PORT"]));
             assert!(set.problems.is_empty(), "{:?}", set.problems.first());
             let started = Instant::now();
-            engine.apply(&set).await;
+            engine.apply(&set, &trustscale_operator::manifest::Env::process()).await;
             // Let the first round (building 10,000 scalers) settle, then measure.
             tokio::time::sleep(Duration::from_secs(if interval == 1 { 5 } else { 40 })).await;
             if let Ok(mut v) = record.micros.lock() {

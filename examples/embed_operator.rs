@@ -9,12 +9,12 @@ mod https_source;
 use std::sync::Arc;
 use std::time::Duration;
 
-use trustscale::manifest::ManifestSet;
-use trustscale::operator::decide::Decision;
-use trustscale::operator::engine::{DecisionSink, Engine};
-use trustscale::operator::metrics::Metrics;
 use trustscale::scaler::{BuildContext, ObjectRef, Registry};
 use trustscale::trust::{TlsVersion, TrustFactory, TrustOptions, UnsafeSslPolicy};
+use trustscale_operator::decide::Decision;
+use trustscale_operator::engine::{DecisionSink, Engine};
+use trustscale_operator::manifest::ManifestSet;
+use trustscale_operator::metrics::Metrics;
 
 /// Sends every changed decision to the program.
 struct ChannelSink(tokio::sync::mpsc::UnboundedSender<(ObjectRef, Decision)>);
@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
     let mut registry = Registry::new();
     registry.register(
         "metrics-api",
-        trustscale::scalers::http::MetricsApiBuilder::default(),
+        trustscale_metrics_api::MetricsApiBuilder::default(),
     );
     let (tx, mut decisions) = tokio::sync::mpsc::unbounded_channel();
     let engine = Engine::new(
@@ -66,7 +66,9 @@ async fn main() -> anyhow::Result<()> {
             source.url()
         ),
     );
-    engine.apply(&set).await;
+    engine
+        .apply(&set, &trustscale_operator::manifest::Env::process())
+        .await;
     // Each depth, and the replicas KEDA's formula gives for it (0 after the cooldown).
     for (depth, want) in [(25, 3), (70, 7), (0, 0)] {
         source.set(depth);

@@ -17,13 +17,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use trustscale::manifest::ManifestSet;
-use trustscale::operator::engine::{Engine, LogSink};
-use trustscale::operator::metrics::Metrics;
-use trustscale::operator::pki::{self, PkiOptions};
-use trustscale::operator::service::{self, CertManager};
-use trustscale::scaler::{BuildContext, Registry};
+use trustscale::scaler::BuildContext;
 use trustscale::trust::{TrustFactory, TrustOptions};
+use trustscale_operator::certs::CertManager;
+use trustscale_operator::engine::{Engine, LogSink};
+use trustscale_operator::manifest::ManifestSet;
+use trustscale_operator::metrics::Metrics;
+use trustscale_operator::pki::{self, PkiOptions};
+use trustscale_operator::service;
 
 const MANIFEST: &str = r#"
 apiVersion: keda.sh/v1alpha1
@@ -124,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let metrics = Arc::new(Metrics::default());
     let engine = Engine::new(
-        Registry::with_builtins(),
+        trustscale_operator::builtins::registry(),
         BuildContext {
             trust: trust.clone(),
         },
@@ -136,7 +137,9 @@ async fn main() -> anyhow::Result<()> {
         std::path::Path::new("quickstart.yaml"),
         &MANIFEST.replace("URL", &source.url()),
     );
-    engine.apply(&set).await;
+    engine
+        .apply(&set, &trustscale_operator::manifest::Env::process())
+        .await;
 
     println!(
         "4. Running ScaledObject shop/orders-worker (target 10 per replica, polled every second):"

@@ -62,6 +62,10 @@ fn the_quickstart_shows_trust_decisions_and_rotation() {
 fn the_custom_scaler_example_runs() {
     let out = run("custom_scaler");
     assert!(out.contains("= 42 -> 9 replicas"), "{out}");
+    assert!(
+        out.contains("the operator's mutual-TLS API serves it: 42"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -4,14 +4,15 @@
 
 mod support;
 
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
 use support::kafka;
+use support::{TestCa, ca_dir};
 use trustscale::scaler::{
     BuildContext, ErrorKind, Poll, Scaler, ScalerBuilder, ScalerError, TriggerSpec,
 };
-use trustscale::scalers::kafka::KafkaBuilder;
-use trustscale::trust::{TrustFactory, TrustOptions};
+use trustscale::trust::{Secret, TlsSettings, TlsVersion, TrustFactory, TrustOptions};
+use trustscale_kafka::KafkaBuilder;
+use trustscale_kafka::rdkafka::mocking::MockCluster;
+use trustscale_kafka::rdkafka::producer::DefaultProducerContext;
 
 fn ctx() -> BuildContext {
     BuildContext {
@@ -304,5 +305,109 @@ async fn errors_are_classified() {
     )
     .await
     .unwrap_err();
-    assert_eq!(err.kind, ErrorKind::Connection, "{err}");
+    assert_eq!(err.kind, ErrorKind::CONNECTION, "{err}");
+}
+
+/// A factory over `dirs` only (no system roots).
+fn factory_over(dirs: &[&std::path::Path]) -> TrustFactory {
+    TrustFactory::new(
+        TrustOptions::default()
+            .ca_dirs(dirs.iter().map(|d| d.to_path_buf()))
+            .system_roots(false),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn librdkafka_properties_carry_the_same_trust() {
+    let ca = TestCa::new("kafka");
+    let dir = ca_dir();
+    ca.write_pem(&dir.path().join("ca.pem"));
+    let trigger_ca = TestCa::new("trigger");
+    let client = ca.client("scaler");
+    let f = factory_over(&[dir.path()]);
+    let settings = TlsSettings {
+        ca: Some(trigger_ca.cert_pem.clone()),
+        cert: Some(client.cert_pem.clone()),
+        key: Some(Secret::new(client.key_pem.clone())),
+        ..Default::default()
+    };
+    let props = trustscale_kafka::librdkafka_tls(&f.context(&settings, "t").unwrap(), "t").unwrap();
+    assert_eq!(props.get("security.protocol"), Some("ssl"));
+    let bundle = props.get("ssl.ca.pem").unwrap();
+    let parsed = trustscale::trust::material::parse_certificates(bundle.as_bytes()).unwrap();
+    assert_eq!(
+        parsed.certs,
+        vec![ca.cert_der.clone(), trigger_ca.cert_der.clone()]
+    );
+    assert_eq!(
+        props.get("ssl.endpoint.identification.algorithm"),
+        Some("https")
+    );
+    assert!(props.get("ssl.key.pem").unwrap().contains("PRIVATE KEY"));
+    assert!(
+        !format!("{props:?}").contains("PRIVATE KEY"),
+        "Debug hides the key"
+    );
+    let unsafe_ctx = f
+        .context(
+            &TlsSettings {
+                unsafe_ssl: Some(true),
+                ..Default::default()
+            },
+            "u",
+        )
+        .unwrap();
+    let unsafe_props = trustscale_kafka::librdkafka_tls(&unsafe_ctx, "u").unwrap();
+    assert_eq!(
+        unsafe_props.get("enable.ssl.certificate.verification"),
+        Some("false")
+    );
+    let named = f
+        .context(
+            &TlsSettings {
+                server_name: Some("x".into()),
+                ..Default::default()
+            },
+            "n",
+        )
+        .unwrap();
+    assert!(
+        trustscale_kafka::librdkafka_tls(&named, "n")
+            .unwrap_err()
+            .to_string()
+            .contains("serverName")
+    );
+}
+
+#[tokio::test]
+async fn a_tls13_minimum_is_refused_for_librdkafka_unless_openssl_enforces_it() {
+    // The test process has no OPENSSL_CONF raising the floor, so TLS13 cannot be honoured.
+    assert!(
+        std::env::var_os("OPENSSL_CONF").is_none(),
+        "run the tests without OPENSSL_CONF"
+    );
+    let f = TrustFactory::new(
+        TrustOptions::default()
+            .ca_dirs(Vec::<std::path::PathBuf>::new())
+            .system_roots(false)
+            .client_min_tls(TlsVersion::Tls13),
+    )
+    .unwrap();
+    let ctx = f
+        .context(
+            &TlsSettings {
+                unsafe_ssl: Some(true),
+                ..Default::default()
+            },
+            "k",
+        )
+        .unwrap();
+    let err = trustscale_kafka::librdkafka_tls(&ctx, "k")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("TLS13") && err.contains("OPENSSL_CONF"),
+        "{err}"
+    );
 }

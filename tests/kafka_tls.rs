@@ -10,12 +10,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use rdkafka::ClientConfig;
 use support::fixtures::Fixtures;
 use support::{kafka, unique};
 use trustscale::scaler::{BuildContext, ErrorKind, Poll, ScalerBuilder, ScalerError, TriggerSpec};
-use trustscale::scalers::kafka::KafkaBuilder;
 use trustscale::trust::{FailureKind, Secret, TrustFactory, TrustOptions};
+use trustscale_kafka::KafkaBuilder;
+use trustscale_kafka::rdkafka::ClientConfig;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -77,7 +77,7 @@ async fn poll(
 
 fn tls_kind(err: &ScalerError) -> Option<FailureKind> {
     match err.kind {
-        ErrorKind::Tls(k) => Some(k),
+        ErrorKind::Transport(k) => Some(k),
         _ => None,
     }
 }
@@ -380,7 +380,7 @@ async fn after_a_broker_restart_the_next_poll_succeeds() {
 
     broker.stop();
     let err = scaler.poll().await.unwrap_err();
-    assert_eq!(err.kind, ErrorKind::Connection, "broker down: {err}");
+    assert_eq!(err.kind, ErrorKind::CONNECTION, "broker down: {err}");
 
     // Back, empty (in-memory storage): the same data again, with another lag.
     broker.start();
@@ -512,7 +512,7 @@ async fn probe_of_a_manifest_set_and_a_tls13_minimum_that_really_holds() {
     let conf = dir.path().join("openssl-tls13.cnf");
     std::fs::write(
         &conf,
-        trustscale::trust::openssl_config_for(trustscale::trust::TlsVersion::Tls13),
+        trustscale_kafka::openssl_config_for(trustscale::trust::TlsVersion::Tls13),
     )
     .unwrap();
     let (out, json) = probe(dir.path(), ca.path(), Some(&conf), Some("TLS13"));
@@ -538,8 +538,11 @@ async fn the_compose_files_manifests_work_through_a_secret_style_ca_folder() {
             .file_type()
             .is_symlink()
     );
-    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/docker/manifests");
-    let (out, json) = probe(&manifests, &ca, None, None);
+    let manifests = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/docker/manifests"
+    ));
+    let (out, json) = probe(manifests, &ca, None, None);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -551,7 +554,7 @@ async fn the_compose_files_manifests_work_through_a_secret_style_ca_folder() {
     assert_eq!(json["triggers"][1]["error"]["kind"], "source", "{json}");
     // Negative control: the same manifests without the folder fail TLS on both.
     let empty = tempfile::tempdir().unwrap();
-    let (_, json) = probe(&manifests, empty.path(), None, None);
+    let (_, json) = probe(manifests, empty.path(), None, None);
     assert_eq!(
         json["triggers"][0]["error"]["kind"], "unknown_issuer",
         "{json}"

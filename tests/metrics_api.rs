@@ -4,7 +4,7 @@ mod support;
 
 use support::http::{HttpsServer, Request, Response};
 use support::{TestCa, Versions, ca_dir, server_config};
-use trustscale::scaler::{BuildContext, ErrorKind, Poll, Registry, ScalerError, TriggerSpec};
+use trustscale::scaler::{BuildContext, ErrorKind, Poll, ScalerError, TriggerSpec};
 use trustscale::trust::{TlsVersion, TrustFactory, TrustOptions};
 
 fn spec(meta: &[(&str, &str)]) -> TriggerSpec {
@@ -18,7 +18,7 @@ fn ctx(dir: &std::path::Path) -> BuildContext {
 }
 
 async fn poll(ctx: &BuildContext, spec: TriggerSpec) -> Result<Poll, ScalerError> {
-    Registry::with_builtins()
+    trustscale_operator::builtins::registry()
         .build(&spec, ctx)
         .await?
         .poll()
@@ -347,7 +347,7 @@ async fn triggers_with_the_same_trust_share_one_http_client() {
     )
     .await;
     let c = ctx(s.dir.path());
-    let builder = trustscale::scalers::http::MetricsApiBuilder::default();
+    let builder = trustscale_metrics_api::MetricsApiBuilder::default();
     let url = server.url("/");
     let mut scalers = Vec::new();
     for _ in 0..20 {
@@ -385,6 +385,6 @@ async fn an_api_key_in_the_query_never_reaches_an_error_message() {
     ])
     .with_auth("apiKey", "TOPSECRETKEY");
     let err = poll(&ctx(s.dir.path()), spec).await.unwrap_err();
-    assert_eq!(err.kind, ErrorKind::Connection, "{err}");
+    assert_eq!(err.kind, ErrorKind::CONNECTION, "{err}");
     assert!(!format!("{err} {err:?}").contains("TOPSECRETKEY"), "{err}");
 }

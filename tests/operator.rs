@@ -12,13 +12,14 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use support::http::{HttpsServer, Request, Response};
 use support::{TestCa, Versions, server_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use trustscale::manifest::ManifestSet;
-use trustscale::operator::engine::{Engine, LogSink};
-use trustscale::operator::metrics::Metrics;
-use trustscale::operator::pki::{self, PkiOptions};
-use trustscale::operator::service::{self, CertManager};
-use trustscale::scaler::{BuildContext, Registry};
+use trustscale::scaler::BuildContext;
 use trustscale::trust::{TrustFactory, TrustOptions, material};
+use trustscale_operator::certs::CertManager;
+use trustscale_operator::engine::{Engine, LogSink};
+use trustscale_operator::manifest::ManifestSet;
+use trustscale_operator::metrics::Metrics;
+use trustscale_operator::pki::{self, PkiOptions};
+use trustscale_operator::service;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -116,7 +117,7 @@ async fn start_operator(dir: &Path, rotation: bool, opts: PkiOptions) -> Running
     )
     .unwrap();
     let engine = Engine::new(
-        Registry::with_builtins(),
+        trustscale_operator::builtins::registry(),
         BuildContext { trust },
         metrics,
         Arc::new(LogSink),
@@ -285,7 +286,7 @@ async fn the_external_metrics_api_serves_a_scaledobjects_value() {
     source_ca.write_pem(&ca_dir.path().join("source.pem"));
     let trust = TrustFactory::new(TrustOptions::default().ca_dirs([ca_dir.path()])).unwrap();
     let engine = Engine::new(
-        Registry::with_builtins(),
+        trustscale_operator::builtins::registry(),
         BuildContext { trust },
         Arc::new(Metrics::default()),
         Arc::new(LogSink),
@@ -298,7 +299,9 @@ async fn the_external_metrics_api_serves_a_scaledobjects_value() {
             source.url("/")
         ),
     );
-    engine.apply(&set).await;
+    engine
+        .apply(&set, &trustscale_operator::manifest::Env::process())
+        .await;
     // Serve this engine's API with the operator's certificates.
     let (stop, rx) = tokio::sync::watch::channel(false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -10,10 +10,10 @@ use support::fixtures::Fixtures;
 use support::rabbit::{Mgmt, connections_named, until_eq};
 use support::unique;
 use trustscale::scaler::{
-    BuildContext, ErrorKind, Poll, Registry, Scaler, ScalerBuilder, ScalerError, TriggerSpec,
+    BuildContext, ErrorKind, Poll, Scaler, ScalerBuilder, ScalerError, TriggerSpec,
 };
-use trustscale::scalers::rabbitmq::RabbitMqBuilder;
 use trustscale::trust::{TlsVersion, TrustFactory, TrustOptions};
+use trustscale_rabbitmq::RabbitMqBuilder;
 
 fn spec(name: &str, meta: &[(&str, &str)]) -> TriggerSpec {
     support::trigger(name, 0, "rabbitmq", meta)
@@ -44,7 +44,11 @@ fn https() -> String {
 }
 
 async fn poll(ctx: &BuildContext, s: TriggerSpec) -> Result<Poll, ScalerError> {
-    Registry::with_builtins().build(&s, ctx).await?.poll().await
+    trustscale_operator::builtins::registry()
+        .build(&s, ctx)
+        .await?
+        .poll()
+        .await
 }
 
 async fn value(ctx: &BuildContext, s: TriggerSpec) -> f64 {

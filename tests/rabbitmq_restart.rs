@@ -10,8 +10,8 @@ use std::time::Duration;
 use support::fixtures::Fixtures;
 use support::rabbit::{Mgmt, connections_named_on, rabbitmqctl};
 use trustscale::scaler::{BuildContext, ErrorKind, ObjectRef, ScalerBuilder, TriggerSpec};
-use trustscale::scalers::rabbitmq::RabbitMqBuilder;
 use trustscale::trust::{TrustFactory, TrustOptions};
+use trustscale_rabbitmq::RabbitMqBuilder;
 
 async fn wait_listening(port: u16) {
     for _ in 0..300 {
@@ -86,10 +86,10 @@ async fn polls_survive_two_broker_restarts_without_leaking_connections() {
         let err = amqp.poll().await.unwrap_err();
         assert_eq!(
             err.kind,
-            ErrorKind::Connection,
+            ErrorKind::CONNECTION,
             "round {round}, broker down: {err}"
         );
-        assert_eq!(http.poll().await.unwrap_err().kind, ErrorKind::Connection);
+        assert_eq!(http.poll().await.unwrap_err().kind, ErrorKind::CONNECTION);
         rabbitmqctl(&["-n", &node, "start_app"]);
         wait_listening(amqps_port).await;
         wait_listening(mgmt_port).await;

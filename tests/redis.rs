@@ -9,11 +9,9 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use support::fixtures::Fixtures;
-use trustscale::scaler::{
-    BuildContext, ErrorKind, Poll, Registry, Scaler, ScalerError, TriggerSpec,
-};
-use trustscale::scalers::redis::RedisBuilder;
+use trustscale::scaler::{BuildContext, ErrorKind, Poll, Scaler, ScalerError, TriggerSpec};
 use trustscale::trust::{TlsVersion, TrustFactory, TrustOptions};
+use trustscale_redis::RedisBuilder;
 
 fn trust(dir: &std::path::Path) -> BuildContext {
     trust_with(TrustOptions::default().ca_dirs([dir]))
@@ -39,7 +37,7 @@ async fn build(
 }
 
 async fn poll(ctx: &BuildContext, spec: TriggerSpec) -> Result<Poll, ScalerError> {
-    let registry = Registry::with_builtins();
+    let registry = trustscale_operator::builtins::registry();
     registry.build(&spec, ctx).await?.poll().await
 }
 
@@ -563,7 +561,7 @@ async fn the_next_poll_after_a_restart_reconnects() {
     assert_eq!(scaler.poll().await.unwrap().metrics[0].value, 0.0);
     server.stop();
     let err = scaler.poll().await.unwrap_err();
-    assert_eq!(err.kind, ErrorKind::Connection, "{err}");
+    assert_eq!(err.kind, ErrorKind::CONNECTION, "{err}");
     server.spawn();
     let mut db = admin(server.port).await;
     let _: () = db.rpush("jobs", &["a", "b"]).await.unwrap();

@@ -25,7 +25,11 @@ pub fn trigger(
 
 /// The variables `fixtures/brokers.sh start` wrote; panics with instructions without them.
 pub fn fixture_env() -> BTreeMap<String, String> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures/env");
+    let path = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/fixtures/env"
+    ))
+    .to_path_buf();
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
             "{}: {e}; start the fixtures with `fixtures/brokers.sh start`",
@@ -68,9 +72,12 @@ pub mod kafka;
 /// Topics are made through `mock` when given, else through the admin API.
 #[cfg(feature = "kafka")]
 pub async fn seed_kafka(
-    base: &rdkafka::ClientConfig,
+    base: &trustscale_kafka::rdkafka::ClientConfig,
     mock: Option<
-        &rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        &trustscale_kafka::rdkafka::mocking::MockCluster<
+            'static,
+            trustscale_kafka::rdkafka::producer::DefaultProducerContext,
+        >,
     >,
     topics: &[String],
     groups: &[String],

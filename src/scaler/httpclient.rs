@@ -5,8 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::pool::SharedPool;
+pub use reqwest::{Client, Url};
+
 use super::{ErrorKind, ScalerError};
+use crate::pool::SharedPool;
 use crate::trust::{Fingerprint, TlsContext};
 
 /// Default request timeout when neither the trigger nor `KEDA_HTTP_DEFAULT_TIMEOUT` sets one.
@@ -96,7 +98,7 @@ pub fn request_error(
     let e = e.without_url();
     if e.is_timeout() {
         return ScalerError::new(
-            ErrorKind::Connection,
+            ErrorKind::CONNECTION,
             trigger,
             format!("{target}: no answer within {timeout_ms} ms"),
         );

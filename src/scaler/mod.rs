@@ -2,9 +2,9 @@
 //! registry that maps trigger types to builders.
 
 mod error;
+#[cfg(feature = "http")]
 pub mod httpclient;
 pub mod params;
-pub mod pool;
 pub mod quantity;
 mod registry;
 
@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 pub use error::{ErrorKind, ScalerError};
-pub use params::Params;
+pub use params::{Order, Param, Params, TLS_PARAMS};
 pub use quantity::{format_quantity, parse_quantity, sanitize};
 pub use registry::{Registry, ScalerBuilder};
 

@@ -1,46 +1,165 @@
-//! Typed reading of trigger parameters, KEDA-compatible, in one place.
+//! Declared, typed trigger parameters, KEDA-compatible, in one place per scaler.
 //!
-//! Lookup order (as KEDA's typed config): the trigger's metadata, then its resolved
-//! authentication parameters, then `<name>FromEnv` in the metadata naming an environment
-//! variable. Secrets (`password`, `ca`, `cert`, `key`, ...) are read from authentication
-//! parameters first. Every error names the trigger and the parameter.
+//! A scaler declares its parameters once, as a table of [`Param`]s (KEDA does the same
+//! with its typed config tags). Reading ([`Params`]), the unknown-key warning and the
+//! parameter documentation ([`markdown`]) all come from that table.
+//!
+//! Lookup order, per parameter: [`Order::Metadata`] reads the trigger's metadata, then its
+//! resolved authentication parameters, then `<name>FromEnv` (the variable's value as the
+//! manifest loader resolved it); [`Order::Secret`] (passwords, keys, `ca`, ...) reads the
+//! authentication parameters first. An empty value counts as unset. Every error names the
+//! trigger and the parameter.
 
-use std::collections::BTreeSet;
 use std::fmt::Display;
 use std::str::FromStr;
-use std::sync::Mutex;
 
 use super::error::ScalerError;
 use super::quantity::parse_quantity;
 use super::{BuildContext, TriggerSpec};
 use crate::trust::{TlsContext, TlsSettings, parse_go_bool};
 
-/// Parameter names every scaler accepts (TLS settings).
-pub const TLS_PARAMS: &[&str] = &[
-    "tls",
-    "enableTLS",
-    "ca",
-    "cert",
-    "key",
-    "keyPassword",
-    "unsafeSsl",
-    "serverName",
+/// Where a parameter is looked for first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// Metadata, then authentication parameters, then `<name>FromEnv`.
+    Metadata,
+    /// Authentication parameters, then metadata, then `<name>FromEnv`: for secrets.
+    Secret,
+}
+
+/// One declared parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Param {
+    /// The name, as KEDA users write it.
+    pub name: &'static str,
+    /// Where it is looked for first.
+    pub order: Order,
+    /// The value when it is not set (as text, parsed like a given value).
+    pub default: Option<&'static str>,
+    /// The only values allowed (empty: any).
+    pub allowed: &'static [&'static str],
+    /// What it does, for the documentation.
+    pub doc: &'static str,
+    /// Set when the parameter still works but is on its way out: what to use instead.
+    pub deprecated: Option<&'static str>,
+}
+
+impl Param {
+    /// A parameter read from the metadata first.
+    #[must_use]
+    pub const fn new(name: &'static str, doc: &'static str) -> Param {
+        Param {
+            name,
+            order: Order::Metadata,
+            default: None,
+            allowed: &[],
+            doc,
+            deprecated: None,
+        }
+    }
+
+    /// A secret, read from the authentication parameters first.
+    #[must_use]
+    pub const fn secret(name: &'static str, doc: &'static str) -> Param {
+        Param {
+            order: Order::Secret,
+            ..Param::new(name, doc)
+        }
+    }
+
+    /// With a default value.
+    #[must_use]
+    pub const fn default(self, value: &'static str) -> Param {
+        Param {
+            default: Some(value),
+            ..self
+        }
+    }
+
+    /// Only these values are allowed (compared case-sensitively, as KEDA does).
+    #[must_use]
+    pub const fn one_of(self, allowed: &'static [&'static str]) -> Param {
+        Param { allowed, ..self }
+    }
+
+    /// Deprecated: still read, with a warning that says what to use instead.
+    #[must_use]
+    pub const fn deprecated(self, instead: &'static str) -> Param {
+        Param {
+            deprecated: Some(instead),
+            ..self
+        }
+    }
+}
+
+/// The TLS parameters every scaler accepts, read by [`Params::tls`] into one
+/// [`TlsSettings`].
+pub const TLS_PARAMS: &[Param] = &[
+    Param::new("tls", "`enable` or `disable`: whether to connect with TLS.")
+        .one_of(&["enable", "disable"]),
+    Param::new("enableTLS", "Redis' boolean spelling of `tls` (not both)."),
+    Param::secret(
+        "ca",
+        "An extra CA (PEM, or a file path) trusted by this trigger only, added to a copy of the system roots and CA folders.",
+    ),
+    Param::secret(
+        "cert",
+        "The client certificate chain (PEM, or a file path), for mutual TLS.",
+    ),
+    Param::secret(
+        "key",
+        "The client private key (PKCS#8, PKCS#1, SEC1, or encrypted PKCS#8; PEM or a file path).",
+    ),
+    Param::secret("keyPassword", "The password of an encrypted PKCS#8 `key`."),
+    Param::new(
+        "unsafeSsl",
+        "Deprecated: skip certificate verification. Put the server's CA in a CA folder, set `ca`, or set `serverName` instead.",
+    ),
+    Param::new(
+        "serverName",
+        "Verify the server's certificate against this name instead of the host connected to.",
+    ),
 ];
 
-/// Reads one trigger's parameters and remembers which were asked for.
+/// The parameter table as Markdown (name, default, allowed values, what it does); the
+/// TLS parameters are listed once, apart, by the caller that wants them.
+#[must_use]
+pub fn markdown(params: &[Param]) -> String {
+    let mut out = String::from("| parameter | default | what it does |\n| --- | --- | --- |\n");
+    for p in params {
+        let mut doc = p.doc.to_string();
+        if !p.allowed.is_empty() {
+            doc.push_str(&format!(" One of: {}.", p.allowed.join(", ")));
+        }
+        if p.order == Order::Secret {
+            doc.push_str(" Read from the authentication parameters first.");
+        }
+        if let Some(instead) = p.deprecated {
+            doc.push_str(&format!(" Deprecated: {instead}."));
+        }
+        out.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            p.name,
+            p.default
+                .map_or_else(|| "—".to_string(), |d| format!("`{d}`")),
+            doc.replace('|', "\\|")
+        ));
+    }
+    out
+}
+
+/// Reads one trigger's parameters against its scaler's declared table.
 pub struct Params<'a> {
     spec: &'a TriggerSpec,
-    asked: Mutex<BTreeSet<String>>,
+    declared: &'static [Param],
 }
 
 impl<'a> Params<'a> {
-    /// Parameters of a trigger.
+    /// The parameters of a trigger, as declared by `declared` (the TLS parameters are
+    /// always declared).
     #[must_use]
-    pub fn new(spec: &'a TriggerSpec) -> Self {
-        Params {
-            spec,
-            asked: Mutex::new(BTreeSet::new()),
-        }
+    pub fn new(spec: &'a TriggerSpec, declared: &'static [Param]) -> Self {
+        Params { spec, declared }
     }
 
     /// The trigger's label for messages.
@@ -49,149 +168,152 @@ impl<'a> Params<'a> {
         &self.spec.label
     }
 
-    fn note(&self, name: &str) {
-        if let Ok(mut a) = self.asked.lock() {
-            a.insert(name.to_string());
-            a.insert(format!("{name}FromEnv"));
-        }
-    }
-
-    /// The value of `name`: metadata, then auth parameters, then `<name>FromEnv`.
-    #[must_use]
-    pub fn get(&self, name: &str) -> Option<String> {
-        self.note(name);
-        let non_empty = |v: &String| !v.is_empty();
-        self.spec
-            .metadata
-            .get(name)
-            .filter(|v| non_empty(v))
-            .cloned()
-            .or_else(|| {
-                self.spec
-                    .auth
-                    .get(name)
-                    .filter(|v| !v.is_empty())
-                    .map(|v| v.expose().to_string())
-            })
-            .or_else(|| self.env_value(name))
-    }
-
-    /// The value of a secret parameter: auth parameters first, then metadata.
-    #[must_use]
-    pub fn secret(&self, name: &str) -> Option<String> {
-        self.note(name);
-        self.spec
-            .auth
-            .get(name)
-            .filter(|v| !v.is_empty())
-            .map(|v| v.expose().to_string())
-            .or_else(|| {
-                self.spec
-                    .metadata
-                    .get(name)
-                    .filter(|v| !v.is_empty())
-                    .cloned()
-            })
-            .or_else(|| self.env_value(name))
-    }
-
-    fn env_value(&self, name: &str) -> Option<String> {
-        let var = self.spec.metadata.get(&format!("{name}FromEnv"))?;
-        self.spec
-            .resolved_env
-            .get(var)
-            .cloned()
-            .or_else(|| std::env::var(var).ok())
-            .filter(|v| !v.is_empty())
-    }
-
-    /// A required parameter.
-    pub fn required(&self, name: &str) -> Result<String, ScalerError> {
-        self.get(name)
-            .ok_or_else(|| ScalerError::config(self.trigger(), name, "is required but not set"))
-    }
-
-    /// A parsed parameter with a default.
-    pub fn parse_or<T>(&self, name: &str, default: T) -> Result<T, ScalerError>
-    where
-        T: FromStr,
-        T::Err: Display,
-    {
-        match self.get(name) {
-            None => Ok(default),
-            Some(v) => v.trim().parse().map_err(|e| {
-                ScalerError::config(self.trigger(), name, format!("{v:?} is invalid: {e}"))
-            }),
-        }
-    }
-
-    /// A boolean, parsed as Go does (`true`, `1`, `t`, `False`, ...).
-    pub fn bool_or(&self, name: &str, default: bool) -> Result<bool, ScalerError> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(v) => {
-                parse_go_bool(name, &v).map_err(|e| ScalerError::config(self.trigger(), name, e))
+    fn declaration(&self, name: &str) -> Param {
+        match self
+            .declared
+            .iter()
+            .chain(TLS_PARAMS)
+            .find(|p| p.name == name)
+        {
+            Some(p) => *p,
+            None => {
+                // A scaler reading a parameter it did not declare is a bug in the scaler:
+                // its documentation and unknown-key warning would be wrong.
+                debug_assert!(false, "parameter {name:?} is read but not declared");
+                Param::new("", "")
             }
         }
     }
 
-    /// A Kubernetes quantity (`5`, `1.5k`, `250m`).
-    pub fn quantity_or(&self, name: &str, default: f64) -> Result<f64, ScalerError> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(v) => parse_quantity(&v).map_err(|e| ScalerError::config(self.trigger(), name, e)),
+    fn given(&self, name: &str, order: Order) -> Option<String> {
+        let metadata = || {
+            self.spec
+                .metadata
+                .get(name)
+                .filter(|v| !v.is_empty())
+                .cloned()
+        };
+        let auth = || {
+            self.spec
+                .auth
+                .get(name)
+                .filter(|v| !v.is_empty())
+                .map(|v| v.expose().to_string())
+        };
+        let env = || {
+            let var = self.spec.metadata.get(&format!("{name}FromEnv"))?;
+            self.spec
+                .resolved_env
+                .get(var)
+                .filter(|v| !v.is_empty())
+                .cloned()
+        };
+        match order {
+            Order::Metadata => metadata().or_else(auth),
+            Order::Secret => auth().or_else(metadata),
         }
+        .or_else(env)
     }
 
-    /// One of a fixed set of words (compared case-sensitively, as KEDA does).
-    pub fn one_of(
-        &self,
-        name: &str,
-        allowed: &[&str],
-        default: &str,
-    ) -> Result<String, ScalerError> {
-        let v = self.get(name).unwrap_or_else(|| default.to_string());
-        if allowed.contains(&v.as_str()) {
-            Ok(v)
-        } else {
-            Err(ScalerError::config(
-                self.trigger(),
-                name,
-                format!("{v:?} is not one of: {}", allowed.join(", ")),
-            ))
-        }
+    /// Whether `name` was given (its default does not count).
+    #[must_use]
+    pub fn is_set(&self, name: &str) -> bool {
+        let d = self.declaration(name);
+        self.given(name, d.order).is_some()
     }
 
-    /// A parameter that no longer works: an error if set, saying what to use instead.
-    pub fn deprecated(&self, name: &str, instead: &str) -> Result<(), ScalerError> {
-        if self.spec.metadata.contains_key(name) {
-            return Err(ScalerError::config(
-                self.trigger(),
-                name,
-                format!("is no longer supported; {instead}"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// A parameter that still works but is on its way out: a warning, once per build.
-    pub fn deprecated_announced(&self, name: &str, instead: &str) {
-        if self.get(name).is_some() {
+    /// The value of `name` as given, else its declared default. A value outside the
+    /// declared `one_of` list is returned as is: see [`Params::choice`].
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<String> {
+        let d = self.declaration(name);
+        let value = self.given(name, d.order);
+        if value.is_some()
+            && let Some(instead) = d.deprecated
+        {
             tracing::warn!(
                 trigger = self.trigger(),
                 parameter = name,
                 "parameter is deprecated and will be removed; {instead}"
             );
         }
+        value.or_else(|| d.default.map(str::to_string))
+    }
+
+    /// A parameter that must have a value (given or default).
+    pub fn required(&self, name: &str) -> Result<String, ScalerError> {
+        self.get(name)
+            .ok_or_else(|| ScalerError::config(self.trigger(), name, "is required but not set"))
+    }
+
+    /// A parsed parameter; `None` when it is unset and has no default.
+    pub fn parse<T>(&self, name: &str) -> Result<Option<T>, ScalerError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        self.get(name)
+            .map(|v| {
+                v.trim().parse().map_err(|e| {
+                    ScalerError::config(self.trigger(), name, format!("{v:?} is invalid: {e}"))
+                })
+            })
+            .transpose()
+    }
+
+    /// A parsed parameter that must have a value (given or default).
+    pub fn value<T>(&self, name: &str) -> Result<T, ScalerError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        self.parse(name)?
+            .ok_or_else(|| ScalerError::config(self.trigger(), name, "is required but not set"))
+    }
+
+    /// A boolean, parsed as Go does (`true`, `1`, `t`, `False`, ...); unset and no
+    /// default is `false`.
+    pub fn flag(&self, name: &str) -> Result<bool, ScalerError> {
+        match self.get(name) {
+            None => Ok(false),
+            Some(v) => {
+                parse_go_bool(name, &v).map_err(|e| ScalerError::config(self.trigger(), name, e))
+            }
+        }
+    }
+
+    /// A Kubernetes quantity (`5`, `1.5k`, `250m`); `None` when unset with no default.
+    pub fn quantity(&self, name: &str) -> Result<Option<f64>, ScalerError> {
+        self.get(name)
+            .map(|v| parse_quantity(&v).map_err(|e| ScalerError::config(self.trigger(), name, e)))
+            .transpose()
+    }
+
+    /// A quantity that must have a value (given or default).
+    pub fn quantity_value(&self, name: &str) -> Result<f64, ScalerError> {
+        self.quantity(name)?
+            .ok_or_else(|| ScalerError::config(self.trigger(), name, "is required but not set"))
+    }
+
+    /// One of the declared `one_of` values (given or default).
+    pub fn choice(&self, name: &str) -> Result<String, ScalerError> {
+        let d = self.declaration(name);
+        let v = self.required(name)?;
+        if d.allowed.is_empty() || d.allowed.contains(&v.as_str()) {
+            Ok(v)
+        } else {
+            Err(ScalerError::config(
+                self.trigger(),
+                name,
+                format!("{v:?} is not one of: {}", d.allowed.join(", ")),
+            ))
+        }
     }
 
     /// The trigger's TLS settings (KEDA names; secrets from auth parameters first).
     pub fn tls(&self) -> Result<TlsSettings, ScalerError> {
-        TlsSettings::from_lookup(|name| match name {
-            "ca" | "cert" | "key" | "keyPassword" => self.secret(name),
-            _ => self.get(name),
-        })
-        .map_err(|e| ScalerError::from_trust(self.trigger(), &e))
+        TlsSettings::from_lookup(|name| self.get(name))
+            .map_err(|e| ScalerError::from_trust(self.trigger(), e))
     }
 
     /// The trigger's TLS context from the factory when `secure`; otherwise `None`, with a
@@ -208,7 +330,7 @@ impl<'a> Params<'a> {
                 .trust
                 .context(settings, self.trigger())
                 .map(Some)
-                .map_err(|e| ScalerError::from_trust(self.trigger(), &e));
+                .map_err(|e| ScalerError::from_trust(self.trigger(), e));
         }
         if settings.ca.is_some() || settings.cert.is_some() || settings.unsafe_ssl() {
             tracing::warn!(
@@ -219,13 +341,98 @@ impl<'a> Params<'a> {
         Ok(None)
     }
 
-    /// Warns about metadata keys nobody asked for (typos are otherwise silent).
+    /// Metadata keys that the scaler did not declare (typos are otherwise silent).
+    #[must_use]
+    pub fn unknown(&self) -> Vec<String> {
+        let known = |key: &str| {
+            let base = key.strip_suffix("FromEnv").unwrap_or(key);
+            self.declared
+                .iter()
+                .chain(TLS_PARAMS)
+                .any(|p| p.name == key || p.name == base)
+        };
+        self.spec
+            .metadata
+            .keys()
+            .filter(|k| !known(k))
+            .cloned()
+            .collect()
+    }
+
+    /// Logs every unknown metadata key at warn, naming the trigger.
     pub fn warn_unknown(&self) {
-        let asked = self.asked.lock().map(|a| a.clone()).unwrap_or_default();
-        for key in self.spec.metadata.keys() {
-            if !asked.contains(key) && !TLS_PARAMS.contains(&key.as_str()) {
-                tracing::warn!(trigger = self.trigger(), parameter = %key, "unknown metadata parameter is ignored");
-            }
+        for key in self.unknown() {
+            tracing::warn!(trigger = self.trigger(), parameter = %key, "unknown metadata parameter is ignored");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::scaler::ObjectRef;
+
+    const DECLARED: &[Param] = &[
+        Param::new("listName", "the list"),
+        Param::new("listLength", "target").default("5"),
+        Param::secret("password", "the password"),
+        Param::new("format", "body format")
+            .default("json")
+            .one_of(&["json", "xml"]),
+    ];
+
+    fn spec(meta: &[(&str, &str)]) -> TriggerSpec {
+        let metadata: BTreeMap<String, String> = meta
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        TriggerSpec::new(
+            ObjectRef {
+                namespace: "ns".into(),
+                name: "so".into(),
+            },
+            0,
+            "t",
+            metadata,
+        )
+    }
+
+    #[test]
+    fn lookup_order_follows_the_declaration() {
+        let mut s = spec(&[("listName", "meta"), ("password", "from-meta")])
+            .with_auth("listName", "auth")
+            .with_auth("password", "from-auth");
+        s.metadata.insert("listLengthFromEnv".into(), "LEN".into());
+        s.resolved_env.insert("LEN".into(), "7".into());
+        let p = Params::new(&s, DECLARED);
+        assert_eq!(p.get("listName").as_deref(), Some("meta"));
+        assert_eq!(p.get("password").as_deref(), Some("from-auth"));
+        assert_eq!(p.quantity_value("listLength").unwrap(), 7.0);
+        assert!(p.unknown().is_empty(), "{:?}", p.unknown());
+    }
+
+    #[test]
+    fn defaults_and_choices_come_from_the_table() {
+        let s = spec(&[("format", "csv"), ("listLenght", "3")]);
+        let p = Params::new(&s, DECLARED);
+        assert_eq!(p.quantity_value("listLength").unwrap(), 5.0);
+        assert!(!p.is_set("listLength"));
+        let err = p.choice("format").unwrap_err().to_string();
+        assert!(err.contains("format") && err.contains("json, xml"), "{err}");
+        assert_eq!(p.unknown(), vec!["listLenght".to_string()]);
+        let err = p.required("listName").unwrap_err().to_string();
+        assert!(
+            err.contains("ns/so#0 (t)") && err.contains("listName"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn docs_come_from_the_table() {
+        let md = markdown(DECLARED);
+        assert!(md.contains("| `listLength` | `5` | target |"), "{md}");
+        assert!(md.contains("One of: json, xml."), "{md}");
     }
 }

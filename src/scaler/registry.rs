@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{BuildContext, Scaler, ScalerError, TriggerSpec};
+use super::{BuildContext, Param, Scaler, ScalerError, TriggerSpec};
 
 /// Makes scalers of one trigger type. Builders live as long as the registry, so they are
 /// where shared client pools belong.
@@ -18,6 +18,12 @@ pub trait ScalerBuilder: Send + Sync {
         spec: &TriggerSpec,
         ctx: &BuildContext,
     ) -> Result<Box<dyn Scaler>, ScalerError>;
+
+    /// The parameters this builder's scalers read (see [`Param`]): their documentation
+    /// and the unknown-key warning come from it.
+    fn parameters(&self) -> &'static [Param] {
+        &[]
+    }
 }
 
 /// Maps trigger types to builders.
@@ -37,32 +43,6 @@ impl Registry {
     #[must_use]
     pub fn new() -> Self {
         Registry::default()
-    }
-
-    /// A registry with every built-in scaler compiled into this build.
-    #[must_use]
-    pub fn with_builtins() -> Self {
-        #[allow(unused_mut)]
-        let mut r = Registry::new();
-        #[cfg(feature = "http")]
-        r.register(
-            "metrics-api",
-            crate::scalers::http::MetricsApiBuilder::default(),
-        );
-        #[cfg(feature = "kafka")]
-        r.register("kafka", crate::scalers::kafka::KafkaBuilder::default());
-        #[cfg(feature = "rabbitmq")]
-        r.register(
-            "rabbitmq",
-            crate::scalers::rabbitmq::RabbitMqBuilder::default(),
-        );
-        #[cfg(feature = "redis")]
-        {
-            let redis = Arc::new(crate::scalers::redis::RedisBuilder::default());
-            r.register_arc("redis", redis.clone());
-            r.register_arc("redis-streams", redis);
-        }
-        r
     }
 
     /// Registers (or replaces) the builder of a trigger type.
@@ -87,6 +67,18 @@ impl Registry {
     /// The registered type names.
     pub fn types(&self) -> impl Iterator<Item = &str> {
         self.builders.keys().map(String::as_str)
+    }
+
+    /// The declared parameters of a trigger type, if it is registered.
+    #[must_use]
+    pub fn parameters(&self, type_name: &str) -> Option<&'static [Param]> {
+        self.builders.get(type_name).map(|b| b.parameters())
+    }
+
+    /// Whether a trigger type is registered.
+    #[must_use]
+    pub fn contains(&self, type_name: &str) -> bool {
+        self.builders.contains_key(type_name)
     }
 
     /// Builds a scaler for a trigger.

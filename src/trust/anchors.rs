@@ -440,34 +440,3 @@ fn load_file(
         subjects,
     })
 }
-
-/// A cheap stamp of the CA folders' state (names, sizes, times, link targets), used to
-/// notice changes that the file watcher missed.
-pub(crate) fn folder_stamp(folders: &[PathBuf]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for folder in folders {
-        folder.hash(&mut h);
-        let Ok(entries) = fs::read_dir(folder) else {
-            0u8.hash(&mut h);
-            continue;
-        };
-        let mut items: Vec<(PathBuf, Option<PathBuf>, u64, Option<SystemTime>)> = entries
-            .filter_map(std::result::Result::ok)
-            .map(|e| {
-                let p = e.path();
-                let link = fs::read_link(&p).ok();
-                let meta = fs::metadata(&p).ok();
-                (
-                    p,
-                    link,
-                    meta.as_ref().map_or(0, fs::Metadata::len),
-                    meta.and_then(|m| m.modified().ok()),
-                )
-            })
-            .collect();
-        items.sort();
-        items.hash(&mut h);
-    }
-    h.finish()
-}

@@ -8,6 +8,7 @@ use rustls::client::danger::ServerCertVerifier;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use super::anchors::Anchors;
+use super::settings::Secret;
 use super::version::TlsVersion;
 
 /// A stable digest of the effective trust, identity and policy of a context: equal
@@ -35,6 +36,27 @@ impl fmt::Display for Fingerprint {
 impl fmt::Debug for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Fingerprint({self})")
+    }
+}
+
+/// A client identity as PEM, for clients on another TLS stack. `Debug` hides the key.
+#[derive(Clone)]
+pub struct IdentityPem {
+    /// The certificate chain, leaf first.
+    pub chain: String,
+    /// The private key.
+    pub key: Secret,
+}
+
+impl fmt::Debug for IdentityPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdentityPem")
+            .field(
+                "chain",
+                &format_args!("<{} bytes of PEM>", self.chain.len()),
+            )
+            .field("key", &self.key)
+            .finish()
     }
 }
 
@@ -126,6 +148,41 @@ impl TlsContext {
     #[must_use]
     pub fn trigger_ca(&self) -> &[CertificateDer<'static>] {
         &self.inner.trigger_ca
+    }
+
+    /// Everything this context trusts, as one PEM bundle: the anchors (system roots and
+    /// CA folders) followed by the trigger's own `ca`. For clients on another TLS stack
+    /// (OpenSSL's librdkafka); with [`TlsContext::is_unsafe`] nothing is verified and the
+    /// bundle is not needed.
+    #[must_use]
+    pub fn trust_pem(&self) -> String {
+        let mut bundle = self.inner.anchors.pem_bundle().to_string();
+        bundle.push_str(&super::material::certs_to_pem(self.inner.trigger_ca.iter()));
+        bundle
+    }
+
+    /// The client identity as PEM, if one is configured: the certificate chain and the
+    /// private key (PKCS#8, PKCS#1 or SEC1, as given; decrypted when it had a
+    /// `keyPassword`). The key is a [`Secret`]: it never prints.
+    #[must_use]
+    pub fn identity_pem(&self) -> Option<IdentityPem> {
+        let id = self.inner.identity.as_ref()?;
+        let label = match &id.key {
+            PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+            PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+            _ => "PRIVATE KEY",
+        };
+        Some(IdentityPem {
+            chain: super::material::certs_to_pem(id.chain.iter()),
+            key: Secret::new(super::material::pem_encode(label, id.key.secret_der())),
+        })
+    }
+
+    /// The name certificates are verified against instead of the host (`serverName`),
+    /// if set. A backend that cannot verify against another name must refuse it.
+    #[must_use]
+    pub fn server_name_override(&self) -> Option<&ServerName<'static>> {
+        self.inner.server_name.as_ref()
     }
 
     /// Where trust comes from, for error messages.

@@ -91,9 +91,25 @@ pub enum TrustError {
     #[error("cannot build a certificate verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
 
-    /// The file watcher could not be started.
+    /// The thread that follows the CA folders could not be started.
     #[error("cannot watch CA folders")]
-    Watch(#[source] notify::Error),
+    Watch(#[source] std::io::Error),
+}
+
+impl TrustError {
+    /// The trigger parameter this error is about, when it is about one.
+    #[must_use]
+    pub fn parameter(&self) -> Option<&str> {
+        match self {
+            TrustError::InvalidValue { parameter, .. } => Some(parameter),
+            TrustError::ReadFile { parameter, .. } | TrustError::BadMaterial { parameter, .. } => {
+                Some(parameter)
+            }
+            TrustError::UnsafeSslForbidden { .. } => Some("unsafeSsl"),
+            TrustError::Unsupported { setting, .. } => Some(setting),
+            _ => None,
+        }
+    }
 }
 
 /// A shorthand for results of the trust layer.

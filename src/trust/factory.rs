@@ -1,9 +1,9 @@
 //! [`TrustFactory`]: one per process; owns the anchors and makes every TLS context.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -22,7 +22,9 @@ use super::material::{self, MAX_MATERIAL_BYTES};
 use super::server::{ServerIdentity, ServerTls};
 use super::settings::{TlsSettings, UnsafeSslPolicy};
 use super::version::{CLIENT_MIN_TLS_ENV, SERVICE_MIN_TLS_ENV, TlsVersion};
-use super::{danger, verify, watch};
+use super::{danger, verify};
+use crate::pool::SharedPool;
+use crate::watch::{FileWatch, WatchOptions};
 
 /// How a [`TrustFactory`] is set up.
 #[derive(Clone, Debug)]
@@ -160,19 +162,15 @@ pub(crate) struct Inner {
     provider: Arc<CryptoProvider>,
     system: SystemRoots,
     anchors: ArcSwap<Anchors>,
-    cache: Mutex<Cache>,
+    cache: SharedPool<CacheKey, ContextInner>,
     unsafe_triggers: Mutex<HashSet<String>>,
     logged_files: Mutex<HashSet<(PathBuf, String)>>,
     last_reload_error: Mutex<Option<String>>,
     counters: Counters,
     generation_tx: tokio::sync::watch::Sender<u64>,
     reload_lock: Mutex<()>,
-}
-
-#[derive(Default)]
-struct Cache {
-    map: HashMap<CacheKey, Weak<ContextInner>>,
-    prune_at: usize,
+    /// Follows the CA folders (with `watch`); stops with the factory.
+    watch: OnceLock<FileWatch>,
 }
 
 /// The one TLS context factory of a process. Cheap to clone (an `Arc` inside).
@@ -231,18 +229,36 @@ impl TrustFactory {
             provider,
             system,
             anchors: ArcSwap::from_pointee(first),
-            cache: Mutex::new(Cache::default()),
+            cache: SharedPool::default(),
             unsafe_triggers: Mutex::new(HashSet::new()),
             logged_files: Mutex::new(HashSet::new()),
             last_reload_error: Mutex::new(None),
             counters: Counters::default(),
             generation_tx,
             reload_lock: Mutex::new(()),
+            watch: OnceLock::new(),
         });
         let factory = TrustFactory { inner };
         factory.log_anchors(&factory.anchors(), true);
         if factory.inner.options.watch {
-            watch::start(&factory.inner)?;
+            let weak = Arc::downgrade(&factory.inner);
+            let watch = FileWatch::spawn(
+                "ca-folders",
+                factory.inner.options.ca_dirs.clone(),
+                WatchOptions {
+                    quiet: Duration::from_millis(50),
+                    rescan: factory.inner.options.rescan_interval,
+                },
+                move || {
+                    if let Some(inner) = weak.upgrade() {
+                        // Errors are logged, counted and kept by `reload`; the last good
+                        // anchors stay.
+                        let _ = inner.reload();
+                    }
+                },
+            )
+            .map_err(TrustError::Watch)?;
+            let _ = factory.inner.watch.set(watch);
         }
         Ok(factory)
     }
@@ -324,39 +340,17 @@ impl TrustFactory {
             stamps: file_stamps(settings),
             generation: anchors.generation(),
         };
-        if let Some(inner) = self.lookup(&key) {
+        if let Some(inner) = self.inner.cache.get(&key) {
             self.inner.counters.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(TlsContext { inner });
         }
+        // Built without the cache's lock (it may read files); another thread that built
+        // the same context meanwhile wins, and both share its one.
         let ctx = self.build(settings, trigger, Arc::clone(&anchors))?;
         self.inner.counters.built.fetch_add(1, Ordering::Relaxed);
-        let mut cache = self
-            .inner
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Another thread may have built the same context meanwhile: keep one.
-        if let Some(existing) = cache.map.get(&key).and_then(Weak::upgrade) {
-            return Ok(TlsContext { inner: existing });
-        }
-        cache.map.insert(key, Arc::downgrade(&ctx.inner));
-        if cache.map.len() > cache.prune_at {
-            let generation = anchors.generation();
-            cache
-                .map
-                .retain(|k, v| k.generation == generation && v.strong_count() > 0);
-            cache.prune_at = cache.map.len() * 2 + 64;
-        }
-        Ok(ctx)
-    }
-
-    fn lookup(&self, key: &CacheKey) -> Option<Arc<ContextInner>> {
-        let cache = self
-            .inner
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.map.get(key).and_then(Weak::upgrade)
+        Ok(TlsContext {
+            inner: self.inner.cache.insert_or_existing(key, ctx.inner),
+        })
     }
 
     fn note_unsafe(&self, settings: &TlsSettings, trigger: &str) -> Result<()> {

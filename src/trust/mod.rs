@@ -2,8 +2,8 @@
 //!
 //! [`TrustFactory`] owns the trust anchors (system roots merged with the custom CA
 //! folders, watched and reloaded), and turns a trigger's [`TlsSettings`] into a
-//! [`TlsContext`]: a rustls client configuration for reqwest, lapin and redis, and the same
-//! trust as librdkafka properties. It also builds the internal service's mutual-TLS
+//! [`TlsContext`]: a rustls client configuration, and the same trust as PEM for clients
+//! built on another TLS stack. It also builds the internal service's mutual-TLS
 //! [`ServerTls`]. It knows nothing about scalers.
 
 mod anchors;
@@ -13,23 +13,17 @@ mod danger;
 mod error;
 mod factory;
 pub mod inspect;
-mod librdkafka;
 pub mod material;
 mod server;
 mod settings;
 mod verify;
 mod version;
-mod watch;
 
 pub use anchors::{Anchors, DEFAULT_CA_DIR, FileReport, FileStatus, FolderReport};
 pub use classify::{FailureKind, HandshakeFailure, classify, classify_rustls, find_rustls_error};
-pub use context::{Fingerprint, TlsContext};
+pub use context::{Fingerprint, IdentityPem, TlsContext};
 pub use error::{Result, TrustError};
 pub use factory::{TrustFactory, TrustOptions, TrustStats};
-pub use librdkafka::{
-    LibrdkafkaTls, OPENSSL_CONF_ENV, classify_librdkafka_message, openssl_config_for,
-    openssl_enforced_min,
-};
 pub use server::{ServerIdentity, ServerTls};
 pub use settings::{Secret, TlsMode, TlsSettings, UnsafeSslPolicy, parse_go_bool};
 pub use version::{CLIENT_MIN_TLS_ENV, SERVICE_MIN_TLS_ENV, TlsVersion};

@@ -1,20 +1,20 @@
 //! A trigger's TLS settings, with KEDA's parameter names.
 //!
-//! One struct, flattened into every scaler's metadata, so that `tls`, `ca`, `cert`, `key`,
-//! `keyPassword`, `unsafeSsl` (and Redis' `enableTLS`) mean the same thing everywhere.
+//! One struct, read by every scaler through [`TlsSettings::from_lookup`] (the one parsing
+//! path), so that `tls`, `ca`, `cert`, `key`, `keyPassword`, `unsafeSsl` (and Redis'
+//! `enableTLS`) mean the same thing everywhere.
 //! Values arrive as strings (Kubernetes metadata and Secrets are string maps), so booleans
 //! are parsed the way Go's `strconv.ParseBool` does.
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::Serialize;
 
 use super::error::{Result, TrustError};
 
 /// A string that must never be printed: `Debug` and `Display` show `<redacted>`, and the
 /// memory is cleared when it is dropped.
-#[derive(Clone, Default, PartialEq, Eq, Hash, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Secret(String);
 
 impl Secret {
@@ -95,33 +95,24 @@ impl std::str::FromStr for UnsafeSslPolicy {
 ///
 /// `ca`, `cert` and `key` take either inline PEM (as resolved from a Secret) or the path of
 /// a file holding PEM or DER. `Debug` never prints `key` or `keyPassword`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TlsSettings {
     /// `tls`: `enable` or `disable`.
-    #[serde(deserialize_with = "de_tls_mode")]
     pub tls: Option<TlsMode>,
     /// `enableTLS` (Redis' boolean spelling of `tls`).
-    #[serde(rename = "enableTLS", deserialize_with = "de_go_bool")]
     pub enable_tls: Option<bool>,
     /// `ca`: an extra CA trusted by this trigger only (added to a copy of the anchors).
-    #[serde(deserialize_with = "de_non_empty")]
     pub ca: Option<String>,
     /// `cert`: the client certificate (chain), for mutual TLS.
-    #[serde(deserialize_with = "de_non_empty")]
     pub cert: Option<String>,
     /// `key`: the client private key (PKCS#8, PKCS#1, SEC1, or encrypted PKCS#8).
-    #[serde(deserialize_with = "de_non_empty_secret")]
     pub key: Option<Secret>,
     /// `keyPassword`: the password of an encrypted PKCS#8 key.
-    #[serde(deserialize_with = "de_non_empty_secret")]
     pub key_password: Option<Secret>,
     /// `unsafeSsl`: skip certificate verification (deprecated).
-    #[serde(deserialize_with = "de_go_bool")]
     pub unsafe_ssl: Option<bool>,
     /// `serverName`: verify the server's certificate against this name instead of the
     /// host connected to (the safe replacement for most uses of `unsafeSsl`).
-    #[serde(deserialize_with = "de_non_empty")]
     pub server_name: Option<String>,
 }
 
@@ -199,47 +190,6 @@ fn parse_tls_mode(value: &str) -> Result<TlsMode> {
     }
 }
 
-/// A value that may arrive as a YAML boolean or as a string.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum BoolOrString {
-    Bool(bool),
-    String(String),
-}
-
-fn de_go_bool<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<bool>, D::Error> {
-    match Option::<BoolOrString>::deserialize(d)? {
-        None => Ok(None),
-        Some(BoolOrString::Bool(b)) => Ok(Some(b)),
-        Some(BoolOrString::String(s)) if s.is_empty() => Ok(None),
-        Some(BoolOrString::String(s)) => parse_go_bool("boolean parameter", &s)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
-    }
-}
-
-fn de_tls_mode<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<TlsMode>, D::Error> {
-    match Option::<String>::deserialize(d)? {
-        None => Ok(None),
-        Some(s) if s.is_empty() => Ok(None),
-        Some(s) => parse_tls_mode(&s)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
-    }
-}
-
-fn de_non_empty<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
-    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()))
-}
-
-fn de_non_empty_secret<'de, D: Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<Secret>, D::Error> {
-    Ok(Option::<String>::deserialize(d)?
-        .filter(|s| !s.is_empty())
-        .map(Secret))
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -311,16 +261,5 @@ mod tests {
                 .to_string()
                 .contains("tls")
         );
-    }
-
-    #[test]
-    fn serde_reads_a_string_map_with_keda_names() {
-        let json =
-            r#"{"tls":"enable","unsafeSsl":"true","ca":"","keyPassword":"p","enableTLS":false}"#;
-        let s: TlsSettings = serde_json::from_str(json).unwrap();
-        assert_eq!(s.tls, Some(TlsMode::Enable));
-        assert_eq!(s.unsafe_ssl, Some(true));
-        assert_eq!(s.ca, None, "an empty value means not set");
-        assert_eq!(s.enable_tls, Some(false));
     }
 }

@@ -51,17 +51,6 @@ impl TlsVersion {
         }
     }
 
-    /// The name OpenSSL uses in `MinProtocol`.
-    #[must_use]
-    pub fn openssl_name(self) -> &'static str {
-        match self {
-            TlsVersion::Tls10 => "TLSv1",
-            TlsVersion::Tls11 => "TLSv1.1",
-            TlsVersion::Tls12 => "TLSv1.2",
-            TlsVersion::Tls13 => "TLSv1.3",
-        }
-    }
-
     /// Reads a version from an environment variable; unset or empty gives `default`.
     ///
     /// An invalid value is an error that names the variable and lists the allowed values

@@ -13,7 +13,11 @@ pub struct Fixtures {
 fn env_file() -> PathBuf {
     match std::env::var_os("TRUSTSCALE_FIXTURE_DIR") {
         Some(dir) => PathBuf::from(dir).join("env"),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures/env"),
+        None => Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/fixtures/env"
+        ))
+        .to_path_buf(),
     }
 }
 

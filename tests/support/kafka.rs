@@ -4,11 +4,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use trustscale_kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use trustscale_kafka::rdkafka::client::DefaultClientContext;
+use trustscale_kafka::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use trustscale_kafka::rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use trustscale_kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -1,0 +1,164 @@
+//! The internal certificates, kept current: generated and rotated (rotation on) or the
+//! user's own (rotation off), and every valid change published to the server without a
+//! restart. A broken or mismatched set is refused; the last good one keeps serving.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use trustscale::trust::{ServerTls, TrustFactory};
+use trustscale::watch::{FileWatch, WatchOptions, stamp};
+
+use crate::metrics::Metrics;
+use crate::pki::{self, PkiError, PkiOptions};
+
+/// How often the certificate folder is re-checked without a file event.
+const CERT_RESCAN: Duration = Duration::from_secs(2);
+
+/// Keeps the serving certificate current.
+pub struct CertManager {
+    dir: PathBuf,
+    rotation: bool,
+    opts: PkiOptions,
+    server: Arc<ServerTls>,
+    metrics: Arc<Metrics>,
+    /// The folder's [`stamp`] when it was last read, valid or not.
+    seen: Mutex<u64>,
+}
+
+impl std::fmt::Debug for CertManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertManager")
+            .field("dir", &self.dir)
+            .field("rotation", &self.rotation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertManager {
+    /// Makes sure the folder holds a valid set (rotation on: generating one if needed) and
+    /// builds the server configuration from it.
+    pub fn start(
+        dir: PathBuf,
+        rotation: bool,
+        opts: PkiOptions,
+        trust: &TrustFactory,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<CertManager>, PkiError> {
+        if rotation {
+            let (action, _) = pki::ensure(&dir, &opts, SystemTime::now())?;
+            if action != pki::Action::Kept {
+                tracing::info!(dir = %dir.display(), action = ?action, "internal certificates written");
+            }
+        }
+        let seen = stamp(std::slice::from_ref(&dir));
+        let set = pki::load(&dir)?;
+        let leaf = pki::validate(&dir, &set, SystemTime::now())?;
+        let (identity, ca) = pki::identity(&set);
+        let server = Arc::new(trust.server_tls(identity, &ca)?);
+        metrics.cert_expiry_seconds.set(expiry_in(leaf.not_after));
+        Ok(Arc::new(CertManager {
+            seen: Mutex::new(seen),
+            dir,
+            rotation,
+            opts,
+            server,
+            metrics,
+        }))
+    }
+
+    /// The server configuration (swapped on every reload).
+    #[must_use]
+    pub fn server(&self) -> Arc<ServerTls> {
+        Arc::clone(&self.server)
+    }
+
+    /// Re-reads the folder and publishes it if it changed and is valid.
+    pub fn reload(&self) -> Result<bool, PkiError> {
+        let now_stamp = stamp(std::slice::from_ref(&self.dir));
+        {
+            let mut seen = self
+                .seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *seen == now_stamp {
+                return Ok(false);
+            }
+            // Also for a broken set: the same broken set is not re-read (and re-logged)
+            // on every rescan; any change to it is.
+            *seen = now_stamp;
+        }
+        let result = pki::load(&self.dir).and_then(|set| {
+            let leaf = pki::validate(&self.dir, &set, SystemTime::now())?;
+            let (identity, ca) = pki::identity(&set);
+            self.server.update(identity, &ca)?;
+            Ok(leaf)
+        });
+        match result {
+            Ok(leaf) => {
+                self.metrics
+                    .cert_expiry_seconds
+                    .set(expiry_in(leaf.not_after));
+                self.metrics.reloaded("certs", true);
+                tracing::info!(dir = %self.dir.display(), "internal certificates reloaded; new handshakes use them");
+                Ok(true)
+            }
+            Err(e) => {
+                self.metrics.reloaded("certs", false);
+                tracing::error!(dir = %self.dir.display(), error = %e, "internal certificates refused; the last good ones keep serving");
+                if !matches!(e, PkiError::Invalid { .. }) {
+                    // A read that failed half-way (a rotation under way): read again.
+                    *self
+                        .seen
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = 0;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Follows the folder (and rotates, with rotation on) until `stop` turns true.
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let notify = Arc::clone(&changed);
+        let _watch = FileWatch::spawn(
+            "certs",
+            vec![self.dir.clone()],
+            WatchOptions {
+                quiet: Duration::from_millis(30),
+                rescan: CERT_RESCAN,
+            },
+            move || notify.notify_one(),
+        )
+        .inspect_err(|e| tracing::warn!(error = %e, dir = %self.dir.display(), "cannot follow the certificate folder; re-checking on a timer only"))
+        .ok();
+        loop {
+            let mut wait = CERT_RESCAN;
+            if self.rotation {
+                match pki::ensure(&self.dir, &self.opts, SystemTime::now()) {
+                    Ok((action, next)) => {
+                        if action != pki::Action::Kept {
+                            tracing::info!(action = ?action, "internal certificates rotated");
+                        }
+                        wait = wait.min(next.duration_since(SystemTime::now()).unwrap_or_default());
+                    }
+                    Err(e) => tracing::error!(error = %e, "certificate rotation failed; retrying"),
+                }
+            }
+            let _ = self.reload();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = changed.notified() => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+fn expiry_in(not_after: i64) -> f64 {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    (not_after - now) as f64
+}

@@ -1,0 +1,87 @@
+//! `trustscale operator`: runs ScaledObjects from manifests, serves their metrics over
+//! mutual TLS, and keeps its internal certificates current.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use trustscale_operator::manifest::Env;
+use trustscale_operator::pki::PkiOptions;
+use trustscale_operator::{Operator, OperatorConfig, OperatorError, builtins};
+
+use super::TrustArgs;
+
+fn parse_bool_flag(s: &str) -> Result<bool, String> {
+    trustscale::trust::parse_go_bool("--enable-cert-rotation", s).map_err(|e| e.to_string())
+}
+
+#[derive(Args, Debug)]
+pub struct OperatorArgs {
+    /// Manifest files or folders with ScaledObjects, TriggerAuthentications and Secrets
+    /// (repeatable; watched: changes apply without a restart).
+    #[arg(long = "manifests", value_name = "PATH", required = true)]
+    manifests: Vec<PathBuf>,
+    #[command(flatten)]
+    trust: TrustArgs,
+    /// Folder of the internal certificates (ca.crt, ca.key, tls.crt, tls.key).
+    #[arg(long, value_name = "DIR", default_value = "/certs")]
+    cert_dir: PathBuf,
+    /// Generate and rotate the internal certificates (false: bring your own, e.g.
+    /// cert-manager; they are watched and reloaded).
+    #[arg(long, value_name = "BOOL", default_value = "true", num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool_flag)]
+    enable_cert_rotation: bool,
+    /// Address of the mutual-TLS metrics API.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:6443")]
+    listen: SocketAddr,
+    /// Address of the Prometheus metrics (plain HTTP; empty to disable).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
+    metrics_bind_address: String,
+    /// DNS names for the generated serving certificate (repeatable; localhost,
+    /// 127.0.0.1 and ::1 are always included).
+    #[arg(long = "service-dns-name", value_name = "NAME")]
+    service_dns_names: Vec<String>,
+    /// Lifetime of a generated CA.
+    #[arg(long, value_name = "DURATION", default_value = "10years", value_parser = humantime::parse_duration)]
+    ca_lifetime: Duration,
+    /// Lifetime of a generated serving certificate (renewed at 70 %).
+    #[arg(long, value_name = "DURATION", default_value = "1year", value_parser = humantime::parse_duration)]
+    cert_lifetime: Duration,
+}
+
+pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
+    let metrics_listen =
+        if args.metrics_bind_address.is_empty() {
+            None
+        } else {
+            Some(args.metrics_bind_address.parse().with_context(|| {
+                format!("--metrics-bind-address {:?}", args.metrics_bind_address)
+            })?)
+        };
+    let config = OperatorConfig::new(args.manifests, args.cert_dir)
+        .trust(args.trust.options()?)
+        .cert_rotation(args.enable_cert_rotation)
+        .pki(PkiOptions {
+            ca_lifetime: args.ca_lifetime,
+            cert_lifetime: args.cert_lifetime,
+            dns_names: args.service_dns_names,
+        })
+        .listen(args.listen)
+        .metrics_listen(metrics_listen)
+        .env(Env::process());
+    let operator = Operator::start(config, builtins::registry())
+        .await
+        .map_err(|e| match e {
+            // The flag names are what the user typed.
+            OperatorError::Config(m) => anyhow::anyhow!(
+                "{}",
+                m.replace("the certificate lifetime", "--cert-lifetime")
+                    .replace("the CA lifetime", "--ca-lifetime")
+            ),
+            other => anyhow::Error::new(other),
+        })?;
+    operator.run_until_signal().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,862 @@
+//! Loading KEDA-format manifests: `ScaledObject`, `TriggerAuthentication`,
+//! `ClusterTriggerAuthentication`, `Secret` and `ConfigMap`, several documents per file,
+//! several files. Authentication parameters are resolved from Secrets, ConfigMaps and an
+//! [`Env`] the caller passes in (the process environment, in file mode).
+//!
+//! A broken document is reported (file, document number, what is wrong) and the others
+//! still load; an unknown kind is noted and ignored.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use trustscale::scaler::{MetricType, ObjectRef, TriggerSpec};
+use trustscale::trust::Secret;
+
+/// The environment that `...FromEnv` metadata, a TriggerAuthentication's `env` entries
+/// and `KEDA_CLUSTER_OBJECT_NAMESPACE` are resolved from. Passed into loading, never read
+/// inline, so that a caller decides whose variables a tenant's trigger may see.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Env {
+    vars: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for Env {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Names only: values may be secrets.
+        f.debug_set().entries(self.vars.keys()).finish()
+    }
+}
+
+impl Env {
+    /// A snapshot of this process's environment (its UTF-8 variables).
+    #[must_use]
+    pub fn process() -> Env {
+        Env {
+            vars: std::env::vars().collect(),
+        }
+    }
+
+    /// An environment holding exactly `pairs`.
+    #[must_use]
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Env {
+        Env {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    /// A variable's value.
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+}
+
+/// A trigger that could not be made into a [`TriggerSpec`]: its metadata or its
+/// authentication could not be resolved.
+#[derive(Clone, Debug, thiserror::Error, Serialize)]
+#[error("{trigger}: {message}")]
+pub struct TriggerError {
+    /// The trigger (`namespace/name#index (type)`).
+    pub trigger: String,
+    /// Its type, as written.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// The parameter or field it is about, when it is about one.
+    pub parameter: Option<String>,
+    /// What is wrong (never a secret's value).
+    pub message: String,
+}
+
+impl TriggerError {
+    fn new(label: &str, type_name: &str, parameter: &str, message: impl fmt::Display) -> Self {
+        TriggerError {
+            trigger: label.to_string(),
+            type_name: type_name.to_string(),
+            parameter: Some(parameter.to_string()),
+            message: format!("parameter {parameter}: {message}"),
+        }
+    }
+}
+
+/// The namespace where cluster-scoped trigger authentications find their Secrets
+/// (`KEDA_CLUSTER_OBJECT_NAMESPACE`, default `keda`).
+pub const CLUSTER_OBJECT_NAMESPACE_ENV: &str = "KEDA_CLUSTER_OBJECT_NAMESPACE";
+
+/// A document that could not be loaded.
+#[derive(Clone, Debug, Serialize, thiserror::Error)]
+#[error("{}", self.describe())]
+pub struct LoadProblem {
+    /// The file.
+    pub file: PathBuf,
+    /// The document's position in the file (1-based); 0 for the whole file.
+    pub document: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl LoadProblem {
+    fn describe(&self) -> String {
+        if self.document == 0 {
+            format!("{}: {}", self.file.display(), self.message)
+        } else {
+            format!(
+                "{} (document {}): {}",
+                self.file.display(),
+                self.document,
+                self.message
+            )
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+struct ObjectMeta {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+/// `scaleTargetRef`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleTargetRef {
+    /// Target name.
+    pub name: String,
+    /// Target kind (Deployment when absent).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Target API version.
+    #[serde(default)]
+    pub api_version: Option<String>,
+}
+
+/// `fallback`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Fallback {
+    /// Consecutive failures before the fallback replicas are used.
+    pub failure_threshold: u32,
+    /// Replicas to use then.
+    pub replicas: u32,
+}
+
+/// `authenticationRef`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Hash)]
+pub struct AuthRef {
+    /// The authentication's name.
+    pub name: String,
+    /// `TriggerAuthentication` (default) or `ClusterTriggerAuthentication`.
+    #[serde(default)]
+    pub kind: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Hash)]
+#[serde(rename_all = "camelCase")]
+struct TriggerDef {
+    #[serde(rename = "type")]
+    type_name: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, serde_yaml_ng::Value>,
+    #[serde(default)]
+    authentication_ref: Option<AuthRef>,
+    #[serde(default)]
+    metric_type: Option<String>,
+    #[serde(default)]
+    use_cached_metrics: Option<bool>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ScaledObjectSpec {
+    #[serde(default)]
+    scale_target_ref: Option<ScaleTargetRef>,
+    #[serde(default)]
+    polling_interval: Option<u64>,
+    #[serde(default)]
+    cooldown_period: Option<u64>,
+    #[serde(default)]
+    initial_cooldown_period: Option<u64>,
+    #[serde(default)]
+    min_replica_count: Option<u32>,
+    #[serde(default)]
+    max_replica_count: Option<u32>,
+    #[serde(default)]
+    idle_replica_count: Option<u32>,
+    #[serde(default)]
+    fallback: Option<Fallback>,
+    triggers: Vec<TriggerDef>,
+}
+
+/// A ScaledObject, with KEDA's defaults applied.
+#[derive(Clone, Debug)]
+pub struct ScaledObject {
+    /// A digest of everything that affects how it runs (spec, resolved auth), to tell
+    /// whether a reload changed it.
+    pub digest: [u8; 32],
+    /// Namespace and name.
+    pub id: ObjectRef,
+    /// What it scales.
+    pub scale_target_ref: Option<ScaleTargetRef>,
+    /// Seconds between polls (30).
+    pub polling_interval: u64,
+    /// Seconds of inactivity before scaling to zero (300).
+    pub cooldown_period: u64,
+    /// Seconds after creation before the first scale to zero (0).
+    pub initial_cooldown_period: u64,
+    /// Minimum replicas (0).
+    pub min_replica_count: u32,
+    /// Maximum replicas (100).
+    pub max_replica_count: u32,
+    /// Replicas when idle, if set.
+    pub idle_replica_count: Option<u32>,
+    /// Fallback on repeated failures.
+    pub fallback: Option<Fallback>,
+    /// Its triggers, auth resolved; a trigger whose auth could not be resolved is an error.
+    pub triggers: Vec<Result<TriggerSpec, TriggerError>>,
+    /// The type of each trigger, as written.
+    pub trigger_types: Vec<String>,
+    /// Where it came from.
+    pub source: PathBuf,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TargetRef {
+    parameter: String,
+    name: String,
+    key: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EnvRef {
+    parameter: String,
+    name: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    container_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuthSpec {
+    #[serde(default)]
+    secret_target_ref: Vec<TargetRef>,
+    #[serde(default)]
+    env: Vec<EnvRef>,
+    #[serde(default)]
+    config_map_target_ref: Vec<TargetRef>,
+}
+
+#[derive(Clone, Debug)]
+struct TriggerAuth {
+    /// Where its Secrets and ConfigMaps are; `None` for a cluster-scoped one, whose
+    /// namespace comes from `KEDA_CLUSTER_OBJECT_NAMESPACE` (default `keda`).
+    namespace: Option<String>,
+    spec: AuthSpec,
+}
+
+/// Everything loaded from a set of manifest files.
+#[derive(Clone, Debug, Default)]
+pub struct ManifestSet {
+    raw_scaled_objects: Vec<(PathBuf, ObjectMeta, ScaledObjectSpec)>,
+    trigger_auths: HashMap<(String, String), TriggerAuth>,
+    cluster_trigger_auths: HashMap<String, TriggerAuth>,
+    secrets: HashMap<(String, String), BTreeMap<String, Vec<u8>>>,
+    config_maps: HashMap<(String, String), BTreeMap<String, String>>,
+    /// Documents that could not be loaded.
+    pub problems: Vec<LoadProblem>,
+    /// Documents of kinds this tool does not use (ignored).
+    pub ignored: Vec<String>,
+}
+
+/// Lists the manifest files under `paths` (files as given; folders: their `.yaml`/`.yml`
+/// files, sorted).
+pub fn manifest_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<LoadProblem>) {
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            match std::fs::read_dir(path) {
+                Ok(entries) => {
+                    let mut found: Vec<PathBuf> = entries
+                        .filter_map(Result::ok)
+                        .map(|e| e.path())
+                        .filter(|p| {
+                            p.is_file()
+                                && matches!(
+                                    p.extension().and_then(|e| e.to_str()),
+                                    Some("yaml" | "yml")
+                                )
+                                && !p
+                                    .file_name()
+                                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                        })
+                        .collect();
+                    found.sort();
+                    files.extend(found);
+                }
+                Err(e) => problems.push(LoadProblem {
+                    file: path.clone(),
+                    document: 0,
+                    message: format!("cannot list: {e}"),
+                }),
+            }
+        } else {
+            files.push(path.clone());
+        }
+    }
+    (files, problems)
+}
+
+/// Loads every manifest under `paths`.
+#[must_use]
+pub fn load(paths: &[PathBuf]) -> ManifestSet {
+    let (files, problems) = manifest_files(paths);
+    let mut set = ManifestSet {
+        problems,
+        ..Default::default()
+    };
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => set.add_text(&file, &text),
+            Err(e) => set.problems.push(LoadProblem {
+                file,
+                document: 0,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    set
+}
+
+fn scalar_to_string(v: &serde_yaml_ng::Value) -> Option<String> {
+    match v {
+        serde_yaml_ng::Value::String(s) => Some(s.clone()),
+        serde_yaml_ng::Value::Bool(b) => Some(b.to_string()),
+        serde_yaml_ng::Value::Number(n) => Some(n.to_string()),
+        serde_yaml_ng::Value::Null => Some(String::new()),
+        _ => None,
+    }
+}
+
+impl ScaledObject {
+    /// The digest of its configuration.
+    #[must_use]
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.digest
+    }
+
+    /// The type of trigger `index`, as written (also when it could not be resolved).
+    #[must_use]
+    pub fn trigger_type(&self, index: usize) -> &str {
+        self.trigger_types.get(index).map_or("", String::as_str)
+    }
+}
+
+impl ManifestSet {
+    /// Adds the documents of one file's text.
+    pub fn add_text(&mut self, file: &Path, text: &str) {
+        for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+            let n = i + 1;
+            let problem = |message: String| LoadProblem {
+                file: file.to_path_buf(),
+                document: n,
+                message,
+            };
+            let value = match serde_yaml_ng::Value::deserialize(doc) {
+                Ok(serde_yaml_ng::Value::Null) => continue,
+                Ok(v) => v,
+                Err(e) => {
+                    self.problems.push(problem(format!("not valid YAML: {e}")));
+                    // After a syntax error the rest of the stream cannot be trusted.
+                    break;
+                }
+            };
+            if let Err(message) = self.add_value(file, value) {
+                self.problems.push(problem(message));
+            }
+        }
+    }
+
+    fn add_value(&mut self, file: &Path, value: serde_yaml_ng::Value) -> Result<(), String> {
+        let kind = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let meta: ObjectMeta = value
+            .get("metadata")
+            .cloned()
+            .map(serde_yaml_ng::from_value)
+            .transpose()
+            .map_err(|e| format!("{kind}: bad metadata: {e}"))?
+            .ok_or_else(|| format!("{kind}: metadata.name is required"))?;
+        if meta.name.is_empty() {
+            return Err(format!("{kind}: metadata.name is required"));
+        }
+        let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
+        let what = format!("{kind} {ns}/{}", meta.name);
+        let spec = || {
+            value
+                .get("spec")
+                .cloned()
+                .ok_or_else(|| format!("{what}: spec is required"))
+        };
+        match kind.as_str() {
+            "ScaledObject" => {
+                let spec: ScaledObjectSpec =
+                    serde_yaml_ng::from_value(spec()?).map_err(|e| format!("{what}: {e}"))?;
+                self.raw_scaled_objects
+                    .push((file.to_path_buf(), meta, spec));
+            }
+            "TriggerAuthentication" => {
+                let spec: AuthSpec =
+                    serde_yaml_ng::from_value(spec()?).map_err(|e| format!("{what}: {e}"))?;
+                self.trigger_auths.insert(
+                    (ns.clone(), meta.name),
+                    TriggerAuth {
+                        namespace: Some(ns),
+                        spec,
+                    },
+                );
+            }
+            "ClusterTriggerAuthentication" => {
+                let spec: AuthSpec =
+                    serde_yaml_ng::from_value(spec()?).map_err(|e| format!("{what}: {e}"))?;
+                self.cluster_trigger_auths.insert(
+                    meta.name,
+                    TriggerAuth {
+                        namespace: None,
+                        spec,
+                    },
+                );
+            }
+            "Secret" => {
+                let mut data = BTreeMap::new();
+                if let Some(serde_yaml_ng::Value::Mapping(m)) = value.get("data") {
+                    for (k, v) in m {
+                        let (Some(k), Some(v)) = (k.as_str(), v.as_str()) else {
+                            return Err(format!("{what}: data values must be base64 strings"));
+                        };
+                        let bytes = base64::engine::general_purpose::STANDARD
+                            .decode(v.split_whitespace().collect::<String>())
+                            .map_err(|e| format!("{what}: data.{k} is not base64: {e}"))?;
+                        data.insert(k.to_string(), bytes);
+                    }
+                }
+                if let Some(serde_yaml_ng::Value::Mapping(m)) = value.get("stringData") {
+                    for (k, v) in m {
+                        let (Some(k), Some(v)) = (k.as_str(), scalar_to_string(v)) else {
+                            return Err(format!("{what}: stringData values must be strings"));
+                        };
+                        data.insert(k.to_string(), v.into_bytes());
+                    }
+                }
+                self.secrets.insert((ns, meta.name), data);
+            }
+            "ConfigMap" => {
+                let mut data = BTreeMap::new();
+                if let Some(serde_yaml_ng::Value::Mapping(m)) = value.get("data") {
+                    for (k, v) in m {
+                        if let (Some(k), Some(v)) = (k.as_str(), scalar_to_string(v)) {
+                            data.insert(k.to_string(), v);
+                        }
+                    }
+                }
+                self.config_maps.insert((ns, meta.name), data);
+            }
+            "" => return Err("not a Kubernetes object (no `kind`)".into()),
+            other => {
+                tracing::info!(file = %file.display(), kind = other, name = %meta.name, "ignoring a document of a kind this tool does not use");
+                self.ignored.push(what);
+            }
+        }
+        Ok(())
+    }
+
+    /// The ScaledObjects, with every trigger's authentication resolved (Secrets and
+    /// ConfigMaps of this set, variables from `env`).
+    #[must_use]
+    pub fn scaled_objects(&self, env: &Env) -> Vec<ScaledObject> {
+        let mut out: Vec<ScaledObject> = self
+            .raw_scaled_objects
+            .iter()
+            .map(|(file, meta, spec)| {
+                let id = ObjectRef {
+                    namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+                    name: meta.name.clone(),
+                };
+                let triggers: Vec<Result<TriggerSpec, TriggerError>> = spec
+                    .triggers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| self.trigger(&id, i, t, env))
+                    .collect();
+                let trigger_types = spec.triggers.iter().map(|t| t.type_name.clone()).collect();
+                let digest = {
+                    use sha2::{Digest, Sha256};
+                    let mut h = Sha256::new();
+                    h.update(format!("{spec:?}").as_bytes());
+                    for t in &triggers {
+                        match t {
+                            Ok(t) => {
+                                for (k, v) in &t.auth {
+                                    h.update(k.as_bytes());
+                                    h.update([0]);
+                                    h.update(Sha256::digest(v.expose().as_bytes()));
+                                }
+                            }
+                            Err(e) => h.update(e.message.as_bytes()),
+                        }
+                    }
+                    h.finalize().into()
+                };
+                ScaledObject {
+                    digest,
+                    id,
+                    scale_target_ref: spec.scale_target_ref.clone(),
+                    polling_interval: spec.polling_interval.unwrap_or(30),
+                    cooldown_period: spec.cooldown_period.unwrap_or(300),
+                    initial_cooldown_period: spec.initial_cooldown_period.unwrap_or(0),
+                    min_replica_count: spec.min_replica_count.unwrap_or(0),
+                    max_replica_count: spec.max_replica_count.unwrap_or(100),
+                    idle_replica_count: spec.idle_replica_count,
+                    fallback: spec.fallback,
+                    triggers,
+                    trigger_types,
+                    source: file.clone(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    fn trigger(
+        &self,
+        so: &ObjectRef,
+        index: usize,
+        def: &TriggerDef,
+        env: &Env,
+    ) -> Result<TriggerSpec, TriggerError> {
+        let mut metadata = BTreeMap::new();
+        let type_name = def.type_name.as_str();
+        let label = format!("{so}#{index} ({type_name})");
+        let error = |parameter: &str, message: String| {
+            TriggerError::new(&label, type_name, parameter, message)
+        };
+        for (k, v) in &def.metadata {
+            let v = scalar_to_string(v)
+                .ok_or_else(|| error(k, "metadata values must be strings".into()))?;
+            metadata.insert(k.clone(), v);
+        }
+        let mut spec = TriggerSpec::new(so.clone(), index, type_name, metadata);
+        spec.name = def.name.clone();
+        spec.metric_type = match def.metric_type.as_deref() {
+            None | Some("" | "AverageValue") => MetricType::AverageValue,
+            Some("Value") => MetricType::Value,
+            Some(other) => {
+                return Err(error(
+                    "metricType",
+                    format!(
+                        "{other:?} is not one of: AverageValue, Value (Utilization is for CPU/memory triggers)"
+                    ),
+                ));
+            }
+        };
+        let _ = def.use_cached_metrics;
+        for (k, var) in &spec.metadata {
+            if k.ends_with("FromEnv")
+                && let Some(v) = env.get(var)
+            {
+                spec.resolved_env.insert(var.clone(), v.to_string());
+            }
+        }
+        if let Some(auth) = &def.authentication_ref {
+            self.resolve_auth(so, auth, &mut spec, env)
+                .map_err(|(parameter, message)| error(&parameter, message))?;
+        }
+        Ok(spec)
+    }
+
+    /// Resolves a trigger's authentication into `spec.auth`; an error is (the parameter
+    /// or field, what is wrong).
+    fn resolve_auth(
+        &self,
+        so: &ObjectRef,
+        auth: &AuthRef,
+        spec: &mut TriggerSpec,
+        env: &Env,
+    ) -> Result<(), (String, String)> {
+        let cluster = match auth.kind.as_deref() {
+            None | Some("" | "TriggerAuthentication") => false,
+            Some("ClusterTriggerAuthentication") => true,
+            Some(other) => {
+                return Err((
+                    "authenticationRef.kind".into(),
+                    format!(
+                        "{other:?} is not TriggerAuthentication or ClusterTriggerAuthentication"
+                    ),
+                ));
+            }
+        };
+        let ta = if cluster {
+            self.cluster_trigger_auths.get(&auth.name)
+        } else {
+            self.trigger_auths
+                .get(&(so.namespace.clone(), auth.name.clone()))
+        }
+        .ok_or_else(|| {
+            (
+                "authenticationRef".to_string(),
+                format!(
+                    "{} {:?} not found{}",
+                    if cluster {
+                        "ClusterTriggerAuthentication"
+                    } else {
+                        "TriggerAuthentication"
+                    },
+                    auth.name,
+                    if cluster {
+                        String::new()
+                    } else {
+                        format!(" in namespace {}", so.namespace)
+                    }
+                ),
+            )
+        })?;
+        let namespace = ta.namespace.clone().unwrap_or_else(|| {
+            env.get(CLUSTER_OBJECT_NAMESPACE_ENV)
+                .filter(|v| !v.is_empty())
+                .unwrap_or("keda")
+                .to_string()
+        });
+        for r in &ta.spec.secret_target_ref {
+            let secret = self
+                .secrets
+                .get(&(namespace.clone(), r.name.clone()))
+                .ok_or_else(|| {
+                    (
+                        r.parameter.clone(),
+                        format!("Secret {namespace}/{} not found", r.name),
+                    )
+                })?;
+            let value = secret.get(&r.key).ok_or_else(|| {
+                (
+                    r.parameter.clone(),
+                    format!("Secret {namespace}/{} has no key {:?}", r.name, r.key),
+                )
+            })?;
+            let text = String::from_utf8(value.clone()).map_err(|_| {
+                (
+                    r.parameter.clone(),
+                    format!(
+                        "Secret {namespace}/{} key {:?} is not UTF-8 text",
+                        r.name, r.key
+                    ),
+                )
+            })?;
+            spec.auth.insert(r.parameter.clone(), Secret::new(text));
+        }
+        for r in &ta.spec.config_map_target_ref {
+            let value = self
+                .config_maps
+                .get(&(namespace.clone(), r.name.clone()))
+                .and_then(|m| m.get(&r.key))
+                .ok_or_else(|| {
+                    (
+                        r.parameter.clone(),
+                        format!("ConfigMap {namespace}/{} key {:?} not found", r.name, r.key),
+                    )
+                })?;
+            spec.auth
+                .insert(r.parameter.clone(), Secret::new(value.clone()));
+        }
+        for r in &ta.spec.env {
+            let value = env.get(&r.name).ok_or_else(|| {
+                (
+                    r.parameter.clone(),
+                    format!("environment variable {} is not set", r.name),
+                )
+            })?;
+            spec.auth
+                .insert(r.parameter.clone(), Secret::new(value.to_string()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SET: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: redis-auth, namespace: shop}
+data:
+  password: c2VjcmV0   # "secret"
+stringData:
+  ca: /custom/ca/redis.pem
+---
+apiVersion: keda.sh/v1alpha1
+kind: TriggerAuthentication
+metadata: {name: redis-ta, namespace: shop}
+spec:
+  secretTargetRef:
+    - {parameter: password, name: redis-auth, key: password}
+    - {parameter: ca, name: redis-auth, key: ca}
+---
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {name: orders, namespace: shop}
+spec:
+  scaleTargetRef: {name: orders-worker}
+  pollingInterval: 10
+  triggers:
+    - type: redis
+      metadata: {address: "localhost:16380", listName: orders, listLength: "5", enableTLS: true}
+      authenticationRef: {name: redis-ta}
+    - type: redis
+      metadata: {address: "localhost:16380", listName: other}
+      authenticationRef: {name: missing}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: orders-worker}
+---
+kind: ScaledObject
+metadata: {name: broken}
+spec: {triggers: "not a list"}
+"#;
+
+    #[test]
+    fn a_keda_manifest_set_loads_and_resolves_auth() {
+        let mut set = ManifestSet::default();
+        set.add_text(Path::new("set.yaml"), SET);
+        assert_eq!(set.problems.len(), 1, "{:?}", set.problems);
+        assert_eq!(set.problems[0].document, 5);
+        assert!(
+            set.problems[0]
+                .message
+                .contains("ScaledObject default/broken"),
+            "{}",
+            set.problems[0]
+        );
+        assert_eq!(
+            set.ignored,
+            vec!["Deployment default/orders-worker".to_string()]
+        );
+        let sos = set.scaled_objects(&Env::default());
+        assert_eq!(sos.len(), 1);
+        let so = &sos[0];
+        assert_eq!(
+            (
+                so.polling_interval,
+                so.cooldown_period,
+                so.max_replica_count
+            ),
+            (10, 300, 100)
+        );
+        let t0 = so.triggers[0].as_ref().unwrap();
+        assert_eq!(
+            t0.metadata["enableTLS"], "true",
+            "a YAML boolean is read as its string"
+        );
+        assert_eq!(t0.auth["password"].expose(), "secret");
+        assert_eq!(t0.auth["ca"].expose(), "/custom/ca/redis.pem");
+        let err = so.triggers[1].as_ref().unwrap_err();
+        assert_eq!(err.type_name, "redis");
+        assert!(
+            err.message
+                .contains("\"missing\" not found in namespace shop"),
+            "{err}"
+        );
+        assert!(
+            !format!("{t0:?}").contains("secret\""),
+            "Debug hides auth values: {t0:?}"
+        );
+    }
+
+    #[test]
+    fn cluster_auth_configmaps_and_env_resolve() {
+        // `hostFromEnv` names a variable that is not set: the host then comes from auth.
+        let var = "TRUSTSCALE_TEST_UNSET_VARIABLE";
+        let text = format!(
+            r#"
+kind: Secret
+metadata: {{name: shared, namespace: keda}}
+stringData: {{password: p4ss}}
+---
+kind: ConfigMap
+metadata: {{name: settings, namespace: keda}}
+data: {{host: "amqps://rabbit:5671/"}}
+---
+kind: ClusterTriggerAuthentication
+metadata: {{name: cluster-wide}}
+spec:
+  secretTargetRef: [{{parameter: password, name: shared, key: password}}]
+  configMapTargetRef: [{{parameter: host, name: settings, key: host}}]
+  env: [{{parameter: username, name: PATH}}]
+---
+kind: ScaledObject
+metadata: {{name: q, namespace: team-a}}
+spec:
+  triggers:
+    - type: rabbitmq
+      metadata: {{queueName: jobs, hostFromEnv: {var}}}
+      authenticationRef: {{name: cluster-wide, kind: ClusterTriggerAuthentication}}
+    - type: rabbitmq
+      metadata: {{queueName: jobs}}
+      authenticationRef: {{name: cluster-wide, kind: SomethingElse}}
+"#
+        );
+        let mut set = ManifestSet::default();
+        set.add_text(Path::new("cluster.yaml"), &text);
+        assert!(set.problems.is_empty(), "{:?}", set.problems);
+        let so = &set.scaled_objects(&Env::process())[0];
+        let t = so.triggers[0].as_ref().unwrap();
+        assert_eq!(
+            t.auth["password"].expose(),
+            "p4ss",
+            "a cluster auth reads Secrets from the keda namespace"
+        );
+        assert_eq!(t.auth["host"].expose(), "amqps://rabbit:5671/");
+        assert_eq!(
+            t.auth["username"].expose(),
+            std::env::var("PATH").unwrap(),
+            "env parameters come from the process environment"
+        );
+        let err = so.triggers[1].as_ref().unwrap_err();
+        assert!(err.message.contains("SomethingElse"), "{err}");
+    }
+
+    #[test]
+    fn invalid_yaml_is_reported_with_its_file() {
+        let mut set = ManifestSet::default();
+        set.add_text(
+            Path::new("bad.yaml"),
+            "kind: ScaledObject\nmetadata: {name: x\n",
+        );
+        assert_eq!(set.problems.len(), 1);
+        assert!(
+            set.problems[0]
+                .to_string()
+                .starts_with("bad.yaml (document 1): not valid YAML"),
+            "{}",
+            set.problems[0]
+        );
+    }
+}

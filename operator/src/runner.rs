@@ -1,0 +1,362 @@
+//! The whole operator, for any registry: the mutual-TLS metrics API, the internal PKI
+//! and its rotation, manifest watching, Prometheus and graceful shutdown.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), trustscale_operator::OperatorError> {
+//! use trustscale_operator::{Operator, OperatorConfig, builtins};
+//!
+//! let mut registry = builtins::registry();
+//! // registry.register("my-source", MyBuilder::default());
+//! let config = OperatorConfig::new(["/etc/trustscale/manifests"], "/certs");
+//! let operator = Operator::start(config, registry).await?;
+//! operator.run_until_signal().await;
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use trustscale::scaler::{BuildContext, Registry};
+use trustscale::trust::{TrustError, TrustFactory, TrustOptions};
+use trustscale::watch::{FileWatch, WatchOptions};
+
+use crate::certs::CertManager;
+use crate::engine::{DecisionSink, Engine, LogSink};
+use crate::manifest::{self, Env};
+use crate::metrics::Metrics;
+use crate::pki::{PkiError, PkiOptions};
+use crate::service;
+
+/// How the operator runs.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct OperatorConfig {
+    /// Manifest files or folders (watched: changes apply without a restart).
+    pub manifests: Vec<PathBuf>,
+    /// The trust factory's options (the CA folders are always watched).
+    pub trust: TrustOptions,
+    /// The folder of the internal certificates.
+    pub cert_dir: PathBuf,
+    /// Generate and rotate the internal certificates (false: bring your own).
+    pub cert_rotation: bool,
+    /// Lifetimes and names of generated certificates.
+    pub pki: PkiOptions,
+    /// Address of the mutual-TLS metrics API (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Address of the Prometheus metrics (plain HTTP), if any.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The environment triggers' `...FromEnv` and `env` parameters resolve from.
+    pub env: Env,
+}
+
+impl OperatorConfig {
+    /// Defaults: KEDA's `/custom/ca` CA folder and minimum versions from the environment
+    /// (or the defaults, if the environment holds an invalid value: [`TrustOptions::from_env`]
+    /// is the place to check that), rotation on, API on `0.0.0.0:6443`, Prometheus on
+    /// `0.0.0.0:8080`, the process environment.
+    pub fn new(
+        manifests: impl IntoIterator<Item = impl Into<PathBuf>>,
+        cert_dir: impl Into<PathBuf>,
+    ) -> Self {
+        OperatorConfig {
+            manifests: manifests.into_iter().map(Into::into).collect(),
+            trust: TrustOptions::from_env().unwrap_or_default(),
+            cert_dir: cert_dir.into(),
+            cert_rotation: true,
+            pki: PkiOptions::default(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 6443)),
+            metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            env: Env::process(),
+        }
+    }
+
+    /// Sets the trust options.
+    pub fn trust(mut self, options: TrustOptions) -> Self {
+        self.trust = options;
+        self
+    }
+
+    /// Turns certificate rotation on or off.
+    pub fn cert_rotation(mut self, on: bool) -> Self {
+        self.cert_rotation = on;
+        self
+    }
+
+    /// Sets the PKI options.
+    pub fn pki(mut self, pki: PkiOptions) -> Self {
+        self.pki = pki;
+        self
+    }
+
+    /// Sets the API address.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Sets (or, with `None`, turns off) the Prometheus address.
+    pub fn metrics_listen(mut self, addr: Option<SocketAddr>) -> Self {
+        self.metrics_listen = addr;
+        self
+    }
+
+    /// Sets the environment triggers resolve from.
+    pub fn env(mut self, env: Env) -> Self {
+        self.env = env;
+        self
+    }
+}
+
+/// Why the operator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// The trust factory could not be built (an invalid option, an unreadable CA folder).
+    #[error("trust")]
+    Trust(#[from] TrustError),
+    /// The internal certificates could not be made or read.
+    #[error("internal certificates in {dir}")]
+    Certs {
+        /// The certificate folder.
+        dir: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: PkiError,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what})")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What it is for.
+        what: &'static str,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The options contradict each other.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A running operator. Dropping it without [`Operator::shutdown`] leaves its tasks running
+/// until the runtime ends.
+pub struct Operator {
+    engine: Engine,
+    trust: TrustFactory,
+    api_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Operator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operator")
+            .field("api_addr", &self.api_addr)
+            .field("metrics_addr", &self.metrics_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Operator {
+    /// Starts the operator with `registry`'s scalers and a [`LogSink`].
+    pub async fn start(
+        config: OperatorConfig,
+        registry: Registry,
+    ) -> Result<Operator, OperatorError> {
+        Self::start_with_sink(config, registry, Arc::new(LogSink)).await
+    }
+
+    /// Starts the operator, reporting every decision to `sink`.
+    pub async fn start_with_sink(
+        config: OperatorConfig,
+        registry: Registry,
+        sink: Arc<dyn DecisionSink>,
+    ) -> Result<Operator, OperatorError> {
+        if config.pki.cert_lifetime < Duration::from_secs(2) {
+            // X.509 validity has one-second resolution.
+            return Err(OperatorError::Config(format!(
+                "the certificate lifetime must be at least 2s (got {:?})",
+                config.pki.cert_lifetime
+            )));
+        }
+        if config.pki.cert_lifetime >= config.pki.ca_lifetime {
+            return Err(OperatorError::Config(format!(
+                "the certificate lifetime ({:?}) must be shorter than the CA lifetime ({:?})",
+                config.pki.cert_lifetime, config.pki.ca_lifetime
+            )));
+        }
+        let mut options = config.trust.clone();
+        options.watch = true;
+        let trust = TrustFactory::new(options)?;
+        let metrics = Arc::new(Metrics::default());
+        let certs = CertManager::start(
+            config.cert_dir.clone(),
+            config.cert_rotation,
+            config.pki.clone(),
+            &trust,
+            Arc::clone(&metrics),
+        )
+        .map_err(|source| OperatorError::Certs {
+            dir: config.cert_dir.clone(),
+            source,
+        })?;
+        let engine = Engine::new(
+            registry,
+            BuildContext {
+                trust: trust.clone(),
+            },
+            Arc::clone(&metrics),
+            sink,
+        );
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| OperatorError::Bind { addr, what, source })
+        };
+        let api = bind(config.listen, "the metrics API").await?;
+        let api_addr = api.local_addr().map_err(|source| OperatorError::Bind {
+            addr: config.listen,
+            what: "the metrics API",
+            source,
+        })?;
+        tracing::info!(address = %api_addr, min_tls = %trust.options().service_min_tls, "mutual-TLS metrics API listening");
+        let mut tasks = vec![tokio::spawn(service::serve_api(
+            api,
+            certs.server(),
+            engine.clone(),
+            stop_rx.clone(),
+        ))];
+        let mut metrics_addr = None;
+        if let Some(addr) = config.metrics_listen {
+            let l = bind(addr, "Prometheus metrics").await?;
+            let local = l.local_addr().map_err(|source| OperatorError::Bind {
+                addr,
+                what: "Prometheus metrics",
+                source,
+            })?;
+            tracing::info!(address = %local, "Prometheus metrics listening");
+            metrics_addr = Some(local);
+            tasks.push(tokio::spawn(service::serve_metrics(
+                l,
+                Arc::clone(&metrics),
+                trust.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(Arc::clone(&certs).run(stop_rx.clone())));
+
+        // Manifests: loaded now, then again whenever they change.
+        let set = manifest::load(&config.manifests);
+        engine.apply(&set, &config.env).await;
+        metrics.reloaded("manifests", set.problems.is_empty());
+        tasks.push(tokio::spawn(follow_manifests(
+            config.manifests.clone(),
+            config.env.clone(),
+            engine.clone(),
+            Arc::clone(&metrics),
+            stop_rx,
+        )));
+        Ok(Operator {
+            engine,
+            trust,
+            api_addr,
+            metrics_addr,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The address the mutual-TLS metrics API listens on.
+    #[must_use]
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The address Prometheus metrics are served on, if any.
+    #[must_use]
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The engine (ScaledObjects' status and metrics).
+    #[must_use]
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The trust factory every scaler client is built from.
+    #[must_use]
+    pub fn trust(&self) -> &TrustFactory {
+        &self.trust
+    }
+
+    /// Stops: no new polls, requests under way finish, clients close.
+    pub async fn shutdown(self) {
+        tracing::info!("stopping: no new polls; requests under way finish");
+        let _ = self.stop.send(true);
+        self.engine.shutdown().await;
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        tracing::info!("stopped");
+    }
+
+    /// Runs until SIGTERM or Ctrl-C, then shuts down.
+    pub async fn run_until_signal(self) {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        self.shutdown().await;
+    }
+}
+
+/// Re-loads and applies the manifests whenever they change, until `stop`.
+async fn follow_manifests(
+    paths: Vec<PathBuf>,
+    env: Env,
+    engine: Engine,
+    metrics: Arc<Metrics>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&changed);
+    let _watch = FileWatch::spawn(
+        "manifests",
+        paths.clone(),
+        WatchOptions {
+            quiet: Duration::from_millis(50),
+            rescan: Duration::from_secs(5),
+        },
+        move || notify.notify_one(),
+    )
+    .inspect_err(|e| tracing::warn!(error = %e, "cannot follow the manifests; they are read once"))
+    .ok();
+    loop {
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = stop.changed() => return,
+        }
+        let set = manifest::load(&paths);
+        metrics.reloaded("manifests", set.problems.is_empty());
+        tracing::info!(
+            scaledobjects = set.scaled_objects(&env).len(),
+            problems = set.problems.len(),
+            "manifests changed; applying"
+        );
+        engine.apply(&set, &env).await;
+    }
+}

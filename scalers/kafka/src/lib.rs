@@ -1,0 +1,951 @@
+//! The `kafka` scaler of trustscale: consumer-group lag, computed as KEDA computes it.
+//!
+//! Parameters as KEDA: `bootstrapServers`, `consumerGroup`, `topic` (optional: every topic
+//! the group has offsets for), `lagThreshold` (10), `activationLagThreshold` (0),
+//! `offsetResetPolicy` (latest|earliest), `allowIdleConsumers`, `excludePersistentLag`,
+//! `limitToPartitionsWithLag`, `ensureEvenDistributionOfPartitions`,
+//! `partitionLimitation` ("1,2,10-12"), `scaleToZeroOnInvalidOffset`; `tls` (metadata or
+//! auth, the ScaledObject wins), the TLS settings, `sasl` (none|plaintext|scram_sha256|
+//! scram_sha512), `username`, `password`.
+//!
+//! TLS comes only from the factory's context, translated for librdkafka in one place
+//! ([`librdkafka_tls`], in this crate):
+//! the merged anchors as `ssl.ca.pem`, the identity, hostname verification on; settings
+//! librdkafka cannot honour are refused there.
+//!
+//! Per cluster (bootstrap servers + trust + credentials), shared by every trigger on it:
+//! one metadata client, whose metadata cache holds only the topics asked for (refreshed
+//! every 15 s) and which reads the newest offsets of all of a trigger's partitions in one
+//! round, plus one committed-offset reader per consumer group. One client for every group
+//! would need librdkafka's `ListConsumerGroupOffsets` admin call, and librdkafka 2.12
+//! aborts the whole process when a broker drops the connection under such a call (a
+//! use-after-free in its coordinator request path; reproduced here by the broker restart
+//! test), so the group's own consumer handle, librdkafka's well-trodden path, reads them.
+//! The clients' log and error events are kept, so a TLS failure is reported as what it is
+//! (`unknown_issuer`, `client_cert_required`, ...) instead of "all brokers are down".
+
+// No unsafe code, except the one module that must call librdkafka's C API directly
+// (`queue`, which says why).
+#![deny(unsafe_code)]
+
+mod cadir;
+mod queue;
+mod tls;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, TopicPartitionList};
+
+pub use rdkafka;
+pub use tls::{
+    LibrdkafkaTls, OPENSSL_CONF_ENV, classify_librdkafka_message, librdkafka_tls,
+    openssl_config_for, openssl_enforced_min, openssl_name,
+};
+use trustscale::pool::{SharedPool, secret_digest};
+use trustscale::scaler::{
+    BuildContext, ErrorKind, MetricSpec, Param, Params, Poll, Scaler, ScalerBuilder, ScalerError,
+    TriggerSpec,
+};
+use trustscale::trust::{FailureKind, Fingerprint, TlsContext};
+
+/// The parameters of `kafka` (besides the TLS settings).
+pub const PARAMETERS: &[Param] = &[
+    Param::new("bootstrapServers", "Comma-separated `host:port` of the brokers."),
+    Param::new("consumerGroup", "The consumer group whose lag is measured."),
+    Param::new("topic", "The topic; empty: every topic the group has committed offsets for."),
+    Param::new("lagThreshold", "The target lag per replica.").default("10"),
+    Param::new("activationLagThreshold", "The lag above which the trigger is active.").default("0"),
+    Param::new("offsetResetPolicy", "What a partition without a committed offset counts as.").default("latest").one_of(&["latest", "earliest"]),
+    Param::new("allowIdleConsumers", "Do not cap the value at partitions × lagThreshold.").default("false"),
+    Param::new("excludePersistentLag", "A partition whose committed offset did not move since the last poll counts 0 for scaling (still counts for activation).").default("false"),
+    Param::new("limitToPartitionsWithLag", "Cap at partitions-with-lag × lagThreshold.").default("false"),
+    Param::new("ensureEvenDistributionOfPartitions", "Round the replica count up to a divisor of the partition count.").default("false"),
+    Param::new("partitionLimitation", "Only these partitions (\"1,2,10-12\")."),
+    Param::new("scaleToZeroOnInvalidOffset", "With latest, a partition without a committed offset counts 0 instead of 1.").default("false"),
+    Param::new("sasl", "SASL mechanism.").default("none").one_of(&["none", "plaintext", "scram_sha256", "scram_sha512"]),
+    Param::secret("username", "SASL user name."),
+    Param::secret("password", "SASL password."),
+];
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ClusterKey {
+    bootstrap: String,
+    tls: Option<Fingerprint>,
+    sasl: String,
+    username: String,
+    password: [u8; 32],
+}
+
+/// The client context of a cluster's clients: librdkafka's log lines go to `tracing`, and
+/// the newest error or TLS log line is kept (shared by the cluster's clients), because the
+/// errors returned by librdkafka's calls only say that no broker answered.
+#[derive(Clone, Default)]
+pub struct KafkaContext {
+    last: Arc<Mutex<Option<String>>>,
+}
+
+impl KafkaContext {
+    /// Keeps `text` unless what is kept already names a TLS or login failure and `text`
+    /// does not ("1/1 brokers are down" follows every failed handshake).
+    fn record(&self, text: String) {
+        let tls = |t: &str| {
+            is_auth_message(t)
+                || !matches!(
+                    classify_librdkafka_message(t),
+                    None | Some(FailureKind::Connection)
+                )
+        };
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.as_deref().is_some_and(tls) && !tls(&text) {
+            return;
+        }
+        *last = Some(text);
+    }
+
+    fn take(&self) -> Option<String> {
+        self.last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
+impl ClientContext for KafkaContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::debug!(target: "trustscale::kafka::librdkafka", ?level, facility = fac, "{message}");
+        let severe = matches!(
+            level,
+            RDKafkaLogLevel::Emerg
+                | RDKafkaLogLevel::Alert
+                | RDKafkaLogLevel::Critical
+                | RDKafkaLogLevel::Error
+        );
+        if severe || classify_librdkafka_message(message).is_some() {
+            self.record(message.to_string());
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(target: "trustscale::kafka::librdkafka", %error, "{reason}");
+        self.record(reason.to_string());
+    }
+}
+
+impl ConsumerContext for KafkaContext {}
+
+/// How long the partitions of a topic are taken from the cluster's metadata cache.
+const METADATA_TTL: Duration = Duration::from_secs(15);
+
+type GroupReaders = HashMap<String, Arc<BaseConsumer<KafkaContext>>>;
+
+/// The shared clients of one Kafka cluster.
+pub struct KafkaCluster {
+    config: ClientConfig,
+    context: KafkaContext,
+    client: BaseConsumer<KafkaContext>,
+    groups: Mutex<GroupReaders>,
+    created: AtomicU64,
+    /// Partitions of the topics asked for, with when they were fetched.
+    partitions: Mutex<HashMap<String, (std::time::Instant, Vec<i32>)>>,
+    /// The CA directory the clients read (kept as long as they live).
+    _ca_dir: Option<Arc<cadir::CaDir>>,
+}
+
+impl KafkaCluster {
+    /// rdkafka clients created for this cluster so far: the metadata client and one
+    /// committed-offset reader per consumer group.
+    pub fn clients_created(&self) -> u64 {
+        self.created.load(Ordering::Relaxed)
+    }
+
+    /// The committed-offset reader of `group` (created on first use).
+    fn group(&self, group: &str) -> Result<Arc<BaseConsumer<KafkaContext>>, KafkaError> {
+        let mut groups = self
+            .groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = groups.get(group) {
+            return Ok(Arc::clone(c));
+        }
+        let mut config = self.config.clone();
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false");
+        let consumer = Arc::new(config.create_with_context(self.context.clone())?);
+        self.created.fetch_add(1, Ordering::Relaxed);
+        groups.insert(group.to_string(), Arc::clone(&consumer));
+        Ok(consumer)
+    }
+
+    /// The partitions of `topic`: from the cache when fetched less than [`METADATA_TTL`]
+    /// ago, else from a metadata request for that topic only.
+    fn topic_partitions(&self, label: &str, topic: &str) -> Result<Vec<i32>, ScalerError> {
+        let cached = self
+            .partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(topic)
+            .filter(|(at, _)| at.elapsed() < METADATA_TTL)
+            .map(|(_, p)| p.clone());
+        if let Some(p) = cached {
+            return Ok(p);
+        }
+        let md = self
+            .client
+            .fetch_metadata(Some(topic), TIMEOUT)
+            .map_err(|e| rd_error(label, self, &e, "fetching metadata"))?;
+        let mut ids = Vec::new();
+        for t in md.topics() {
+            if let Some(err) = t.error() {
+                let code = rdkafka::types::RDKafkaErrorCode::from(err);
+                return Err(kafka_error(
+                    label,
+                    self,
+                    Some(code),
+                    &code.to_string(),
+                    &format!("topic {:?}", t.name()),
+                ));
+            }
+            ids.extend(t.partitions().iter().map(|p| p.id()));
+        }
+        ids.sort_unstable();
+        self.partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(topic.to_string(), (std::time::Instant::now(), ids.clone()));
+        Ok(ids)
+    }
+
+    /// Serves the log and error events waiting on the client's queue (to its context),
+    /// so they are seen and the queue stays short.
+    fn serve_events(&self) {
+        fn serve(c: &BaseConsumer<KafkaContext>) {
+            let waiting = queue::main_queue_len(c.client()).min(10_000);
+            for _ in 0..waiting {
+                // No subscription: nothing but events can come back.
+                let _ = c.poll(Duration::ZERO);
+            }
+        }
+        serve(&self.client);
+        let readers: Vec<_> = self
+            .groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for r in readers {
+            serve(&r);
+        }
+    }
+}
+
+/// Builds `kafka` scalers; owns the shared cluster clients.
+#[derive(Default)]
+pub struct KafkaBuilder {
+    clusters: SharedPool<ClusterKey, KafkaCluster>,
+    ca_dirs: cadir::CaDirs,
+}
+
+impl KafkaBuilder {
+    /// Cluster client sets alive now.
+    #[must_use]
+    pub fn live_clusters(&self) -> usize {
+        self.clusters.live()
+    }
+
+    /// Every live cluster.
+    #[must_use]
+    pub fn clusters(&self) -> Vec<Arc<KafkaCluster>> {
+        self.clusters.all()
+    }
+}
+
+/// Parses KEDA's `partitionLimitation` ("1,2,10-12").
+fn parse_partitions(label: &str, text: &str) -> Result<BTreeSet<i32>, ScalerError> {
+    let mut out = BTreeSet::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || {
+            ScalerError::config(
+                label,
+                "partitionLimitation",
+                format!("{part:?} is not a partition or a range like 10-12"),
+            )
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (i32, i32) = (
+                    a.trim().parse().map_err(|_| bad())?,
+                    b.trim().parse().map_err(|_| bad())?,
+                );
+                if a > b {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => {
+                out.insert(part.parse().map_err(|_| bad())?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The `kafka` scaler.
+pub struct KafkaScaler {
+    label: String,
+    cluster: Arc<KafkaCluster>,
+    group: String,
+    topic: Option<String>,
+    spec: MetricSpec,
+    opts: LagOptions,
+    previous: Mutex<HashMap<(String, i32), i64>>,
+}
+
+/// The lag options of a trigger.
+#[derive(Clone, Debug, Default)]
+pub struct LagOptions {
+    /// lagThreshold.
+    pub lag_threshold: f64,
+    /// activationLagThreshold.
+    pub activation: f64,
+    /// offsetResetPolicy is earliest.
+    pub earliest: bool,
+    /// allowIdleConsumers.
+    pub allow_idle_consumers: bool,
+    /// excludePersistentLag.
+    pub exclude_persistent_lag: bool,
+    /// limitToPartitionsWithLag.
+    pub limit_to_partitions_with_lag: bool,
+    /// ensureEvenDistributionOfPartitions.
+    pub even_distribution: bool,
+    /// scaleToZeroOnInvalidOffset.
+    pub scale_to_zero_on_invalid_offset: bool,
+    /// partitionLimitation.
+    pub partitions: BTreeSet<i32>,
+}
+
+/// One partition's offsets: (newest offset, committed offset or None).
+pub type PartitionOffsets = ((String, i32), i64, Option<i64>);
+
+/// KEDA's lag arithmetic: the metric value and the activity from per-partition offsets.
+/// `previous` holds the committed offsets of the last poll (for excludePersistentLag).
+pub fn compute_lag(
+    opts: &LagOptions,
+    parts: &[PartitionOffsets],
+    previous: &mut HashMap<(String, i32), i64>,
+) -> (f64, bool) {
+    let (mut total, mut total_with_persistent, mut with_lag) = (0i64, 0i64, 0i64);
+    for (key, newest, committed) in parts {
+        let (lag, lag_with_persistent) = match committed {
+            None => {
+                let l = if opts.earliest {
+                    *newest
+                } else if opts.scale_to_zero_on_invalid_offset {
+                    0
+                } else {
+                    1
+                };
+                (l, l)
+            }
+            Some(c) => {
+                let l = (newest - c).max(0);
+                let persistent =
+                    opts.exclude_persistent_lag && l > 0 && previous.get(key) == Some(c);
+                previous.insert(key.clone(), *c);
+                (if persistent { 0 } else { l }, l)
+            }
+        };
+        if lag > 0 {
+            with_lag += 1;
+        }
+        total += lag;
+        total_with_persistent += lag_with_persistent;
+    }
+    let partitions = parts.len() as f64;
+    let mut value = total as f64;
+    if !opts.allow_idle_consumers {
+        let cap_parts = if opts.limit_to_partitions_with_lag {
+            with_lag as f64
+        } else {
+            partitions
+        };
+        value = value.min(cap_parts * opts.lag_threshold);
+    }
+    if opts.even_distribution && opts.lag_threshold > 0.0 && partitions > 0.0 {
+        // Round the consumer count up to a divisor of the partition count, so that every
+        // consumer gets the same number of partitions.
+        let consumers = (value / opts.lag_threshold).ceil() as i64;
+        let n = partitions as i64;
+        if consumers > 0 {
+            let fit = (consumers..=n).find(|c| n % c == 0).unwrap_or(n);
+            value = fit as f64 * opts.lag_threshold;
+        }
+    }
+    (value, total_with_persistent as f64 > opts.activation)
+}
+
+#[async_trait]
+impl ScalerBuilder for KafkaBuilder {
+    async fn build(
+        &self,
+        spec: &TriggerSpec,
+        ctx: &BuildContext,
+    ) -> Result<Box<dyn Scaler>, ScalerError> {
+        let p = Params::new(spec, PARAMETERS);
+        let label = spec.label.clone();
+        let bootstrap = p.required("bootstrapServers")?;
+        let group = p.required("consumerGroup")?;
+        let topic = p.get("topic");
+        let reset = p.choice("offsetResetPolicy")?;
+        let opts = LagOptions {
+            lag_threshold: p.quantity_value("lagThreshold")?,
+            activation: p.quantity_value("activationLagThreshold")?,
+            earliest: reset == "earliest",
+            allow_idle_consumers: p.flag("allowIdleConsumers")?,
+            exclude_persistent_lag: p.flag("excludePersistentLag")?,
+            limit_to_partitions_with_lag: p.flag("limitToPartitionsWithLag")?,
+            even_distribution: p.flag("ensureEvenDistributionOfPartitions")?,
+            scale_to_zero_on_invalid_offset: p.flag("scaleToZeroOnInvalidOffset")?,
+            partitions: match p.get("partitionLimitation") {
+                Some(t) => parse_partitions(&label, &t)?,
+                None => BTreeSet::new(),
+            },
+        };
+        if opts.lag_threshold <= 0.0 {
+            return Err(ScalerError::config(
+                &label,
+                "lagThreshold",
+                "must be greater than 0",
+            ));
+        }
+        if opts.allow_idle_consumers && opts.limit_to_partitions_with_lag {
+            return Err(ScalerError::config(
+                &label,
+                "limitToPartitionsWithLag",
+                "cannot be combined with allowIdleConsumers",
+            ));
+        }
+        // `tls` may be in the metadata or the auth parameters; the ScaledObject wins.
+        let settings = p.tls()?;
+        let use_tls = settings
+            .tls_requested()
+            .map_err(|e| ScalerError::from_trust(&label, e))?
+            .unwrap_or(false);
+        let sasl = p.choice("sasl")?;
+        let username = p.get("username").unwrap_or_default();
+        let password = p.get("password").unwrap_or_default();
+        if sasl != "none" && (username.is_empty() || password.is_empty()) {
+            return Err(ScalerError::config(
+                &label,
+                "username/password",
+                format!("sasl {sasl} needs both"),
+            ));
+        }
+        let tls: Option<TlsContext> = p.tls_context(
+            ctx,
+            &settings,
+            use_tls,
+            "tls is not enabled for this Kafka trigger",
+        )?;
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &bootstrap)
+            .set("client.id", "trustscale")
+            .set("socket.timeout.ms", "5000")
+            // A broker that comes back is found again within 2 s (librdkafka's default
+            // backoff grows to 10 s, longer than a short polling interval).
+            .set("reconnect.backoff.max.ms", "2000")
+            .set("log_level", "3");
+        let mut ca_dir = None;
+        if let Some(ctx) = &tls {
+            let props =
+                librdkafka_tls(ctx, &label).map_err(|e| ScalerError::from_trust(&label, e))?;
+            for (k, v) in props.entries() {
+                if k == "ssl.ca.pem" {
+                    // The same anchors as a hashed directory: OpenSSL then loads only the
+                    // issuers a chain needs instead of every anchor into every client.
+                    match self.ca_dirs.dir_for(v) {
+                        Ok(dir) => {
+                            config.set("ssl.ca.location", dir.path().to_string_lossy());
+                            ca_dir = Some(dir);
+                            continue;
+                        }
+                        Err(e) => tracing::warn!(
+                            trigger = %label,
+                            error = %e,
+                            "cannot write the CA directory for librdkafka; passing the anchors inline"
+                        ),
+                    }
+                }
+                config.set(k, v);
+            }
+        }
+        let protocol = match (tls.is_some(), sasl.as_str()) {
+            (false, "none") => "plaintext",
+            (true, "none") => "ssl",
+            (false, _) => "sasl_plaintext",
+            (true, _) => "sasl_ssl",
+        };
+        config.set("security.protocol", protocol);
+        if sasl != "none" {
+            let mechanism = match sasl.as_str() {
+                "plaintext" => "PLAIN",
+                "scram_sha256" => "SCRAM-SHA-256",
+                _ => "SCRAM-SHA-512",
+            };
+            config
+                .set("sasl.mechanisms", mechanism)
+                .set("sasl.username", &username)
+                .set("sasl.password", &password);
+        }
+        let key = ClusterKey {
+            bootstrap: bootstrap.clone(),
+            tls: tls.as_ref().map(TlsContext::fingerprint),
+            sasl: sasl.clone(),
+            username,
+            password: secret_digest(Some(&password)),
+        };
+        let cluster = self
+            .clusters
+            .try_get_or_insert_with(&key, || {
+                let context = KafkaContext::default();
+                let client = config.create_with_context(context.clone())?;
+                Ok::<_, KafkaError>(KafkaCluster {
+                    config: config.clone(),
+                    context,
+                    client,
+                    groups: Mutex::new(HashMap::new()),
+                    created: AtomicU64::new(1),
+                    partitions: Mutex::new(HashMap::new()),
+                    _ca_dir: ca_dir.clone(),
+                })
+            })
+            .map_err(|e| {
+                ScalerError::new(
+                    ErrorKind::Config,
+                    &label,
+                    format!("cannot create the Kafka client: {e}"),
+                )
+            })?;
+        p.warn_unknown();
+        let name = match &topic {
+            Some(t) => format!("kafka-{t}"),
+            None => format!("kafka-{group}-topics"),
+        };
+        Ok(Box::new(KafkaScaler {
+            label,
+            cluster,
+            spec: MetricSpec {
+                name: spec.metric_name(&name),
+                target: opts.lag_threshold,
+                metric_type: spec.metric_type,
+            },
+            group,
+            topic,
+            opts,
+            previous: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn parameters(&self) -> &'static [Param] {
+        PARAMETERS
+    }
+}
+
+/// Whether a librdkafka message says the broker refused the SASL login.
+fn is_auth_message(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.contains("sasl authentication") || lower.contains("authentication failed")
+}
+
+/// Classifies a failed call: librdkafka's own code where it says something (auth,
+/// unknown group or topic), else the newest error its callbacks reported (a TLS failure
+/// is only visible there).
+fn kafka_error(
+    label: &str,
+    cluster: &KafkaCluster,
+    code: Option<rdkafka::types::RDKafkaErrorCode>,
+    message: &str,
+    what: &str,
+) -> ScalerError {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    let known = match code {
+        Some(
+            C::SaslAuthenticationFailed
+            | C::TopicAuthorizationFailed
+            | C::GroupAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::Authentication,
+        ) => Some(ErrorKind::Auth),
+        Some(
+            C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition | C::GroupIdNotFound,
+        ) => Some(ErrorKind::Source),
+        Some(C::InvalidArgument) => Some(ErrorKind::Config),
+        _ => None,
+    };
+    if let Some(kind) = known {
+        return ScalerError::new(kind, label, format!("{what}: {message}"));
+    }
+    cluster.serve_events();
+    match cluster.context.take() {
+        Some(reason) => {
+            let kind = if is_auth_message(&reason) {
+                ErrorKind::Auth
+            } else {
+                match classify_librdkafka_message(&reason) {
+                    Some(FailureKind::Connection) | None => ErrorKind::CONNECTION,
+                    Some(k) => ErrorKind::Transport(k),
+                }
+            };
+            ScalerError::new(kind, label, format!("{what}: {message} ({reason})"))
+        }
+        None => ScalerError::new(ErrorKind::CONNECTION, label, format!("{what}: {message}")),
+    }
+}
+
+fn rd_error(label: &str, cluster: &KafkaCluster, e: &KafkaError, what: &str) -> ScalerError {
+    kafka_error(label, cluster, e.rdkafka_error_code(), &e.to_string(), what)
+}
+
+/// The committed offsets of `group` for the partitions in `tpl` (partitions without one
+/// are left out).
+fn committed_offsets(
+    label: &str,
+    cluster: &KafkaCluster,
+    group: &str,
+    tpl: TopicPartitionList,
+) -> Result<HashMap<(String, i32), i64>, ScalerError> {
+    let what = format!("reading the offsets of group {group:?}");
+    let reader = cluster
+        .group(group)
+        .map_err(|e| rd_error(label, cluster, &e, &what))?;
+    let answer = reader
+        .committed_offsets(tpl, TIMEOUT)
+        .map_err(|e| rd_error(label, cluster, &e, &what))?;
+    Ok(answer
+        .elements()
+        .iter()
+        .filter_map(|el| match el.offset() {
+            rdkafka::Offset::Offset(o) if o >= 0 => {
+                Some(((el.topic().to_string(), el.partition()), o))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// The topics `group` has committed offsets for (as KEDA, when no topic is set), from the
+/// offsets of every partition of every non-internal topic; fills `committed`.
+fn group_topics(
+    label: &str,
+    cluster: &KafkaCluster,
+    group: &str,
+    committed: &mut HashMap<(String, i32), i64>,
+) -> Result<Vec<String>, ScalerError> {
+    let md = cluster
+        .client
+        .fetch_metadata(None, TIMEOUT)
+        .map_err(|e| rd_error(label, cluster, &e, "fetching metadata"))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        if t.error().is_some() || t.name().starts_with("__") {
+            continue;
+        }
+        for part in t.partitions() {
+            tpl.add_partition(t.name(), part.id());
+        }
+    }
+    if tpl.count() > 0 {
+        *committed = committed_offsets(label, cluster, group, tpl)?;
+    }
+    let topics: BTreeSet<String> = committed.keys().map(|(t, _)| t.clone()).collect();
+    if topics.is_empty() {
+        return Err(ScalerError::new(
+            ErrorKind::Source,
+            label,
+            format!(
+                "consumer group {group:?} has no committed offsets on any topic; set `topic` to measure a group that has not committed yet"
+            ),
+        ));
+    }
+    Ok(topics.into_iter().collect())
+}
+
+/// Reads the newest and committed offsets of every selected partition (blocking calls).
+fn read_offsets(
+    label: &str,
+    cluster: &KafkaCluster,
+    group: &str,
+    topic: Option<&str>,
+    only: &BTreeSet<i32>,
+) -> Result<Vec<PartitionOffsets>, ScalerError> {
+    // What was reported before this poll is history.
+    cluster.serve_events();
+    let _ = cluster.context.take();
+    let mut committed: HashMap<(String, i32), i64> = HashMap::new();
+    let topics: Vec<String> = match topic {
+        Some(t) => vec![t.to_string()],
+        None => group_topics(label, cluster, group, &mut committed)?,
+    };
+    let mut tpl = TopicPartitionList::new();
+    for name in &topics {
+        for id in cluster.topic_partitions(label, name)? {
+            if only.is_empty() || only.contains(&id) {
+                tpl.add_partition(name, id);
+            }
+        }
+    }
+    if let Some(topic) = topic {
+        if tpl.count() == 0 {
+            return Err(ScalerError::new(
+                ErrorKind::Source,
+                label,
+                format!("topic {topic:?} has no (selected) partitions"),
+            ));
+        }
+        committed = committed_offsets(label, cluster, group, tpl.clone())?;
+    }
+    // The newest offsets of every partition in one ListOffsets round (timestamp "latest"),
+    // not two requests per partition.
+    let mut latest = TopicPartitionList::new();
+    for el in tpl.elements() {
+        latest
+            .add_partition_offset(el.topic(), el.partition(), rdkafka::Offset::End)
+            .map_err(|e| rd_error(label, cluster, &e, "preparing the offset request"))?;
+    }
+    let newest = cluster
+        .client
+        .offsets_for_times(latest, TIMEOUT)
+        .map_err(|e| rd_error(label, cluster, &e, "reading the newest offsets"))?;
+    let mut out = Vec::with_capacity(newest.count());
+    for el in newest.elements() {
+        if let Err(e) = el.error() {
+            return Err(rd_error(
+                label,
+                cluster,
+                &e,
+                &format!(
+                    "reading the newest offset of {}/{}",
+                    el.topic(),
+                    el.partition()
+                ),
+            ));
+        }
+        let high = match el.offset() {
+            rdkafka::Offset::Offset(o) => o,
+            other => {
+                return Err(ScalerError::new(
+                    ErrorKind::Source,
+                    label,
+                    format!(
+                        "no newest offset for {}/{} (broker answered {other:?})",
+                        el.topic(),
+                        el.partition()
+                    ),
+                ));
+            }
+        };
+        let key = (el.topic().to_string(), el.partition());
+        let c = committed.get(&key).copied();
+        out.push((key, high, c));
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl Scaler for KafkaScaler {
+    fn metric_specs(&self) -> Vec<MetricSpec> {
+        vec![self.spec.clone()]
+    }
+
+    async fn poll(&self) -> Result<Poll, ScalerError> {
+        // rdkafka's calls block: run them off the async workers.
+        let (label, cluster, group, topic, only) = (
+            self.label.clone(),
+            Arc::clone(&self.cluster),
+            self.group.clone(),
+            self.topic.clone(),
+            self.opts.partitions.clone(),
+        );
+        let parts = tokio::task::spawn_blocking(move || {
+            read_offsets(&label, &cluster, &group, topic.as_deref(), &only)
+        })
+        .await
+        .map_err(|e| {
+            ScalerError::new(
+                ErrorKind::CONNECTION,
+                &self.label,
+                format!("offset reader stopped: {e}"),
+            )
+        })??;
+        let mut previous = self
+            .previous
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (value, active) = compute_lag(&self.opts, &parts, &mut previous);
+        let mut poll = Poll::single(&self.spec.name, value, self.opts.activation);
+        poll.active = active;
+        Ok(poll)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> LagOptions {
+        LagOptions {
+            lag_threshold: 10.0,
+            ..Default::default()
+        }
+    }
+
+    fn part(p: i32, newest: i64, committed: Option<i64>) -> PartitionOffsets {
+        (("t".into(), p), newest, committed)
+    }
+
+    #[test]
+    fn lag_arithmetic_follows_keda() {
+        let mut o = opts();
+        type Case = (&'static str, LagOptions, Vec<PartitionOffsets>, (f64, bool));
+        let cases: Vec<Case> = vec![
+            (
+                "sum of newest - committed",
+                o.clone(),
+                vec![part(0, 10, Some(4)), part(1, 7, Some(7))],
+                (6.0, true),
+            ),
+            (
+                "no offset, latest: 1",
+                o.clone(),
+                vec![part(0, 50, None)],
+                (1.0, true),
+            ),
+            (
+                "no offset, earliest: newest",
+                {
+                    o.earliest = true;
+                    o.clone()
+                },
+                vec![part(0, 50, None)],
+                (10.0, true),
+            ),
+            (
+                "capped at partitions x threshold",
+                opts(),
+                vec![part(0, 500, Some(0)), part(1, 0, Some(0))],
+                (20.0, true),
+            ),
+            (
+                "idle consumers allowed: no cap",
+                LagOptions {
+                    allow_idle_consumers: true,
+                    ..opts()
+                },
+                vec![part(0, 500, Some(0))],
+                (500.0, true),
+            ),
+            (
+                "cap by partitions with lag",
+                LagOptions {
+                    limit_to_partitions_with_lag: true,
+                    ..opts()
+                },
+                vec![
+                    part(0, 500, Some(0)),
+                    part(1, 0, Some(0)),
+                    part(2, 0, Some(0)),
+                ],
+                (10.0, true),
+            ),
+            (
+                "scale to zero on invalid offset",
+                LagOptions {
+                    scale_to_zero_on_invalid_offset: true,
+                    ..opts()
+                },
+                vec![part(0, 50, None)],
+                (0.0, false),
+            ),
+            (
+                "even distribution: consumers to a divisor of 6",
+                LagOptions {
+                    even_distribution: true,
+                    ..opts()
+                },
+                (0..6)
+                    .map(|p| part(p, if p < 4 { 10 } else { 0 }, Some(0)))
+                    .collect(),
+                (60.0, true),
+            ),
+        ];
+        for (name, o, parts, want) in cases {
+            let mut prev = HashMap::new();
+            assert_eq!(compute_lag(&o, &parts, &mut prev), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn persistent_lag_counts_for_activity_but_not_for_scaling() {
+        let o = LagOptions {
+            exclude_persistent_lag: true,
+            ..opts()
+        };
+        let mut prev = HashMap::new();
+        let parts = vec![part(0, 8, Some(3))];
+        assert_eq!(
+            compute_lag(&o, &parts, &mut prev),
+            (5.0, true),
+            "first sight: counted"
+        );
+        assert_eq!(
+            compute_lag(&o, &parts, &mut prev),
+            (0.0, true),
+            "did not move: excluded from scaling, still active"
+        );
+        assert_eq!(
+            compute_lag(&o, &[part(0, 9, Some(4))], &mut prev),
+            (5.0, true),
+            "moved: counted again"
+        );
+    }
+
+    #[test]
+    fn a_refused_login_is_recognised_in_librdkafka_messages() {
+        assert!(is_auth_message(
+            "sasl_ssl://b:9093/1: SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-256"
+        ));
+        assert!(!is_auth_message(
+            "ssl://b:9093/1: SSL handshake failed: certificate verify failed"
+        ));
+    }
+
+    #[test]
+    fn partition_limitation_parses_ranges() {
+        assert_eq!(
+            parse_partitions("t", "1, 2,10-12").unwrap(),
+            [1, 2, 10, 11, 12].into_iter().collect()
+        );
+        assert!(parse_partitions("t", "3-1").is_err());
+        assert!(
+            parse_partitions("t", "x")
+                .unwrap_err()
+                .to_string()
+                .contains("partitionLimitation")
+        );
+    }
+}
