@@ -15,7 +15,10 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+
+use trustscale::pool::SharedPool;
 
 use sha2::{Digest, Sha256};
 
@@ -51,14 +54,9 @@ impl Drop for CaDir {
 /// Hashed CA directories, one per distinct PEM bundle in use.
 #[derive(Default)]
 pub struct CaDirs {
-    inner: Mutex<Inner>,
-}
-
-#[derive(Default)]
-struct Inner {
-    root: Weak<Root>,
-    dirs: HashMap<[u8; 32], Weak<CaDir>>,
-    written: u64,
+    dirs: SharedPool<[u8; 32], CaDir>,
+    root: Mutex<Weak<Root>>,
+    written: AtomicU64,
 }
 
 impl CaDirs {
@@ -66,30 +64,28 @@ impl CaDirs {
     /// one. Keep the handle as long as a client reads from the directory.
     pub fn dir_for(&self, pem: &str) -> io::Result<Arc<CaDir>> {
         let digest: [u8; 32] = Sha256::digest(pem.as_bytes()).into();
-        let mut inner = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(d) = inner.dirs.get(&digest).and_then(Weak::upgrade) {
-            return Ok(d);
-        }
-        let root = match inner.root.upgrade() {
-            Some(r) => r,
-            None => {
-                let r = Arc::new(Root(private_dir(&std::env::temp_dir())?));
-                inner.root = Arc::downgrade(&r);
-                r
-            }
-        };
-        // A new name every time: a directory being removed is never reused.
-        inner.written += 1;
-        let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        let path = root.0.join(format!("{name}-{}", inner.written));
-        write_hashed(&path, pem)?;
-        let dir = Arc::new(CaDir { path, _root: root });
-        inner.dirs.retain(|_, d| d.strong_count() > 0);
-        inner.dirs.insert(digest, Arc::downgrade(&dir));
-        Ok(dir)
+        self.dirs.try_get_or_insert_with(&digest, || {
+            let root = {
+                let mut root = self
+                    .root
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match root.upgrade() {
+                    Some(r) => r,
+                    None => {
+                        let r = Arc::new(Root(private_dir(&std::env::temp_dir())?));
+                        *root = Arc::downgrade(&r);
+                        r
+                    }
+                }
+            };
+            // A new name every time: a directory being removed is never reused.
+            let n = self.written.fetch_add(1, Ordering::Relaxed) + 1;
+            let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+            let path = root.0.join(format!("{name}-{n}"));
+            write_hashed(&path, pem)?;
+            Ok(CaDir { path, _root: root })
+        })
     }
 }
 

@@ -271,7 +271,14 @@ fn amqp_error(
     target: &str,
 ) -> ScalerError {
     let text = e.to_string();
-    if text.contains("ACCESS_REFUSED") || text.contains("ACCESS-REFUSED") || text.contains("403") {
+    // The broker's reply code, not our message: 403 is ACCESS_REFUSED, at login (with the
+    // authentication_failure_close capability) or on a vhost or queue.
+    let refused = match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => amqp.get_id() == 403,
+        lapin::ErrorKind::AuthProviderError(_) => true,
+        _ => false,
+    };
+    if refused {
         return ScalerError::new(
             ErrorKind::Auth,
             trigger,
