@@ -388,3 +388,123 @@ async fn an_api_key_in_the_query_never_reaches_an_error_message() {
     assert_eq!(err.kind, ErrorKind::CONNECTION, "{err}");
     assert!(!format!("{err} {err:?}").contains("TOPSECRETKEY"), "{err}");
 }
+
+/// A server we did not write: python's `http.server` serving a folder.
+struct PythonHttp {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for PythonHttp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python_http(files: &[(&str, &str)]) -> PythonHttp {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, body) in files {
+        std::fs::write(dir.path().join(name), body).unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 runs");
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "python's http.server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    PythonHttp {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn a_plain_http_source_is_read_and_a_redirect_to_https_is_not_trusted_blindly() {
+    // Served by python's http.server: plaintext, no TLS anywhere.
+    let source = python_http(&[("stats.json", r#"{"queue":{"depth":17}}"#)]);
+    let dir = ca_dir();
+    let c = ctx(dir.path());
+    let url = format!("http://127.0.0.1:{}/stats.json", source.port);
+    let p = poll(
+        &c,
+        spec(&[
+            ("url", &url),
+            ("valueLocation", "queue.depth"),
+            ("targetValue", "5"),
+        ]),
+    )
+    .await
+    .expect("a plain http:// source polls");
+    assert_eq!(p.metrics[0].value, 17.0);
+    // Its twin: the same path that the server does not have is a source error (the
+    // client really asked this server).
+    let err = poll(
+        &c,
+        spec(&[
+            (
+                "url",
+                &format!("http://127.0.0.1:{}/missing.json", source.port),
+            ),
+            ("valueLocation", "queue.depth"),
+            ("targetValue", "5"),
+        ]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Source, "{err}");
+    assert!(err.message.contains("404"), "{err}");
+
+    // A plaintext source that redirects to an https:// server signed by a CA nobody
+    // trusts: the redirect fails verification instead of bypassing the factory.
+    let s = setup();
+    let https = HttpsServer::start(
+        server_config(&s.ca.server(), Versions::Both, None),
+        |_: &Request| Response::ok(r#"{"queue":{"depth":99}}"#),
+    )
+    .await;
+    let target = https.url("/stats");
+    let redirect = HttpsServer::start_plain(move |_: &Request| Response {
+        status: 302,
+        body: Vec::new(),
+        location: Some(target.clone()),
+    })
+    .await;
+    let err = poll(
+        &c,
+        spec(&[
+            ("url", &redirect.plain_url("/go")),
+            ("valueLocation", "queue.depth"),
+            ("targetValue", "5"),
+        ]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.kind,
+        ErrorKind::Transport(trustscale::trust::FailureKind::UnknownIssuer),
+        "{err}"
+    );
+}

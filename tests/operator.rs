@@ -439,6 +439,8 @@ fn a_sigkill_at_any_moment_of_rotation_leaves_a_consistent_folder() {
                 "operator",
                 "--metrics-bind-address",
                 "",
+                "--health-probe-bind-address",
+                "127.0.0.1:0",
                 "--cert-lifetime",
                 "2s",
                 "--ca-lifetime",
@@ -507,7 +509,14 @@ fn sigterm_stops_cleanly_and_manifest_changes_apply_without_restart() {
         .unwrap()
         .port();
     let mut child = std::process::Command::new(bin())
-        .args(["operator", "--metrics-bind-address", "", "--manifests"])
+        .args([
+            "operator",
+            "--metrics-bind-address",
+            "",
+            "--health-probe-bind-address",
+            "127.0.0.1:0",
+            "--manifests",
+        ])
         .arg(manifests.path())
         .arg("--cert-dir")
         .arg(dir.path())
@@ -638,6 +647,8 @@ fn the_binary_serves_metrics_get_prometheus_and_the_ca_bundle() {
             "operator",
             "--metrics-bind-address",
             &format!("127.0.0.1:{prom}"),
+            "--health-probe-bind-address",
+            "127.0.0.1:0",
             "--manifests",
         ])
         .arg(manifests.path())
@@ -716,6 +727,8 @@ fn the_binary_serves_metrics_get_prometheus_and_the_ca_bundle() {
             "--enable-cert-rotation=false",
             "--metrics-bind-address",
             "",
+            "--health-probe-bind-address",
+            "127.0.0.1:0",
             "--listen",
             "127.0.0.1:0",
             "--manifests",

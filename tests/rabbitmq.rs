@@ -556,3 +556,60 @@ async fn amqp_on_a_current_thread_runtime_is_a_clear_config_error_not_a_hang() {
     assert_eq!(err.kind, ErrorKind::Config);
     assert!(err.message.contains("multi-threaded"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_http_management_host_is_read() {
+    // The fixtures' nodes speak TLS only; a plaintext management API is played by an
+    // in-process HTTP server answering what RabbitMQ answers for one queue.
+    let server = support::http::HttpsServer::start_plain(|r: &support::http::Request| {
+        let authorized = r
+            .headers
+            .get("authorization")
+            .is_some_and(|a| a.starts_with("Basic "));
+        match (r.path.as_str(), authorized) {
+            ("/api/queues/%2F/orders", true) => support::http::Response::ok(
+                r#"{"messages":7,"messages_ready":5,"message_stats":{"publish_details":{"rate":1.5}}}"#,
+            ),
+            (_, false) => support::http::Response::status(401),
+            _ => support::http::Response::status(404),
+        }
+    })
+    .await;
+    let host = format!("http://guest:guest@127.0.0.1:{}/", server.addr.port());
+    let ctx = trusted();
+    let all = value(
+        &ctx,
+        spec(
+            "plain",
+            &[
+                ("host", &host),
+                ("queueName", "orders"),
+                ("mode", "QueueLength"),
+                ("value", "5"),
+            ],
+        ),
+    )
+    .await;
+    let ready = value(
+        &ctx,
+        spec(
+            "plain",
+            &[
+                ("host", &host),
+                ("queueName", "orders"),
+                ("mode", "QueueLength"),
+                ("value", "5"),
+                ("excludeUnacknowledged", "true"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!((all, ready), (7.0, 5.0));
+    let missing = poll(
+        &ctx,
+        spec("plain", &[("host", &host), ("queueName", "other")]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(missing.kind, ErrorKind::Source, "{missing}");
+}

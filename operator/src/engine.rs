@@ -426,6 +426,8 @@ struct ObjectRun {
     spec: ScalingSpec,
     state: ScaleState,
     last: Option<Decision>,
+    /// Each trigger's last outcome: `None` ok (or not polled yet), else the error kind.
+    health: Vec<Option<ErrorKind>>,
 }
 
 impl ObjectRun {
@@ -450,7 +452,34 @@ impl ObjectRun {
                 Instant::now(),
             ),
             last: None,
+            health: vec![None; n],
         }
+    }
+
+    /// Logs a trigger's change of health: at warn when it starts failing or fails in
+    /// another way, at info when it recovers; nothing while it stays as it was.
+    fn note_health(&mut self, i: usize, result: Result<(), &ErrorOut>) {
+        let now = result.err().map(|e| e.kind);
+        if self.health[i] == now {
+            return;
+        }
+        match (result, self.health[i]) {
+            (Err(e), _) => tracing::warn!(
+                scaledobject = %self.label,
+                trigger = i,
+                kind = %e.kind,
+                error = %e.message,
+                "trigger is failing"
+            ),
+            (Ok(()), Some(was)) => tracing::info!(
+                scaledobject = %self.label,
+                trigger = i,
+                was = %was,
+                "trigger recovered"
+            ),
+            (Ok(()), None) => {}
+        }
+        self.health[i] = now;
     }
 
     /// Builds every trigger that has no scaler yet, once per round.
@@ -515,6 +544,7 @@ impl ObjectRun {
                 error: None,
                 failures: 0,
             };
+            self.note_health(i, result.as_ref().map(|_| ()));
             match result {
                 Ok((poll, spec)) => {
                     let value = poll.metrics.first().map_or(0.0, |m| m.value);

@@ -182,20 +182,121 @@ struct ScaledObjectSpec {
     #[serde(default)]
     scale_target_ref: Option<ScaleTargetRef>,
     #[serde(default)]
-    polling_interval: Option<u64>,
+    polling_interval: Option<serde_yaml_ng::Value>,
     #[serde(default)]
-    cooldown_period: Option<u64>,
+    cooldown_period: Option<serde_yaml_ng::Value>,
     #[serde(default)]
-    initial_cooldown_period: Option<u64>,
+    initial_cooldown_period: Option<serde_yaml_ng::Value>,
     #[serde(default)]
-    min_replica_count: Option<u32>,
+    min_replica_count: Option<serde_yaml_ng::Value>,
     #[serde(default)]
-    max_replica_count: Option<u32>,
+    max_replica_count: Option<serde_yaml_ng::Value>,
     #[serde(default)]
-    idle_replica_count: Option<u32>,
+    idle_replica_count: Option<serde_yaml_ng::Value>,
     #[serde(default)]
-    fallback: Option<Fallback>,
+    fallback: Option<RawFallback>,
     triggers: Vec<TriggerDef>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawFallback {
+    failure_threshold: serde_yaml_ng::Value,
+    replicas: serde_yaml_ng::Value,
+}
+
+/// The numbers of a ScaledObject, checked: KEDA's schema makes them 32-bit integers.
+#[derive(Clone, Debug)]
+struct Numbers {
+    polling_interval: u32,
+    cooldown_period: u32,
+    initial_cooldown_period: u32,
+    min_replica_count: u32,
+    max_replica_count: u32,
+    idle_replica_count: Option<u32>,
+    fallback: Option<Fallback>,
+}
+
+/// An integer field in `min..=i32::MAX` (KEDA's int32 fields), or an error naming it.
+fn int_field(
+    name: &str,
+    value: Option<&serde_yaml_ng::Value>,
+    min: u32,
+) -> Result<Option<u32>, String> {
+    let Some(value) = value else { return Ok(None) };
+    if value.is_null() {
+        return Ok(None);
+    }
+    let max = i32::MAX as u32;
+    let out_of_range = || {
+        format!(
+            "spec.{name}: {} is out of range ({min} to {max})",
+            show(value)
+        )
+    };
+    match value {
+        serde_yaml_ng::Value::Number(n) => match n.as_i64() {
+            Some(i) if i >= i64::from(min) && i <= i64::from(max) => Ok(Some(i as u32)),
+            _ if n.is_f64() && n.as_f64().is_some_and(|f| f.fract() != 0.0) => Err(format!(
+                "spec.{name}: {} is not a whole number",
+                show(value)
+            )),
+            _ => Err(out_of_range()),
+        },
+        _ => Err(format!("spec.{name}: {} is not a number", show(value))),
+    }
+}
+
+/// A scalar for a message, cut short.
+fn show(value: &serde_yaml_ng::Value) -> String {
+    let text = scalar_to_string(value).unwrap_or_else(|| "a collection".into());
+    if text.chars().count() > 40 {
+        format!("{}…", text.chars().take(40).collect::<String>())
+    } else {
+        text
+    }
+}
+
+impl ScaledObjectSpec {
+    fn numbers(&self) -> Result<Numbers, String> {
+        let polling_interval = int_field("pollingInterval", self.polling_interval.as_ref(), 1)?;
+        let min_replica_count = int_field("minReplicaCount", self.min_replica_count.as_ref(), 0)?;
+        let max_replica_count = int_field("maxReplicaCount", self.max_replica_count.as_ref(), 0)?;
+        let fallback = match &self.fallback {
+            None => None,
+            Some(f) => Some(Fallback {
+                failure_threshold: int_field(
+                    "fallback.failureThreshold",
+                    Some(&f.failure_threshold),
+                    0,
+                )?
+                .unwrap_or(0),
+                replicas: int_field("fallback.replicas", Some(&f.replicas), 0)?.unwrap_or(0),
+            }),
+        };
+        let numbers = Numbers {
+            polling_interval: polling_interval.unwrap_or(30),
+            cooldown_period: int_field("cooldownPeriod", self.cooldown_period.as_ref(), 0)?
+                .unwrap_or(300),
+            initial_cooldown_period: int_field(
+                "initialCooldownPeriod",
+                self.initial_cooldown_period.as_ref(),
+                0,
+            )?
+            .unwrap_or(0),
+            min_replica_count: min_replica_count.unwrap_or(0),
+            max_replica_count: max_replica_count.unwrap_or(100),
+            idle_replica_count: int_field("idleReplicaCount", self.idle_replica_count.as_ref(), 0)?,
+            fallback,
+        };
+        if numbers.min_replica_count > numbers.max_replica_count {
+            return Err(format!(
+                "spec.minReplicaCount ({}) is greater than spec.maxReplicaCount ({})",
+                numbers.min_replica_count, numbers.max_replica_count
+            ));
+        }
+        Ok(numbers)
+    }
 }
 
 /// A ScaledObject, with KEDA's defaults applied.
@@ -270,7 +371,10 @@ struct TriggerAuth {
 /// Everything loaded from a set of manifest files.
 #[derive(Clone, Debug, Default)]
 pub struct ManifestSet {
-    raw_scaled_objects: Vec<(PathBuf, ObjectMeta, ScaledObjectSpec)>,
+    raw_scaled_objects: Vec<(PathBuf, ObjectMeta, ScaledObjectSpec, Numbers)>,
+    /// Where each object was first found (kind, namespace, name) → (file, document), to
+    /// report a later duplicate.
+    seen: HashMap<(String, String, String), (PathBuf, usize)>,
     trigger_auths: HashMap<(String, String), TriggerAuth>,
     cluster_trigger_auths: HashMap<String, TriggerAuth>,
     secrets: HashMap<(String, String), BTreeMap<String, Vec<u8>>>,
@@ -279,6 +383,8 @@ pub struct ManifestSet {
     pub problems: Vec<LoadProblem>,
     /// Documents of kinds this tool does not use (ignored).
     pub ignored: Vec<String>,
+    /// Whether a folder could not be listed (so this set may lack what it holds).
+    pub listing_failed: bool,
 }
 
 /// Lists the manifest files under `paths` (files as given; folders: their `.yaml`/`.yml`
@@ -294,17 +400,15 @@ pub fn manifest_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<LoadProblem>) {
                         .filter_map(Result::ok)
                         .map(|e| e.path())
                         .filter(|p| {
-                            p.is_file()
-                                && matches!(
-                                    p.extension().and_then(|e| e.to_str()),
-                                    Some("yaml" | "yml")
-                                )
+                            matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
                                 && !p
                                     .file_name()
                                     .is_some_and(|n| n.to_string_lossy().starts_with('.'))
                         })
                         .collect();
                     found.sort();
+                    // A manifest that is not a regular file (a FIFO, a device, a folder)
+                    // is reported by the reader, never skipped in silence.
                     files.extend(found);
                 }
                 Err(e) => problems.push(LoadProblem {
@@ -325,20 +429,110 @@ pub fn manifest_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<LoadProblem>) {
 pub fn load(paths: &[PathBuf]) -> ManifestSet {
     let (files, problems) = manifest_files(paths);
     let mut set = ManifestSet {
+        listing_failed: !problems.is_empty(),
         problems,
         ..Default::default()
     };
     for file in files {
-        match std::fs::read_to_string(&file) {
+        let read = trustscale::trust::material::read_capped(&file, MAX_MANIFEST_BYTES)
+            .map_err(|e| format!("cannot read: {e}"))
+            .and_then(|bytes| {
+                String::from_utf8(bytes).map_err(|_| "cannot read: not UTF-8 text".to_string())
+            });
+        match read {
             Ok(text) => set.add_text(&file, &text),
-            Err(e) => set.problems.push(LoadProblem {
+            Err(message) => set.problems.push(LoadProblem {
                 file,
                 document: 0,
-                message: format!("cannot read: {e}"),
+                message,
             }),
         }
     }
     set
+}
+
+/// The largest manifest file read (a Kubernetes object is at most about 1.5 MiB).
+pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
+/// The deepest nesting of flow collections (`[`, `{`) a document may have.
+pub const MAX_FLOW_DEPTH: usize = 64;
+/// The deepest indentation (in columns) a document may have.
+pub const MAX_INDENT: usize = 512;
+
+/// Splits a YAML stream into its documents: at `---` (or `...`) at the start of a line.
+/// Such a line can only be a document marker: inside a block scalar it would have to be
+/// indented. Returns each document's text with its 1-based number.
+fn documents(text: &str) -> Vec<(usize, String)> {
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    let mut started = false;
+    let is_marker = |line: &str, m: &str| {
+        line.strip_prefix(m)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '#']))
+    };
+    for line in text.split_inclusive('\n') {
+        let bare = line.trim_end_matches(['\n', '\r']);
+        if is_marker(bare, "---") {
+            if started || !current.trim().is_empty() {
+                docs.push(std::mem::take(&mut current));
+            }
+            started = true;
+            // `--- {a: 1}` holds content on the marker line.
+            current.push_str(&bare[3..]);
+            current.push('\n');
+            continue;
+        }
+        if is_marker(bare, "...") {
+            docs.push(std::mem::take(&mut current));
+            started = false;
+            continue;
+        }
+        current.push_str(line);
+    }
+    if started || !current.trim().is_empty() {
+        docs.push(current);
+    }
+    docs.into_iter()
+        .enumerate()
+        .map(|(i, d)| (i + 1, d))
+        .collect()
+}
+
+/// Refuses a document nested deeper than [`MAX_FLOW_DEPTH`] or indented deeper than
+/// [`MAX_INDENT`]: parsing those costs time that grows faster than their size.
+fn check_depth(doc: &str) -> Result<(), String> {
+    let mut depth = 0usize;
+    let mut quote: Option<char> = None;
+    let mut prev = ' ';
+    for line in doc.lines() {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        if indent > MAX_INDENT && quote.is_none() {
+            return Err(format!(
+                "nested too deeply: indented {indent} columns (at most {MAX_INDENT})"
+            ));
+        }
+        for c in line.chars() {
+            match (quote, c) {
+                (Some('"'), '"') if prev != '\\' => quote = None,
+                (Some('\''), '\'') => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '#') if prev == ' ' || prev == '\t' => break,
+                (None, '[' | '{') => {
+                    depth += 1;
+                    if depth > MAX_FLOW_DEPTH {
+                        return Err(format!(
+                            "nested too deeply: more than {MAX_FLOW_DEPTH} levels of [ and {{"
+                        ));
+                    }
+                }
+                (None, ']' | '}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            prev = c;
+        }
+        prev = ' ';
+    }
+    Ok(())
 }
 
 fn scalar_to_string(v: &serde_yaml_ng::Value) -> Option<String> {
@@ -367,30 +561,61 @@ impl ScaledObject {
 
 impl ManifestSet {
     /// Adds the documents of one file's text.
+    ///
+    /// Each document stands alone: one that cannot be parsed or used is reported (file,
+    /// document number, what is wrong) and the others still load.
     pub fn add_text(&mut self, file: &Path, text: &str) {
-        for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-            let n = i + 1;
+        for (n, doc) in documents(text) {
             let problem = |message: String| LoadProblem {
                 file: file.to_path_buf(),
                 document: n,
                 message,
             };
-            let value = match serde_yaml_ng::Value::deserialize(doc) {
+            if let Err(message) = check_depth(&doc) {
+                self.problems.push(problem(message));
+                continue;
+            }
+            let value = match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&doc) {
                 Ok(serde_yaml_ng::Value::Null) => continue,
                 Ok(v) => v,
                 Err(e) => {
                     self.problems.push(problem(format!("not valid YAML: {e}")));
-                    // After a syntax error the rest of the stream cannot be trusted.
-                    break;
+                    continue;
                 }
             };
-            if let Err(message) = self.add_value(file, value) {
+            if let Err(message) = self.add_value(file, n, value) {
                 self.problems.push(problem(message));
             }
         }
     }
 
-    fn add_value(&mut self, file: &Path, value: serde_yaml_ng::Value) -> Result<(), String> {
+    /// Remembers where an object was found; a later one with the same kind, namespace and
+    /// name is refused, naming both places (the first one found, in path order, stays).
+    fn claim(
+        &mut self,
+        kind: &str,
+        ns: &str,
+        name: &str,
+        file: &Path,
+        doc: usize,
+    ) -> Result<(), String> {
+        let key = (kind.to_string(), ns.to_string(), name.to_string());
+        if let Some((first, first_doc)) = self.seen.get(&key) {
+            return Err(format!(
+                "{kind} {ns}/{name} is defined again; the first definition ({} document {first_doc}) stays, this one is ignored",
+                first.display()
+            ));
+        }
+        self.seen.insert(key, (file.to_path_buf(), doc));
+        Ok(())
+    }
+
+    fn add_value(
+        &mut self,
+        file: &Path,
+        doc: usize,
+        value: serde_yaml_ng::Value,
+    ) -> Result<(), String> {
         let kind = value
             .get("kind")
             .and_then(|k| k.as_str())
@@ -414,12 +639,29 @@ impl ManifestSet {
                 .cloned()
                 .ok_or_else(|| format!("{what}: spec is required"))
         };
+        let claim_ns = if kind == "ClusterTriggerAuthentication" {
+            ""
+        } else {
+            ns.as_str()
+        };
+        if matches!(
+            kind.as_str(),
+            "ScaledObject"
+                | "TriggerAuthentication"
+                | "ClusterTriggerAuthentication"
+                | "Secret"
+                | "ConfigMap"
+        ) {
+            // Checked before anything is parsed, so that a broken duplicate is still one.
+            self.claim(&kind, claim_ns, &meta.name, file, doc)?;
+        }
         match kind.as_str() {
             "ScaledObject" => {
                 let spec: ScaledObjectSpec =
                     serde_yaml_ng::from_value(spec()?).map_err(|e| format!("{what}: {e}"))?;
+                let numbers = spec.numbers().map_err(|e| format!("{what}: {e}"))?;
                 self.raw_scaled_objects
-                    .push((file.to_path_buf(), meta, spec));
+                    .push((file.to_path_buf(), meta, spec, numbers));
             }
             "TriggerAuthentication" => {
                 let spec: AuthSpec =
@@ -493,7 +735,7 @@ impl ManifestSet {
         let mut out: Vec<ScaledObject> = self
             .raw_scaled_objects
             .iter()
-            .map(|(file, meta, spec)| {
+            .map(|(file, meta, spec, numbers)| {
                 let id = ObjectRef {
                     namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
                     name: meta.name.clone(),
@@ -527,13 +769,13 @@ impl ManifestSet {
                     digest,
                     id,
                     scale_target_ref: spec.scale_target_ref.clone(),
-                    polling_interval: spec.polling_interval.unwrap_or(30),
-                    cooldown_period: spec.cooldown_period.unwrap_or(300),
-                    initial_cooldown_period: spec.initial_cooldown_period.unwrap_or(0),
-                    min_replica_count: spec.min_replica_count.unwrap_or(0),
-                    max_replica_count: spec.max_replica_count.unwrap_or(100),
-                    idle_replica_count: spec.idle_replica_count,
-                    fallback: spec.fallback,
+                    polling_interval: u64::from(numbers.polling_interval),
+                    cooldown_period: u64::from(numbers.cooldown_period),
+                    initial_cooldown_period: u64::from(numbers.initial_cooldown_period),
+                    min_replica_count: numbers.min_replica_count,
+                    max_replica_count: numbers.max_replica_count,
+                    idle_replica_count: numbers.idle_replica_count,
+                    fallback: numbers.fallback,
                     triggers,
                     trigger_types,
                     source: file.clone(),
@@ -857,6 +1099,123 @@ spec:
                 .starts_with("bad.yaml (document 1): not valid YAML"),
             "{}",
             set.problems[0]
+        );
+    }
+
+    fn so(name: &str, extra: &str) -> String {
+        format!(
+            "kind: ScaledObject\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n{extra}  triggers:\n    - type: redis\n      metadata: {{address: \"localhost:1\", listName: q}}\n"
+        )
+    }
+
+    #[test]
+    fn each_document_stands_alone() {
+        let text = format!(
+            "{}---\n{}---\nkind: ScaledObject\nmetadata: {{name: x\n---\n{}",
+            so("too-big", "  pollingInterval: 17000000000000000000\n"),
+            so("negative", "  cooldownPeriod: -5\n"),
+            so("good", "  pollingInterval: 7\n"),
+        );
+        let mut set = ManifestSet::default();
+        set.add_text(Path::new("m.yaml"), &text);
+        let problems: Vec<String> = set.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert!(
+            problems[0].starts_with("m.yaml (document 1): ScaledObject ns/too-big: spec.pollingInterval: 17000000000000000000 is out of range (1 to 2147483647)"),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[1].contains("document 2")
+                && problems[1].contains("spec.cooldownPeriod: -5 is out of range"),
+            "{}",
+            problems[1]
+        );
+        assert!(
+            problems[2].contains("document 3") && problems[2].contains("not valid YAML"),
+            "{}",
+            problems[2]
+        );
+        let sos = set.scaled_objects(&Env::default());
+        assert_eq!(
+            sos.len(),
+            1,
+            "the document after the broken ones still loads"
+        );
+        assert_eq!(
+            (sos[0].id.name.as_str(), sos[0].polling_interval),
+            ("good", 7)
+        );
+    }
+
+    #[test]
+    fn a_duplicate_is_reported_naming_both_places_and_the_first_stays() {
+        let mut set = ManifestSet::default();
+        set.add_text(Path::new("a.yaml"), &so("dup", "  pollingInterval: 5\n"));
+        set.add_text(Path::new("b.yaml"), &format!("{}---\nkind: Secret\nmetadata: {{name: s, namespace: ns}}\n---\nkind: Secret\nmetadata: {{name: s, namespace: ns}}\n", so("dup", "  pollingInterval: 9\n")));
+        let problems: Vec<String> = set.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(
+            problems[0].starts_with("b.yaml (document 1): ScaledObject ns/dup is defined again; the first definition (a.yaml document 1) stays"),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[1].contains("Secret ns/s is defined again")
+                && problems[1].contains("b.yaml document 2"),
+            "{}",
+            problems[1]
+        );
+        let sos = set.scaled_objects(&Env::default());
+        assert_eq!((sos.len(), sos[0].polling_interval), (1, 5));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let deep = format!(
+            "kind: ConfigMap\nmetadata: {{name: d}}\ndata: {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let indented = format!(
+            "kind: ConfigMap\nmetadata: {{name: i}}\ndata:\n{}x: 1\n",
+            " ".repeat(600)
+        );
+        let quoted = "kind: ConfigMap\nmetadata: {name: q}\ndata: {a: \"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"}\n";
+        let mut set = ManifestSet::default();
+        let start = std::time::Instant::now();
+        set.add_text(
+            Path::new("deep.yaml"),
+            &format!("{deep}---\n{indented}---\n{quoted}"),
+        );
+        let problems: Vec<String> = set.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(
+            problems[0].contains("document 1") && problems[0].contains("nested too deeply"),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[1].contains("document 2") && problems[1].contains("indented 600 columns"),
+            "{}",
+            problems[1]
+        );
+        assert!(
+            set.config_maps
+                .contains_key(&("default".into(), "q".into())),
+            "brackets in a string are text"
+        );
+        // Not a timing assertion: the figure is printed for the note.
+        eprintln!("refusing 100,000 levels took {:?}", start.elapsed());
+    }
+
+    #[test]
+    fn documents_split_at_markers_only() {
+        let docs = documents("a: 1\n---\nb: |\n  ---\n  text\n--- # c\nc: 2\n...\n");
+        assert_eq!(docs.len(), 3, "{docs:?}");
+        assert!(
+            docs[1].1.contains("  ---"),
+            "an indented --- is block-scalar text"
         );
     }
 }

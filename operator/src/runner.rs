@@ -47,6 +47,8 @@ pub struct OperatorConfig {
     pub listen: SocketAddr,
     /// Address of the Prometheus metrics (plain HTTP), if any.
     pub metrics_listen: Option<SocketAddr>,
+    /// Address of `/healthz`, `/livez` and `/readyz` (plain HTTP, for the kubelet), if any.
+    pub health_listen: Option<SocketAddr>,
     /// The environment triggers' `...FromEnv` and `env` parameters resolve from.
     pub env: Env,
 }
@@ -55,7 +57,7 @@ impl OperatorConfig {
     /// Defaults: KEDA's `/custom/ca` CA folder and minimum versions from the environment
     /// (or the defaults, if the environment holds an invalid value: [`TrustOptions::from_env`]
     /// is the place to check that), rotation on, API on `0.0.0.0:6443`, Prometheus on
-    /// `0.0.0.0:8080`, the process environment.
+    /// `0.0.0.0:8080`, health probes on `0.0.0.0:8081`, the process environment.
     pub fn new(
         manifests: impl IntoIterator<Item = impl Into<PathBuf>>,
         cert_dir: impl Into<PathBuf>,
@@ -68,6 +70,7 @@ impl OperatorConfig {
             pki: PkiOptions::default(),
             listen: SocketAddr::from(([0, 0, 0, 0], 6443)),
             metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            health_listen: Some(SocketAddr::from(([0, 0, 0, 0], 8081))),
             env: Env::process(),
         }
     }
@@ -99,6 +102,12 @@ impl OperatorConfig {
     /// Sets (or, with `None`, turns off) the Prometheus address.
     pub fn metrics_listen(mut self, addr: Option<SocketAddr>) -> Self {
         self.metrics_listen = addr;
+        self
+    }
+
+    /// Sets (or, with `None`, turns off) the health probe address.
+    pub fn health_listen(mut self, addr: Option<SocketAddr>) -> Self {
+        self.health_listen = addr;
         self
     }
 
@@ -147,6 +156,7 @@ pub struct Operator {
     trust: TrustFactory,
     api_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    health_addr: Option<SocketAddr>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -248,12 +258,30 @@ impl Operator {
                 stop_rx.clone(),
             )));
         }
+        let health = Arc::new(service::Health::default());
+        let mut health_addr = None;
+        if let Some(addr) = config.health_listen {
+            let l = bind(addr, "health probes").await?;
+            let local = l.local_addr().map_err(|source| OperatorError::Bind {
+                addr,
+                what: "health probes",
+                source,
+            })?;
+            tracing::info!(address = %local, "health probes listening (/healthz, /livez, /readyz)");
+            health_addr = Some(local);
+            tasks.push(tokio::spawn(service::serve_health(
+                l,
+                Arc::clone(&health),
+                stop_rx.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(Arc::clone(&certs).run(stop_rx.clone())));
 
         // Manifests: loaded now, then again whenever they change.
         let set = manifest::load(&config.manifests);
         engine.apply(&set, &config.env).await;
         metrics.reloaded("manifests", set.problems.is_empty());
+        health.set_ready();
         tasks.push(tokio::spawn(follow_manifests(
             config.manifests.clone(),
             config.env.clone(),
@@ -266,6 +294,7 @@ impl Operator {
             trust,
             api_addr,
             metrics_addr,
+            health_addr,
             stop,
             tasks,
         })
@@ -281,6 +310,12 @@ impl Operator {
     #[must_use]
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// The address health probes are served on, if any.
+    #[must_use]
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_addr
     }
 
     /// The engine (ScaledObjects' status and metrics).
@@ -352,11 +387,15 @@ async fn follow_manifests(
         }
         let set = manifest::load(&paths);
         metrics.reloaded("manifests", set.problems.is_empty());
-        tracing::info!(
-            scaledobjects = set.scaled_objects(&env).len(),
-            problems = set.problems.len(),
-            "manifests changed; applying"
-        );
+        if set.listing_failed {
+            // A folder that could not be listed says nothing about what it holds: the
+            // running ScaledObjects stay until it can be read again.
+            for p in &set.problems {
+                tracing::warn!(problem = %p, "manifests not re-read; the last good ones keep running");
+            }
+            continue;
+        }
+        tracing::info!(problems = set.problems.len(), "manifests changed; applying");
         engine.apply(&set, &env).await;
     }
 }

@@ -126,38 +126,137 @@ pub fn api_response(
     }
 }
 
-/// Serves the mutual-TLS API on `listener` until `stop`; then lets requests under way finish.
-pub async fn serve_api(
+/// How long a client may take to send a request's headers (and how long an idle
+/// keep-alive connection is kept).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections one listener serves at once; more are closed at once (and said so).
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// An HTTP/1.1 and HTTP/2 server (HTTP/2 by ALPN or prior knowledge), with the timeouts
+/// a server on a network needs.
+fn http_builder() -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
+    let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    b.http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    b.http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(250);
+    b
+}
+
+/// Logs a repeated event at most once per period, with the count of those not logged.
+struct RateLimited {
+    every: Duration,
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl RateLimited {
+    fn new(every: Duration) -> Self {
+        RateLimited {
+            every,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(suppressed since the last one)` when this one may be logged.
+    fn allow(&self) -> Option<u64> {
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        match s.0 {
+            Some(last) if now.duration_since(last) < self.every => {
+                s.1 += 1;
+                None
+            }
+            _ => {
+                let suppressed = s.1;
+                *s = (Some(now), 0);
+                Some(suppressed)
+            }
+        }
+    }
+}
+
+/// Accepts connections until `stop`, at most [`MAX_CONNECTIONS`] served at once; a failed
+/// accept (out of file descriptors, say) backs off instead of spinning, and is logged at
+/// most once a second. `serve` runs each connection with its permit.
+async fn accept_loop<F, Fut>(
     listener: TcpListener,
-    tls: Arc<ServerTls>,
-    engine: Engine,
+    what: &'static str,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    serve: F,
+) where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let accept_errors = RateLimited::new(Duration::from_secs(1));
+    let refused = RateLimited::new(Duration::from_secs(10));
+    let mut backoff = Duration::from_millis(10);
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok(a) => {
+                    backoff = Duration::from_millis(10);
+                    a
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    if let Some(suppressed) = accept_errors.allow() {
+                        tracing::warn!(error = %e, server = what, suppressed, "accepting a connection failed; backing off");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
             },
             _ = stop.changed() => break,
         };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            if let Some(suppressed) = refused.allow() {
+                tracing::warn!(%peer, server = what, limit = MAX_CONNECTIONS, suppressed, "too many connections; closing a new one");
+            }
+            drop(tcp);
+            continue;
+        };
+        let fut = serve(tcp, peer);
+        tokio::spawn(async move {
+            fut.await;
+            drop(permit);
+        });
+    }
+}
+
+/// Serves the mutual-TLS API on `listener` until `stop`; then lets requests under way finish.
+pub async fn serve_api(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    engine: Engine,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+    let g = Arc::clone(&graceful);
+    accept_loop(listener, "metrics API", stop, move |tcp, peer| {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
         let engine = engine.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let stream =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake refused");
-                        return;
-                    }
-                    Err(_) => return,
-                };
+        let watcher = g.watcher();
+        async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => return,
+            };
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let engine = engine.clone();
                 async move {
@@ -170,12 +269,67 @@ pub async fn serve_api(
                     Ok::<_, Infallible>(resp)
                 }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = watcher.watch(conn).await;
-        });
+            let builder = http_builder();
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let _ = watcher.watch(conn.into_owned()).await;
+        }
+    })
+    .await;
+    if let Ok(graceful) = Arc::try_unwrap(graceful) {
+        let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+}
+
+/// Whether the operator is ready (its first manifests applied) and alive.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: std::sync::atomic::AtomicBool,
+}
+
+impl Health {
+    /// Marks the operator ready.
+    pub fn set_ready(&self) {
+        self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn answer(&self, path: &str) -> Option<Response<Body>> {
+        let ok = |body: &'static [u8]| Response::new(Full::new(Bytes::from_static(body)));
+        match path {
+            "/healthz" | "/livez" => Some(ok(b"ok")),
+            "/readyz" if self.ready.load(std::sync::atomic::Ordering::Relaxed) => Some(ok(b"ok")),
+            "/readyz" => Some(status_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the manifests are not applied yet",
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Serves `/healthz`, `/livez` and `/readyz` over plain HTTP until `stop` (the port a
+/// kubelet probes).
+pub async fn serve_health(
+    listener: TcpListener,
+    health: Arc<Health>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    accept_loop(listener, "health", stop, move |tcp, _| {
+        let health = Arc::clone(&health);
+        async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let health = Arc::clone(&health);
+                async move {
+                    Ok::<_, Infallible>(health.answer(req.uri().path()).unwrap_or_else(|| {
+                        status_error(StatusCode::NOT_FOUND, "see /healthz, /livez, /readyz")
+                    }))
+                }
+            });
+            let _ = http_builder()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        }
+    })
+    .await;
 }
 
 /// Serves Prometheus metrics over plain HTTP until `stop`.
@@ -183,16 +337,12 @@ pub async fn serve_metrics(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     trust: TrustFactory,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    loop {
-        let (tcp, _) = tokio::select! {
-            accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
-            _ = stop.changed() => return,
-        };
+    accept_loop(listener, "Prometheus metrics", stop, move |tcp, _| {
         let metrics = Arc::clone(&metrics);
         let trust = trust.clone();
-        tokio::spawn(async move {
+        async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let metrics = Arc::clone(&metrics);
                 let trust = trust.clone();
@@ -219,11 +369,12 @@ pub async fn serve_metrics(
                         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let _ = http_builder()
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
-        });
-    }
+        }
+    })
+    .await;
 }
 
 /// Binds a listener, naming the address in the error.

@@ -106,7 +106,15 @@ impl ScalerError {
     /// A configuration error from the trust layer (bad `ca`, forbidden `unsafeSsl`, ...).
     #[must_use]
     pub fn from_trust(trigger: &str, err: TrustError) -> Self {
-        let mut e = ScalerError::new(ErrorKind::Config, trigger, err.to_string());
+        // The message says it all (the causes too); the error stays attached as the source.
+        let mut message = err.to_string();
+        let mut cause = std::error::Error::source(&err);
+        while let Some(c) = cause {
+            message.push_str(": ");
+            message.push_str(&c.to_string());
+            cause = c.source();
+        }
+        let mut e = ScalerError::new(ErrorKind::Config, trigger, message);
         e.parameter = err.parameter().map(str::to_string);
         e.with_source(err)
     }

@@ -59,10 +59,14 @@ impl HttpClients {
                 // start) must not leave thousands of idle connections behind.
                 .pool_max_idle_per_host(256)
                 .user_agent(concat!("trustscale/", env!("CARGO_PKG_VERSION")));
-            if let Some(ctx) = tls {
+            b = match tls {
                 // The one trust path: the factory's rustls configuration.
-                b = b.tls_backend_preconfigured((*ctx.rustls_config()).clone());
-            }
+                Some(ctx) => b.tls_backend_preconfigured((*ctx.rustls_config()).clone()),
+                // A plaintext source. reqwest still wants a TLS configuration (it would
+                // panic for want of a crypto provider): one that trusts nothing, so that a
+                // redirect to https:// fails instead of bypassing the factory.
+                None => b.tls_backend_preconfigured(trusts_nothing()),
+            };
             b.build().unwrap_or_else(|e| {
                 error = Some(e.to_string());
                 reqwest::Client::new()
@@ -83,6 +87,17 @@ impl HttpClients {
     pub fn live(&self) -> usize {
         self.pool.live()
     }
+}
+
+fn trusts_nothing() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        })
+        // The ring provider supports the default versions; this cannot fail.
+        .unwrap_or_else(|_| unreachable!("ring supports TLS 1.2 and 1.3"))
 }
 
 /// Classifies a reqwest error: timeouts and connection failures (TLS ones by kind).

@@ -17,6 +17,36 @@ use serde::Serialize;
 pub use error::{ErrorKind, ScalerError};
 pub use params::{Order, Param, Params, TLS_PARAMS};
 pub use quantity::{format_quantity, parse_quantity, sanitize};
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        let cases = [
+            (
+                "https://user:hunter2@host:8443/a?api_key=s3cr3t&x=1",
+                "https://***@host:8443/a?api_key=***&x=***",
+            ),
+            ("redis://:pw@redis:6379/0", "redis://***@redis:6379/0"),
+            (
+                "amqps://guest:guest@rabbit/vhost",
+                "amqps://***@rabbit/vhost",
+            ),
+            ("https://host/path", "https://host/path"),
+            ("user:pw@host:6379", "***@host:6379"),
+            ("host:6379", "host:6379"),
+            (
+                "\"https://a:b@h/\" is not a URL",
+                "\"https://***@h/\" is not a URL",
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redact_url(input), want, "{input}");
+        }
+    }
+}
 pub use registry::{Registry, ScalerBuilder};
 
 use crate::trust::{Secret, TrustFactory};
@@ -172,6 +202,62 @@ impl fmt::Debug for TriggerSpec {
             .field("auth", &self.auth.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
+}
+
+/// A URL (or `host:port`, or any text holding URLs) fit for a message: the user-info of
+/// every `scheme://user:password@host` becomes `***@`, and every query value `***`, so
+/// that credentials in a URL never reach an error or a log line.
+#[must_use]
+pub fn redact_url(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        // The authority runs to the first '/', '?', '#' or whitespace.
+        let end = tail
+            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+        // The path, then the query with its values hidden.
+        let stop = rest
+            .find(|c: char| c == '?' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        out.push_str(&rest[..stop]);
+        rest = &rest[stop..];
+        if let Some(q) = rest.strip_prefix('?') {
+            let qend = q
+                .find(|c: char| c == '#' || c.is_whitespace())
+                .unwrap_or(q.len());
+            out.push('?');
+            let pairs: Vec<String> = q[..qend]
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) => format!("{k}=***"),
+                    None => kv.to_string(),
+                })
+                .collect();
+            out.push_str(&pairs.join("&"));
+            rest = &q[qend..];
+        }
+    }
+    // A bare `user:password@host:port` (no scheme).
+    if out.is_empty() {
+        return match rest.rsplit_once('@') {
+            Some((_, host)) if !rest.contains(char::is_whitespace) => format!("***@{host}"),
+            _ => rest.to_string(),
+        };
+    }
+    out.push_str(rest);
+    out
 }
 
 /// KEDA's metric-name normalisation (`util.NormalizeString`): `/ . : % ( )` become `-`.

@@ -31,12 +31,15 @@ pub enum TrustError {
     },
 
     /// A file named by a parameter could not be read.
-    #[error("parameter {parameter}: cannot read {path}")]
+    #[error("parameter {parameter}: {}", match path {
+        Some(p) => format!("cannot read {}", p.display()),
+        None => "the value is neither PEM nor a readable file (the value is not shown)".to_string(),
+    })]
     ReadFile {
         /// The parameter that named the file.
         parameter: &'static str,
-        /// The file.
-        path: PathBuf,
+        /// The file; `None` for a `key`, whose value is never shown.
+        path: Option<PathBuf>,
         /// Why reading failed.
         #[source]
         source: std::io::Error,

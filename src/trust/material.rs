@@ -23,10 +23,12 @@ pub enum Source {
     File(PathBuf),
 }
 
-/// Whether a parameter value is inline PEM rather than a path.
+/// Whether a parameter value is inline PEM rather than a path: PEM anywhere in it counts
+/// (some tools write text before the first `-----BEGIN` line), and so does a value that
+/// spans lines, which no file path does.
 #[must_use]
 pub fn is_inline(value: &str) -> bool {
-    value.trim_start().starts_with("-----BEGIN")
+    value.contains("-----BEGIN") || value.trim().contains('\n')
 }
 
 /// Reads a parameter value: inline PEM as bytes, or the named file (size-capped).
@@ -37,16 +39,33 @@ pub fn read_source(parameter: &'static str, value: &str) -> Result<(Source, Vec<
     let path = PathBuf::from(value.trim());
     let bytes = read_capped(&path, MAX_MATERIAL_BYTES).map_err(|source| TrustError::ReadFile {
         parameter,
-        path: path.clone(),
+        // A key's value is never echoed, even when it was meant as a path: it may be the
+        // key itself in a form we did not recognise.
+        path: (parameter != "key").then(|| path.clone()),
         source,
     })?;
     Ok((Source::File(path), bytes))
 }
 
-/// Reads a file, refusing one larger than `cap` bytes.
+/// Reads a regular file, refusing one larger than `cap` bytes: the one way the project
+/// reads a file a user named.
+///
+/// Anything but a regular file (a FIFO, a device, a directory, a socket; symlinks are
+/// followed) is refused before it is opened, so that a FIFO cannot block the reader and
+/// `/dev/zero` cannot fill memory; the opened file is checked again, so that a swap
+/// between the check and the open is refused too.
 pub fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::MetadataExt as _;
+    let before = std::fs::metadata(path)?;
+    if !before.is_file() {
+        return Err(not_regular(&before));
+    }
     let file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len();
+    let meta = file.metadata()?;
+    if !meta.is_file() || (meta.dev(), meta.ino()) != (before.dev(), before.ino()) {
+        return Err(not_regular(&meta));
+    }
+    let len = meta.len();
     if len > cap {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -62,6 +81,26 @@ pub fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
         ));
     }
     Ok(out)
+}
+
+fn not_regular(meta: &std::fs::Metadata) -> std::io::Error {
+    use std::os::unix::fs::FileTypeExt as _;
+    let t = meta.file_type();
+    let what = if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("{what}, not a regular file"),
+    )
 }
 
 /// What a blob of certificate material held.

@@ -21,6 +21,8 @@ pub struct Request {
 pub struct Response {
     pub status: u16,
     pub body: Vec<u8>,
+    /// A `location` header (for redirects).
+    pub location: Option<String>,
 }
 
 impl Response {
@@ -28,12 +30,14 @@ impl Response {
         Response {
             status: 200,
             body: body.into(),
+            location: None,
         }
     }
     pub fn status(status: u16) -> Response {
         Response {
             status,
             body: Vec::new(),
+            location: None,
         }
     }
 }
@@ -71,8 +75,33 @@ impl HttpsServer {
         HttpsServer { addr, task }
     }
 
+    /// The same server without TLS (a plain `http://` source).
+    pub async fn start_plain(
+        handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
+    ) -> HttpsServer {
+        let handler: Handler = Arc::new(handler);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let handler = Arc::clone(&handler);
+                tokio::spawn(async move {
+                    let _ = serve(tcp, handler).await;
+                });
+            }
+        });
+        HttpsServer { addr, task }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.addr.port())
+    }
+
+    pub fn plain_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.addr.port())
     }
 }
 
@@ -122,8 +151,13 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             query,
             headers,
         });
+        let location = resp
+            .location
+            .as_ref()
+            .map(|l| format!("location: {l}\r\n"))
+            .unwrap_or_default();
         let head = format!(
-            "HTTP/1.1 {} X\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n",
+            "HTTP/1.1 {} X\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n{location}\r\n",
             resp.status,
             resp.body.len()
         );

@@ -39,6 +39,10 @@ pub struct OperatorArgs {
     /// Address of the Prometheus metrics (plain HTTP; empty to disable).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
     metrics_bind_address: String,
+    /// Address of /healthz, /livez and /readyz (plain HTTP, for the kubelet; empty to
+    /// disable).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8081")]
+    health_probe_bind_address: String,
     /// DNS names for the generated serving certificate (repeatable; localhost,
     /// 127.0.0.1 and ::1 are always included).
     #[arg(long = "service-dns-name", value_name = "NAME")]
@@ -60,6 +64,16 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
                 format!("--metrics-bind-address {:?}", args.metrics_bind_address)
             })?)
         };
+    let health_listen = if args.health_probe_bind_address.is_empty() {
+        None
+    } else {
+        Some(args.health_probe_bind_address.parse().with_context(|| {
+            format!(
+                "--health-probe-bind-address {:?}",
+                args.health_probe_bind_address
+            )
+        })?)
+    };
     let config = OperatorConfig::new(args.manifests, args.cert_dir)
         .trust(args.trust.options()?)
         .cert_rotation(args.enable_cert_rotation)
@@ -70,6 +84,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         })
         .listen(args.listen)
         .metrics_listen(metrics_listen)
+        .health_listen(health_listen)
         .env(Env::process());
     let operator = Operator::start(config, builtins::registry())
         .await

@@ -126,7 +126,14 @@ impl ScalerBuilder for MetricsApiBuilder {
         let label = spec.label.clone();
         let url_text = p.required("url")?;
         let url = reqwest::Url::parse(&url_text).map_err(|e| {
-            ScalerError::config(&label, "url", format!("{url_text:?} is not a URL: {e}"))
+            ScalerError::config(
+                &label,
+                "url",
+                format!(
+                    "{:?} is not a URL: {e}",
+                    trustscale::scaler::redact_url(&url_text)
+                ),
+            )
         })?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(ScalerError::config(

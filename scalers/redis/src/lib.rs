@@ -247,7 +247,14 @@ impl RedisBuilder {
         let trigger = p.trigger().to_string();
         let (host, port) = match p.get("address") {
             Some(addr) => split_address(&addr).ok_or_else(|| {
-                ScalerError::config(&trigger, "address", format!("{addr:?} is not HOST:PORT"))
+                ScalerError::config(
+                    &trigger,
+                    "address",
+                    format!(
+                        "{:?} is not HOST:PORT",
+                        trustscale::scaler::redact_url(&addr)
+                    ),
+                )
             })?,
             None => {
                 let host = p.get("host").ok_or_else(|| {
