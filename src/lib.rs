@@ -12,6 +12,7 @@
 //! `trustscale-kafka`), and `trustscale-operator` runs them.
 #![forbid(unsafe_code)]
 
+pub mod error;
 pub mod pool;
 pub mod scaler;
 pub mod trust;

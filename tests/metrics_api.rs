@@ -389,62 +389,10 @@ async fn an_api_key_in_the_query_never_reaches_an_error_message() {
     assert!(!format!("{err} {err:?}").contains("TOPSECRETKEY"), "{err}");
 }
 
-/// A server we did not write: python's `http.server` serving a folder.
-struct PythonHttp {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for PythonHttp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn python_http(files: &[(&str, &str)]) -> PythonHttp {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, body) in files {
-        std::fs::write(dir.path().join(name), body).unwrap();
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = std::process::Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            &port.to_string(),
-        ])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("python3 runs");
-    let start = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(20),
-            "python's http.server did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    PythonHttp {
-        child,
-        port,
-        _dir: dir,
-    }
-}
-
 #[tokio::test]
 async fn a_plain_http_source_is_read_and_a_redirect_to_https_is_not_trusted_blindly() {
     // Served by python's http.server: plaintext, no TLS anywhere.
-    let source = python_http(&[("stats.json", r#"{"queue":{"depth":17}}"#)]);
+    let source = support::python_http(&[("stats.json", r#"{"queue":{"depth":17}}"#)]);
     let dir = ca_dir();
     let c = ctx(dir.path());
     let url = format!("http://127.0.0.1:{}/stats.json", source.port);

@@ -105,7 +105,7 @@ impl CertManager {
             }
             Err(e) => {
                 self.metrics.reloaded("certs", false);
-                tracing::error!(dir = %self.dir.display(), error = %e, "internal certificates refused; the last good ones keep serving");
+                tracing::error!(dir = %self.dir.display(), error = %trustscale::error::Chain(&e), "internal certificates refused; the last good ones keep serving");
                 if !matches!(e, PkiError::Invalid { .. }) {
                     // A read that failed half-way (a rotation under way): read again.
                     *self
@@ -143,7 +143,9 @@ impl CertManager {
                         }
                         wait = wait.min(next.duration_since(SystemTime::now()).unwrap_or_default());
                     }
-                    Err(e) => tracing::error!(error = %e, "certificate rotation failed; retrying"),
+                    Err(e) => {
+                        tracing::error!(error = %trustscale::error::Chain(&e), "certificate rotation failed; retrying")
+                    }
                 }
             }
             let _ = self.reload();

@@ -41,7 +41,7 @@ pub const RENEW_AT: f64 = 0.7;
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{}", path.display())]
     Io {
         /// The file or folder.
         path: PathBuf,
@@ -58,7 +58,7 @@ pub enum PkiError {
         reason: String,
     },
     /// Certificate generation failed.
-    #[error("cannot generate certificates: {0}")]
+    #[error("cannot generate certificates")]
     Generate(#[from] rcgen::Error),
     /// The trust layer refused the material.
     #[error(transparent)]

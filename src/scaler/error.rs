@@ -107,13 +107,7 @@ impl ScalerError {
     #[must_use]
     pub fn from_trust(trigger: &str, err: TrustError) -> Self {
         // The message says it all (the causes too); the error stays attached as the source.
-        let mut message = err.to_string();
-        let mut cause = std::error::Error::source(&err);
-        while let Some(c) = cause {
-            message.push_str(": ");
-            message.push_str(&c.to_string());
-            cause = c.source();
-        }
+        let message = crate::error::Chain(&err).to_string();
         let mut e = ScalerError::new(ErrorKind::Config, trigger, message);
         e.parameter = err.parameter().map(str::to_string);
         e.with_source(err)

@@ -87,11 +87,11 @@ pub enum TrustError {
     },
 
     /// rustls refused the configuration we built.
-    #[error("TLS configuration rejected: {0}")]
+    #[error("TLS configuration rejected")]
     Rustls(#[from] rustls::Error),
 
     /// The certificate verifier could not be built from the anchors.
-    #[error("cannot build a certificate verifier: {0}")]
+    #[error("cannot build a certificate verifier")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
 
     /// The thread that follows the CA folders could not be started.

@@ -608,9 +608,9 @@ impl Inner {
             }
             Err(e) => {
                 self.counters.failed_reloads.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, generation = current.generation(), "reloading the CA folders failed; keeping the last good anchors");
+                tracing::warn!(error = %crate::error::Chain(&e), generation = current.generation(), "reloading the CA folders failed; keeping the last good anchors");
                 if let Ok(mut last) = self.last_reload_error.lock() {
-                    *last = Some(e.to_string());
+                    *last = Some(crate::error::Chain(&e).to_string());
                 }
                 Err(e)
             }

@@ -109,14 +109,19 @@ impl TrustArgs {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs on stderr: `RUST_LOG`, else `info` for the long-running operator and `warn` for
+/// one-shot commands (whose answer is their output); colours only on a terminal.
+fn init_logging(format: LogFormat, long_running: bool) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         // lapin logs every failed connection at ERROR itself; scalers report those
         // failures, classified, so its own lines are off unless RUST_LOG asks for them.
-        tracing_subscriber::EnvFilter::new("info,lapin=off,notify=warn")
+        let level = if long_running { "info" } else { "warn" };
+        tracing_subscriber::EnvFilter::new(format!("{level},lapin=off,notify=warn"))
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -169,7 +174,7 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    init_logging(cli.log_format);
+    init_logging(cli.log_format, matches!(cli.command, Command::Operator(_)));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
