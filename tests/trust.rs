@@ -737,3 +737,58 @@ async fn the_internal_server_requires_a_client_certificate_from_its_own_ca_only(
         serial(&next)
     );
 }
+
+#[tokio::test]
+async fn a_certificate_that_is_not_a_ca_never_issues_and_is_trusted_only_as_itself() {
+    let self_signed = TestCa::not_a_ca("a self-signed server");
+    let dir = ca_dir();
+    self_signed.write_pem(&dir.path().join("self-signed.crt"));
+    let f = factory(&[dir.path()]);
+    let anchors = f.anchors();
+    let file = &anchors.files()[0];
+    assert!(
+        file.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("is not a CA (CA:FALSE)")),
+        "{file:?}"
+    );
+    let ctx = f.context(&TlsSettings::default(), "t").unwrap();
+    // What OpenSSL refuses: a server certificate that the CA:FALSE certificate signed.
+    let issued =
+        TestServer::start(server_config(&self_signed.server(), Versions::Both, None)).await;
+    assert_eq!(
+        kind_of(&ctx, &issued.target()).await,
+        Some(FailureKind::UnknownIssuer)
+    );
+    // The self-signed certificate itself, presented by its server: trusted as itself.
+    let itself =
+        TestServer::start(server_config(&self_signed.as_leaf(), Versions::Both, None)).await;
+    assert_eq!(plain_connect(&ctx, &itself).await.unwrap(), "hello\n");
+    // Another self-signed certificate, not in the folder: refused.
+    let stranger = TestServer::start(server_config(
+        &TestCa::not_a_ca("a stranger").as_leaf(),
+        Versions::Both,
+        None,
+    ))
+    .await;
+    assert_eq!(
+        kind_of(&ctx, &stranger.target()).await,
+        Some(FailureKind::UnknownIssuer)
+    );
+    // The same rules for a trigger's own `ca`.
+    let no_folder = factory(&[]);
+    let with_ca = no_folder
+        .context(
+            &TlsSettings {
+                ca: Some(self_signed.cert_pem.clone()),
+                ..Default::default()
+            },
+            "t",
+        )
+        .unwrap();
+    assert_eq!(plain_connect(&with_ca, &itself).await.unwrap(), "hello\n");
+    assert_eq!(
+        kind_of(&with_ca, &issued.target()).await,
+        Some(FailureKind::UnknownIssuer)
+    );
+}

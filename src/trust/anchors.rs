@@ -87,6 +87,9 @@ pub struct Anchors {
     pub(crate) roots: Arc<RootCertStore>,
     /// Every anchor certificate, deduplicated, system roots first.
     pub(crate) ders: Vec<CertificateDer<'static>>,
+    /// Certificates of the CA folders that are not CAs (`CA:FALSE`): never issuers; a
+    /// server presenting exactly one of them is trusted as itself.
+    pub(crate) pinned: Vec<CertificateDer<'static>>,
     pub(crate) generation: u64,
     system_count: usize,
     system_unparsable: usize,
@@ -164,13 +167,20 @@ impl Anchors {
     pub fn digest(&self) -> [u8; 32] {
         self.digest
     }
-    /// Every anchor as one PEM bundle (for clients that take PEM, such as librdkafka).
+    /// Every anchor as one PEM bundle (for clients that take PEM, such as librdkafka),
+    /// the pinned non-CA certificates last.
     #[must_use]
     pub fn pem_bundle(&self) -> Arc<str> {
-        Arc::clone(
-            self.pem_bundle
-                .get_or_init(|| Arc::from(material::certs_to_pem(self.ders.iter()))),
-        )
+        Arc::clone(self.pem_bundle.get_or_init(|| {
+            Arc::from(material::certs_to_pem(self.ders.iter().chain(&self.pinned)))
+        }))
+    }
+
+    /// Certificates of the CA folders that are not CAs (`CA:FALSE`), trusted only as the
+    /// exact certificate a server presents, never as an issuer.
+    #[must_use]
+    pub fn pinned(&self) -> &[CertificateDer<'static>] {
+        &self.pinned
     }
     /// The anchor certificates.
     #[must_use]
@@ -221,6 +231,7 @@ pub(crate) struct LoadOptions {
 pub(crate) fn load(system: &SystemRoots, opts: &LoadOptions, generation: u64) -> Result<Anchors> {
     let mut roots = RootCertStore::empty();
     let mut ders = Vec::new();
+    let mut pinned = Vec::new();
     let mut seen: HashSet<[u8; 32]> = HashSet::new();
 
     let mut system_unparsable = system.unparsable;
@@ -281,9 +292,14 @@ pub(crate) fn load(system: &SystemRoots, opts: &LoadOptions, generation: u64) ->
         }
         names.sort();
         for path in names {
-            if let Some(report) =
-                load_file(&path, opts.max_file_bytes, &mut roots, &mut ders, &mut seen)
-            {
+            if let Some(report) = load_file(
+                &path,
+                opts.max_file_bytes,
+                &mut roots,
+                &mut ders,
+                &mut pinned,
+                &mut seen,
+            ) {
                 files.push(report);
             }
         }
@@ -291,6 +307,12 @@ pub(crate) fn load(system: &SystemRoots, opts: &LoadOptions, generation: u64) ->
     let custom_count = roots.len() - system_count;
     let digest = {
         let mut sorted: Vec<[u8; 32]> = ders.iter().map(sha256).collect();
+        // A pin is trust too: adding one is a change of trust.
+        sorted.extend(pinned.iter().map(|p| {
+            let mut d = sha256(p);
+            d[0] ^= 0xff;
+            d
+        }));
         sorted.sort_unstable();
         let mut h = Sha256::new();
         for d in sorted {
@@ -301,6 +323,7 @@ pub(crate) fn load(system: &SystemRoots, opts: &LoadOptions, generation: u64) ->
     Ok(Anchors {
         roots: Arc::new(roots),
         ders,
+        pinned,
         generation,
         system_count,
         system_unparsable,
@@ -325,6 +348,7 @@ fn load_file(
     cap: u64,
     roots: &mut RootCertStore,
     ders: &mut Vec<CertificateDer<'static>>,
+    pinned: &mut Vec<CertificateDer<'static>>,
     seen: &mut HashSet<[u8; 32]>,
 ) -> Option<FileReport> {
     let rejected = |reason: String| {
@@ -385,6 +409,7 @@ fn load_file(
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let mut problems = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
     let mut subjects = Vec::new();
     let mut added = 0;
     let total = parsed.certs.len();
@@ -418,6 +443,15 @@ fn load_file(
             subjects.push(subject);
             continue;
         }
+        if is_ca(&x509) == Some(false) {
+            notes.push(format!(
+                "{label}{subject} is not a CA (CA:FALSE): it is trusted as the exact certificate a server presents, never as the issuer of another"
+            ));
+            pinned.push(cert);
+            added += 1;
+            subjects.push(subject);
+            continue;
+        }
         match roots.add(cert.clone()) {
             Ok(()) => {
                 ders.push(cert);
@@ -432,11 +466,36 @@ fn load_file(
         (false, false) => FileStatus::Partial,
         (false, true) => FileStatus::Rejected,
     };
+    problems.extend(notes);
     Some(FileReport {
         path: path.to_path_buf(),
         status,
         certificates: added,
         reason: (!problems.is_empty()).then(|| problems.join("; ")),
         subjects,
+    })
+}
+
+/// Whether a certificate says it is a CA: `Some(false)` for `CA:FALSE` (or basic
+/// constraints without the CA flag), `None` when it has no basic constraints (X.509 v1,
+/// which OpenSSL also treats as a CA when it is a trust anchor).
+pub(crate) fn is_ca(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<bool> {
+    match cert.basic_constraints() {
+        Ok(Some(bc)) => Some(bc.value.ca),
+        Ok(None) => None,
+        // Unparsable or duplicated: not something to trust as an issuer.
+        Err(_) => Some(false),
+    }
+}
+
+/// Splits a trigger's `ca` certificates into issuers and pins (certificates that are not
+/// CAs, trusted only as themselves), as the CA folders are split.
+pub(crate) fn split_pins(
+    certs: Vec<CertificateDer<'static>>,
+) -> (Vec<CertificateDer<'static>>, Vec<CertificateDer<'static>>) {
+    certs.into_iter().partition(|c| {
+        x509_parser::parse_x509_certificate(c.as_ref())
+            .map(|(_, x)| is_ca(&x) != Some(false))
+            .unwrap_or(true)
     })
 }

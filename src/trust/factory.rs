@@ -438,12 +438,14 @@ impl TrustFactory {
         let mut verifier: Arc<dyn ServerCertVerifier> = if unsafe_ssl {
             danger::NoServerVerification::new(Arc::clone(&provider))
         } else {
-            let roots = if trigger_ca.is_empty() {
+            // A trigger's `ca` that is not a CA is a pin, as in the CA folders.
+            let (issuers, trigger_pins) = anchors::split_pins(trigger_ca.clone());
+            let roots = if issuers.is_empty() {
                 anchors.root_store()
             } else {
                 // The trigger's CA goes into a copy: no other trigger ever trusts it.
                 let mut copy = (*anchors.root_store()).clone();
-                for cert in &trigger_ca {
+                for cert in &issuers {
                     copy.add(cert.clone())
                         .map_err(|e| TrustError::BadMaterial {
                             parameter: "ca",
@@ -452,12 +454,26 @@ impl TrustFactory {
                 }
                 Arc::new(copy)
             };
-            if roots.is_empty() {
+            let webpki: Arc<dyn ServerCertVerifier> = if roots.is_empty() {
                 Arc::new(verify::NoAnchorsVerifier {
                     provider: Arc::clone(&provider),
                 })
             } else {
                 WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider)).build()?
+            };
+            let pinned: Vec<_> = anchors
+                .pinned()
+                .iter()
+                .cloned()
+                .chain(trigger_pins)
+                .collect();
+            if pinned.is_empty() {
+                webpki
+            } else {
+                Arc::new(verify::PinnedVerifier {
+                    inner: webpki,
+                    pinned,
+                })
             }
         };
         if let (Some(name), false) = (&server_name, unsafe_ssl) {
@@ -550,7 +566,7 @@ impl TrustFactory {
             .logged_files
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for file in anchors.problems() {
+        for file in anchors.files().iter().filter(|f| f.reason.is_some()) {
             let reason = file.reason.clone().unwrap_or_default();
             if logged.insert((file.path.clone(), reason.clone())) {
                 tracing::warn!(path = %file.path.display(), status = ?file.status, %reason, "CA file not (fully) trusted");

@@ -59,6 +59,7 @@ pub struct TestCa {
     pub name: String,
     pub cert_pem: String,
     pub cert_der: CertificateDer<'static>,
+    key_pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -110,7 +111,48 @@ impl TestCa {
             name: name.to_string(),
             cert_pem: cert.pem(),
             cert_der: cert.der().clone(),
+            key_pem: key.serialize_pem(),
             issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A self-signed certificate that is NOT a CA (`CA:FALSE`), for `localhost`, usable as
+    /// a server's own certificate ([`TestCa::as_leaf`]) and (wrongly) as an issuer.
+    pub fn not_a_ca(name: &str) -> TestCa {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyCertSign,
+        ];
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            name: name.to_string(),
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            key_pem: key.serialize_pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// This certificate with its key, as a server's (self-signed) leaf.
+    pub fn as_leaf(&self) -> Leaf {
+        let key_der = <PrivateKeyDer as rustls::pki_types::pem::PemObject>::from_pem_slice(
+            self.key_pem.as_bytes(),
+        )
+        .unwrap()
+        .secret_der()
+        .to_vec();
+        Leaf {
+            cert_pem: self.cert_pem.clone(),
+            cert_der: self.cert_der.clone(),
+            key_pem: self.key_pem.clone(),
+            key_der,
+            chain_pem: self.cert_pem.clone(),
+            chain: vec![self.cert_der.clone()],
         }
     }
 
