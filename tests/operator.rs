@@ -745,3 +745,53 @@ fn the_binary_serves_metrics_get_prometheus_and_the_ca_bundle() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_serving_certificate_is_reissued_by_the_same_ca_and_old_clients_keep_connecting()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let op = start_operator(dir.path(), true, PkiOptions::default()).await;
+    // A client that took the caBundle and its certificate before the damage.
+    let set = pki::load(dir.path()).unwrap();
+    let ca = set.ca.clone();
+    let client = client_config(&ca, Some(identity(dir.path())), &[&rustls::version::TLS13]);
+    let (status, _, before) = get(op.addr, Arc::clone(&client), "/healthz").await.unwrap();
+    assert!(status.contains("200"), "{status}");
+    // The serving certificate is damaged on disk (and its key removed).
+    std::fs::write(dir.path().join(pki::TLS_CRT), "garbage").unwrap();
+    std::fs::remove_file(pki::source_dir(dir.path()).join(pki::TLS_KEY)).unwrap();
+    let start = Instant::now();
+    let after = loop {
+        if let Ok((status, _, leaf)) = get(op.addr, Arc::clone(&client), "/healthz").await
+            && leaf != before
+        {
+            assert!(status.contains("200"), "{status}");
+            break leaf;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no repaired certificate served within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(issuer(&after), issuer(&before), "issued by the same CA");
+    assert_eq!(
+        pki::load(dir.path()).unwrap().ca[0],
+        ca[0],
+        "ca.crt is unchanged"
+    );
+    // Negative control: a client trusting another CA is refused by the repaired server.
+    let stranger = support::TestCa::new("stranger");
+    let refused = get(
+        op.addr,
+        client_config(
+            &[stranger.cert_der.clone()],
+            Some(identity(dir.path())),
+            &[&rustls::version::TLS13],
+        ),
+        "/healthz",
+    )
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+    let _ = op.stop.send(true);
+}

@@ -47,9 +47,7 @@ impl CertManager {
     ) -> Result<Arc<CertManager>, PkiError> {
         if rotation {
             let (action, _) = pki::ensure(&dir, &opts, SystemTime::now())?;
-            if action != pki::Action::Kept {
-                tracing::info!(dir = %dir.display(), action = ?action, "internal certificates written");
-            }
+            report(&dir, &action, &metrics);
         }
         let seen = stamp(std::slice::from_ref(&dir));
         let set = pki::load(&dir)?;
@@ -138,9 +136,7 @@ impl CertManager {
             if self.rotation {
                 match pki::ensure(&self.dir, &self.opts, SystemTime::now()) {
                     Ok((action, next)) => {
-                        if action != pki::Action::Kept {
-                            tracing::info!(action = ?action, "internal certificates rotated");
-                        }
+                        report(&self.dir, &action, &self.metrics);
                         wait = wait.min(next.duration_since(SystemTime::now()).unwrap_or_default());
                     }
                     Err(e) => {
@@ -155,6 +151,31 @@ impl CertManager {
                 _ = stop.changed() => return,
             }
         }
+    }
+}
+
+/// Says what rotation did: at info when it was due, at warn when something was broken.
+fn report(dir: &std::path::Path, action: &pki::Action, metrics: &Metrics) {
+    let dir = dir.display();
+    match action {
+        pki::Action::Kept => {}
+        pki::Action::Generated(why) => {
+            tracing::info!(%dir, reason = %why, "internal CA and serving certificate generated")
+        }
+        pki::Action::RepairedLeaf(why) => tracing::warn!(
+            %dir,
+            reason = %why,
+            "the serving certificate was unusable; a new one was issued by the existing CA, which clients keep trusting"
+        ),
+        pki::Action::ReplacedCa(why) => {
+            metrics.ca_replaced.inc();
+            tracing::warn!(
+                %dir,
+                reason = %why,
+                "the internal CA was unusable and was replaced: clients that hold the old caBundle are refused until they get the new one"
+            )
+        }
+        other => tracing::info!(%dir, action = ?other, "internal certificates rotated"),
     }
 }
 

@@ -71,6 +71,9 @@ pub struct Metrics {
     pub cert_expiry_seconds: Gauge<f64, AtomicU64>,
     /// Reloads.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// Times the internal CA was replaced because it was unusable (clients holding the
+    /// old caBundle are locked out until they get the new one).
+    pub ca_replaced: Counter,
 }
 
 impl Default for Metrics {
@@ -91,6 +94,7 @@ impl Default for Metrics {
             unsafe_ssl_triggers: Gauge::default(),
             cert_expiry_seconds: Gauge::default(),
             reloads: Family::default(),
+            ca_replaced: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -137,6 +141,11 @@ impl Default for Metrics {
             "reloads",
             "Reloads of manifests, internal certificates and CA folders",
             m.reloads.clone(),
+        );
+        registry.register(
+            "internal_ca_replaced",
+            "Times the internal CA was unusable and replaced by a new one",
+            m.ca_replaced.clone(),
         );
         Metrics { registry, ..m }
     }

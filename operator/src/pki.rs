@@ -394,8 +394,14 @@ fn leaf_params(now: SystemTime, opts: &PkiOptions) -> Result<CertificateParams, 
 pub enum Action {
     /// Nothing was due.
     Kept,
-    /// A fresh CA and leaf were generated (the folder held no valid set).
+    /// A fresh CA and leaf were generated (the folder held none).
     Generated(String),
+    /// The leaf was damaged or missing (the reason) and a new one was issued by the CA
+    /// already there: clients that trust it keep working.
+    RepairedLeaf(String),
+    /// The CA itself was unusable (the reason): a new CA and leaf were generated, and every
+    /// client holding the old caBundle is locked out until it gets the new one.
+    ReplacedCa(String),
     /// The leaf was renewed under the current CA.
     RenewedLeaf,
     /// A new CA was made (the old one stays trusted until it expires) with a new leaf.
@@ -437,14 +443,32 @@ pub fn ensure(
     let t = now_secs(now);
     let (set, leaf, issuer, ca_key_pem) = match current {
         Ok(c) => c,
-        Err(e) => {
-            let reason = if has_files(dir) {
-                e.to_string()
-            } else {
-                "the folder holds no certificates".into()
-            };
+        Err(e) if !has_files(dir) => {
+            let _ = e;
             generate_all(dir, opts, now)?;
-            return Ok((Action::Generated(reason), next_check(dir, now)));
+            return Ok((
+                Action::Generated("the folder holds no certificates".into()),
+                next_check(dir, now),
+            ));
+        }
+        Err(e) => {
+            let reason = crate::pki::describe(&e);
+            // The leaf is damaged or missing: a CA that is still good issues a new one, so
+            // that every client holding the caBundle keeps trusting this server. Only a CA
+            // that is itself unusable is replaced.
+            match usable_ca(dir, now) {
+                Ok((ca, issuer, ca_key_pem)) => {
+                    issue_leaf(dir, opts, now, &issuer, &ca, &ca_key_pem, &[])?;
+                    return Ok((Action::RepairedLeaf(reason), next_check(dir, now)));
+                }
+                Err(ca_problem) => {
+                    generate_all(dir, opts, now)?;
+                    return Ok((
+                        Action::ReplacedCa(format!("{reason}; {}", describe(&ca_problem))),
+                        next_check(dir, now),
+                    ));
+                }
+            }
         }
     };
     let ca_v = validity(&set.ca[0]).ok_or_else(|| PkiError::Invalid {
@@ -526,6 +550,58 @@ fn write_files(
             (TLS_KEY, key_pem.as_bytes(), true),
         ],
     )
+}
+
+/// A PKI error in words, with its cause.
+pub(crate) fn describe(e: &PkiError) -> String {
+    trustscale::error::Chain(e).to_string()
+}
+
+/// The CA of the folder, if it can still issue: `ca.crt` parses, its first certificate is
+/// valid now, and `ca.key` matches it. Returns every certificate of `ca.crt` that is still
+/// valid (the newest first), the issuer and the key's PEM.
+fn usable_ca(
+    dir: &Path,
+    now: SystemTime,
+) -> Result<
+    (
+        Vec<CertificateDer<'static>>,
+        Issuer<'static, KeyPair>,
+        String,
+    ),
+    PkiError,
+> {
+    let src = source_dir(dir);
+    let invalid = |reason: String| PkiError::Invalid {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    let ca = material::certificates_for("ca", &read(&src, CA_CRT)?)
+        .map_err(|e| invalid(format!("{CA_CRT}: {e}")))?;
+    let key_pem = String::from_utf8(read(&src, CA_KEY)?)
+        .map_err(|_| invalid(format!("{CA_KEY} is not PEM text")))?;
+    let t = now_secs(now);
+    let newest = ca
+        .first()
+        .cloned()
+        .ok_or_else(|| invalid(format!("{CA_CRT} holds no certificate")))?;
+    let v = validity(&newest).ok_or_else(|| invalid(format!("{CA_CRT} does not parse")))?;
+    if t >= v.not_after || t < v.not_before {
+        return Err(invalid(format!("the CA in {CA_CRT} is not valid now")));
+    }
+    if !issuer_key_matches(&newest, &key_pem) {
+        return Err(invalid(format!(
+            "{CA_KEY} does not match the first certificate of {CA_CRT}"
+        )));
+    }
+    let ca_key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(format!("{CA_KEY}: {e}")))?;
+    let issuer = Issuer::from_ca_cert_der(&newest, ca_key)
+        .map_err(|e| invalid(format!("{CA_KEY} does not fit {CA_CRT}: {e}")))?;
+    let live: Vec<CertificateDer<'static>> = ca
+        .into_iter()
+        .filter(|c| validity(c).is_some_and(|v| v.not_after > t))
+        .collect();
+    Ok((live, issuer, key_pem))
 }
 
 fn issue_leaf(
@@ -619,4 +695,72 @@ pub fn next_check(dir: &Path, now: SystemTime) -> SystemTime {
     let t = now_secs(now);
     let next = at.into_iter().filter(|a| *a > t).min().unwrap_or(t + 3600);
     UNIX_EPOCH + Duration::from_secs(next.max(0) as u64) + Duration::from_millis(50)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first_ca(dir: &Path) -> CertificateDer<'static> {
+        load_ca_certs(dir)[0].clone()
+    }
+
+    fn load_ca_certs(dir: &Path) -> Vec<CertificateDer<'static>> {
+        let bytes = std::fs::read(source_dir(dir).join(CA_CRT)).unwrap();
+        material::certificates_for("ca", &bytes).unwrap()
+    }
+
+    fn fresh() -> (tempfile::TempDir, PkiOptions) {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = PkiOptions::default();
+        let (action, _) = ensure(dir.path(), &opts, SystemTime::now()).unwrap();
+        assert!(matches!(action, Action::Generated(_)), "{action:?}");
+        (dir, opts)
+    }
+
+    #[test]
+    fn a_damaged_or_missing_leaf_is_reissued_by_the_ca_that_is_there() {
+        let cases: [(&str, fn(&Path)); 3] = [
+            ("damaged tls.crt", |d| {
+                std::fs::write(d.join(TLS_CRT), "garbage").unwrap()
+            }),
+            ("missing tls.key", |d| {
+                std::fs::remove_file(source_dir(d).join(TLS_KEY)).unwrap()
+            }),
+            ("tls.key of another pair", |d| {
+                let other = KeyPair::generate().unwrap().serialize_pem();
+                std::fs::write(d.join(TLS_KEY), other).unwrap();
+            }),
+        ];
+        for (name, damage) in cases {
+            let (dir, opts) = fresh();
+            let ca = first_ca(dir.path());
+            damage(dir.path());
+            let (action, _) = ensure(dir.path(), &opts, SystemTime::now()).unwrap();
+            assert!(
+                matches!(action, Action::RepairedLeaf(_)),
+                "{name}: {action:?}"
+            );
+            assert_eq!(first_ca(dir.path()), ca, "{name}: the CA is kept");
+            let set = load(dir.path()).unwrap();
+            validate(dir.path(), &set, SystemTime::now())
+                .unwrap_or_else(|e| panic!("{name}: the repaired set is valid: {e}"));
+        }
+    }
+
+    #[test]
+    fn only_an_unusable_ca_is_replaced() {
+        let (dir, opts) = fresh();
+        let ca = first_ca(dir.path());
+        std::fs::write(dir.path().join(TLS_CRT), "garbage").unwrap();
+        std::fs::write(dir.path().join(CA_KEY), "not a key").unwrap();
+        let (action, _) = ensure(dir.path(), &opts, SystemTime::now()).unwrap();
+        match &action {
+            Action::ReplacedCa(why) => assert!(why.contains(CA_KEY), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_ne!(first_ca(dir.path()), ca);
+        let (action, _) = ensure(dir.path(), &opts, SystemTime::now()).unwrap();
+        assert_eq!(action, Action::Kept, "the new set is whole");
+    }
 }
