@@ -720,7 +720,8 @@ mod tests {
 
     #[test]
     fn a_damaged_or_missing_leaf_is_reissued_by_the_ca_that_is_there() {
-        let cases: [(&str, fn(&Path)); 3] = [
+        type Damage = fn(&Path);
+        let cases: [(&str, Damage); 3] = [
             ("damaged tls.crt", |d| {
                 std::fs::write(d.join(TLS_CRT), "garbage").unwrap()
             }),
