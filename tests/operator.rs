@@ -785,7 +785,7 @@ async fn a_damaged_serving_certificate_is_reissued_by_the_same_ca_and_old_client
     let refused = get(
         op.addr,
         client_config(
-            &[stranger.cert_der.clone()],
+            std::slice::from_ref(&stranger.cert_der),
             Some(identity(dir.path())),
             &[&rustls::version::TLS13],
         ),
