@@ -21,6 +21,11 @@ use std::time::{Duration, SystemTime};
 
 use notify::{RecursiveMode, Watcher as _};
 
+/// The longest a burst of events delays a change: paths that change without pause are
+/// compared at most this often, so a change is never starved and never followed more
+/// often than this.
+pub const MAX_SETTLE: Duration = Duration::from_secs(1);
+
 /// How a [`FileWatch`] waits.
 #[derive(Clone, Copy, Debug)]
 pub struct WatchOptions {
@@ -172,13 +177,25 @@ impl FileWatch {
                         }
                     }
                     match rx.recv_timeout(options.rescan) {
-                        Ok(Msg::Event) => loop {
-                            match rx.recv_timeout(options.quiet) {
-                                Ok(Msg::Event) => {}
-                                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-                                Err(RecvTimeoutError::Timeout) => break,
+                        Ok(Msg::Event) => {
+                            // Wait for quiet, but no longer than `MAX_SETTLE`: a folder
+                            // rewritten without pause is still followed, once per period.
+                            let settle_until = std::time::Instant::now() + MAX_SETTLE;
+                            loop {
+                                let left = settle_until
+                                    .saturating_duration_since(std::time::Instant::now());
+                                if left.is_zero() {
+                                    break;
+                                }
+                                match rx.recv_timeout(options.quiet.min(left)) {
+                                    Ok(Msg::Event) => {}
+                                    Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                                        return;
+                                    }
+                                    Err(RecvTimeoutError::Timeout) => break,
+                                }
                             }
-                        },
+                        }
                         Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                         Err(RecvTimeoutError::Timeout) => {}
                     }

@@ -30,10 +30,10 @@ struct Key {
     timeout_ms: u64,
 }
 
-/// A pool of shared reqwest clients.
-#[derive(Default)]
+/// A pool of shared reqwest clients. Cheap to clone (clones share the pool).
+#[derive(Clone, Default)]
 pub struct HttpClients {
-    pool: SharedPool<Key, reqwest::Client>,
+    pool: Arc<SharedPool<Key, reqwest::Client>>,
 }
 
 impl HttpClients {

@@ -7,6 +7,7 @@ pub mod httpclient;
 pub mod params;
 pub mod quantity;
 mod registry;
+mod tracked;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -48,6 +49,7 @@ mod tests {
     }
 }
 pub use registry::{Registry, ScalerBuilder};
+pub use tracked::{MakeClient, Tracked};
 
 use crate::trust::{Secret, TrustFactory};
 

@@ -52,7 +52,7 @@ pub use tls::{
 use trustscale::pool::{SharedPool, secret_digest};
 use trustscale::scaler::{
     BuildContext, ErrorKind, MetricSpec, Param, Params, Poll, Scaler, ScalerBuilder, ScalerError,
-    TriggerSpec,
+    Tracked, TriggerSpec,
 };
 use trustscale::trust::{FailureKind, Fingerprint, TlsContext};
 
@@ -256,8 +256,8 @@ impl KafkaCluster {
 /// Builds `kafka` scalers; owns the shared cluster clients.
 #[derive(Default)]
 pub struct KafkaBuilder {
-    clusters: SharedPool<ClusterKey, KafkaCluster>,
-    ca_dirs: cadir::CaDirs,
+    clusters: Arc<SharedPool<ClusterKey, KafkaCluster>>,
+    ca_dirs: Arc<cadir::CaDirs>,
 }
 
 impl KafkaBuilder {
@@ -307,7 +307,7 @@ fn parse_partitions(label: &str, text: &str) -> Result<BTreeSet<i32>, ScalerErro
 /// The `kafka` scaler.
 pub struct KafkaScaler {
     label: String,
-    cluster: Arc<KafkaCluster>,
+    cluster: Tracked<KafkaCluster>,
     group: String,
     topic: Option<String>,
     spec: MetricSpec,
@@ -461,86 +461,95 @@ impl ScalerBuilder for KafkaBuilder {
             use_tls,
             "tls is not enabled for this Kafka trigger",
         )?;
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &bootstrap)
-            .set("client.id", "trustscale")
-            .set("socket.timeout.ms", "5000")
-            // A broker that comes back is found again within 2 s (librdkafka's default
-            // backoff grows to 10 s, longer than a short polling interval).
-            .set("reconnect.backoff.max.ms", "2000")
-            .set("log_level", "3");
-        let mut ca_dir = None;
-        if let Some(ctx) = &tls {
-            let props =
-                librdkafka_tls(ctx, &label).map_err(|e| ScalerError::from_trust(&label, e))?;
-            for (k, v) in props.entries() {
-                if k == "ssl.ca.pem" {
-                    // The same anchors as a hashed directory: OpenSSL then loads only the
-                    // issuers a chain needs instead of every anchor into every client.
-                    match self.ca_dirs.dir_for(v) {
-                        Ok(dir) => {
-                            config.set("ssl.ca.location", dir.path().to_string_lossy());
-                            ca_dir = Some(dir);
-                            continue;
-                        }
-                        Err(e) => tracing::warn!(
-                            trigger = %label,
-                            error = %e,
-                            "cannot write the CA directory for librdkafka; passing the anchors inline"
-                        ),
-                    }
-                }
-                config.set(k, v);
-            }
-        }
-        let protocol = match (tls.is_some(), sasl.as_str()) {
-            (false, "none") => "plaintext",
-            (true, "none") => "ssl",
-            (false, _) => "sasl_plaintext",
-            (true, _) => "sasl_ssl",
-        };
-        config.set("security.protocol", protocol);
-        if sasl != "none" {
-            let mechanism = match sasl.as_str() {
-                "plaintext" => "PLAIN",
-                "scram_sha256" => "SCRAM-SHA-256",
-                _ => "SCRAM-SHA-512",
-            };
+        let clusters = Arc::clone(&self.clusters);
+        let ca_dirs = Arc::clone(&self.ca_dirs);
+        let make_label = label.clone();
+        // The cluster's clients for a context: made again (or found) when the anchors
+        // change, under the new context's fingerprint.
+        let make = move |tls: Option<&TlsContext>| {
+            let label = &make_label;
+            let mut config = ClientConfig::new();
             config
-                .set("sasl.mechanisms", mechanism)
-                .set("sasl.username", &username)
-                .set("sasl.password", &password);
-        }
-        let key = ClusterKey {
-            bootstrap: bootstrap.clone(),
-            tls: tls.as_ref().map(TlsContext::fingerprint),
-            sasl: sasl.clone(),
-            username,
-            password: secret_digest(Some(&password)),
-        };
-        let cluster = self
-            .clusters
-            .try_get_or_insert_with(&key, || {
-                let context = KafkaContext::default();
-                let client = config.create_with_context(context.clone())?;
-                Ok::<_, KafkaError>(KafkaCluster {
-                    config: config.clone(),
-                    context,
-                    client,
-                    groups: Mutex::new(HashMap::new()),
-                    created: AtomicU64::new(1),
-                    partitions: Mutex::new(HashMap::new()),
-                    _ca_dir: ca_dir.clone(),
+                .set("bootstrap.servers", &bootstrap)
+                .set("client.id", "trustscale")
+                .set("socket.timeout.ms", "5000")
+                // A broker that comes back is found again within 2 s (librdkafka's default
+                // backoff grows to 10 s, longer than a short polling interval).
+                .set("reconnect.backoff.max.ms", "2000")
+                .set("log_level", "3");
+            let mut ca_dir = None;
+            if let Some(ctx) = tls {
+                let props =
+                    librdkafka_tls(ctx, label).map_err(|e| ScalerError::from_trust(label, e))?;
+                for (k, v) in props.entries() {
+                    if k == "ssl.ca.pem" {
+                        // The same anchors as a hashed directory: OpenSSL then loads only
+                        // the issuers a chain needs instead of every anchor into every
+                        // client.
+                        match ca_dirs.dir_for(v) {
+                            Ok(dir) => {
+                                config.set("ssl.ca.location", dir.path().to_string_lossy());
+                                ca_dir = Some(dir);
+                                continue;
+                            }
+                            Err(e) => tracing::warn!(
+                                trigger = %label,
+                                error = %e,
+                                "cannot write the CA directory for librdkafka; passing the anchors inline"
+                            ),
+                        }
+                    }
+                    config.set(k, v);
+                }
+            }
+            let protocol = match (tls.is_some(), sasl.as_str()) {
+                (false, "none") => "plaintext",
+                (true, "none") => "ssl",
+                (false, _) => "sasl_plaintext",
+                (true, _) => "sasl_ssl",
+            };
+            config.set("security.protocol", protocol);
+            if sasl != "none" {
+                let mechanism = match sasl.as_str() {
+                    "plaintext" => "PLAIN",
+                    "scram_sha256" => "SCRAM-SHA-256",
+                    _ => "SCRAM-SHA-512",
+                };
+                config
+                    .set("sasl.mechanisms", mechanism)
+                    .set("sasl.username", &username)
+                    .set("sasl.password", &password);
+            }
+            let key = ClusterKey {
+                bootstrap: bootstrap.clone(),
+                tls: tls.map(TlsContext::fingerprint),
+                sasl: sasl.clone(),
+                username: username.clone(),
+                password: secret_digest(Some(&password)),
+            };
+            clusters
+                .try_get_or_insert_with(&key, || {
+                    let context = KafkaContext::default();
+                    let client = config.create_with_context(context.clone())?;
+                    Ok::<_, KafkaError>(KafkaCluster {
+                        config: config.clone(),
+                        context,
+                        client,
+                        groups: Mutex::new(HashMap::new()),
+                        created: AtomicU64::new(1),
+                        partitions: Mutex::new(HashMap::new()),
+                        _ca_dir: ca_dir.clone(),
+                    })
                 })
-            })
-            .map_err(|e| {
-                ScalerError::new(
-                    ErrorKind::Config,
-                    &label,
-                    format!("cannot create the Kafka client: {e}"),
-                )
-            })?;
+                .map_err(|e| {
+                    ScalerError::new(
+                        ErrorKind::Config,
+                        label,
+                        format!("cannot create the Kafka client: {e}"),
+                    )
+                })
+        };
+        let cluster = Tracked::new(ctx, &settings, tls, &label, Box::new(make))?;
         p.warn_unknown();
         let name = match &topic {
             Some(t) => format!("kafka-{t}"),
@@ -776,7 +785,7 @@ impl Scaler for KafkaScaler {
         // rdkafka's calls block: run them off the async workers.
         let (label, cluster, group, topic, only) = (
             self.label.clone(),
-            Arc::clone(&self.cluster),
+            self.cluster.current()?.0,
             self.group.clone(),
             self.topic.clone(),
             self.opts.partitions.clone(),

@@ -20,7 +20,7 @@ pub use extract::{Format, extract};
 use trustscale::scaler::httpclient::{self, HttpClients};
 use trustscale::scaler::{
     BuildContext, ErrorKind, MetricSpec, Param, Params, Poll, Scaler, ScalerBuilder, ScalerError,
-    TriggerSpec,
+    Tracked, TriggerSpec,
 };
 use trustscale::trust::{Secret, TlsContext};
 
@@ -110,8 +110,8 @@ pub struct MetricsApiScaler {
     activation: f64,
     max_body: u64,
     auth: Vec<Auth>,
-    client: std::sync::Arc<reqwest::Client>,
-    tls: Option<TlsContext>,
+    /// Rebuilt when the trust anchors change.
+    client: Tracked<reqwest::Client>,
     timeout_ms: u64,
 }
 
@@ -220,7 +220,15 @@ impl ScalerBuilder for MetricsApiBuilder {
             url.scheme() == "https",
             "the url is plain http://",
         )?;
-        let client = self.clients.get(tls.as_ref(), timeout_ms, &label)?;
+        let clients = self.clients.clone();
+        let client_label = label.clone();
+        let client = Tracked::new(
+            ctx,
+            &settings,
+            tls,
+            &label,
+            Box::new(move |tls: Option<&TlsContext>| clients.get(tls, timeout_ms, &client_label)),
+        )?;
         p.warn_unknown();
         let metric_name = spec.metric_name(&format!("metric-api-{value_location}"));
         Ok(Box::new(MetricsApiScaler {
@@ -237,7 +245,6 @@ impl ScalerBuilder for MetricsApiBuilder {
             max_body,
             auth,
             client,
-            tls,
             timeout_ms,
         }))
     }
@@ -272,7 +279,8 @@ impl MetricsApiScaler {
                 req_headers.push((name.clone(), key.expose().to_string()));
             }
         }
-        let mut req = self.client.get(url);
+        let (client, tls) = self.client.current()?;
+        let mut req = client.get(url);
         for (name, value) in req_headers {
             req = req.header(name, value);
         }
@@ -285,7 +293,10 @@ impl MetricsApiScaler {
                 Auth::ApiKey { .. } => req,
             };
         }
-        let mut resp = req.send().await.map_err(|e| self.request_error(e))?;
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| self.request_error(e, tls.as_ref()))?;
         let status = resp.status();
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
             return Err(ScalerError::new(
@@ -308,14 +319,8 @@ impl MetricsApiScaler {
             })
     }
 
-    fn request_error(&self, e: reqwest::Error) -> ScalerError {
-        httpclient::request_error(
-            &self.label,
-            e,
-            self.tls.as_ref(),
-            &self.target(),
-            self.timeout_ms,
-        )
+    fn request_error(&self, e: reqwest::Error, tls: Option<&TlsContext>) -> ScalerError {
+        httpclient::request_error(&self.label, e, tls, &self.target(), self.timeout_ms)
     }
 }
 

@@ -29,7 +29,7 @@ use trustscale::pool::{SharedPool, secret_digest};
 use trustscale::scaler::httpclient::{self, HttpClients};
 use trustscale::scaler::{
     BuildContext, ErrorKind, MetricSpec, Param, Params, Poll, Scaler, ScalerBuilder, ScalerError,
-    TriggerSpec, parse_quantity, sanitize,
+    Tracked, TriggerSpec, parse_quantity, sanitize,
 };
 use trustscale::trust::{Fingerprint, TlsContext};
 
@@ -142,7 +142,7 @@ struct AmqpKey {
 /// Builds `rabbitmq` scalers; owns the shared AMQP connections and HTTP clients.
 #[derive(Default)]
 pub struct RabbitMqBuilder {
-    amqp: SharedPool<AmqpKey, AmqpClient>,
+    amqp: Arc<SharedPool<AmqpKey, AmqpClient>>,
     http: HttpClients,
 }
 
@@ -168,10 +168,10 @@ impl RabbitMqBuilder {
 
 enum Source {
     Amqp {
-        client: Arc<AmqpClient>,
+        client: Tracked<AmqpClient>,
     },
     Http {
-        client: Arc<reqwest::Client>,
+        client: Tracked<reqwest::Client>,
         url: reqwest::Url,
         username: String,
         password: String,
@@ -189,7 +189,6 @@ pub struct RabbitMqScaler {
     exclude_unacked: bool,
     regex: Option<(u32, Operation)>,
     source: Source,
-    tls: Option<TlsContext>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -412,21 +411,26 @@ impl ScalerBuilder for RabbitMqBuilder {
                     "scheme and TLS disagree",
                 ));
             }
-            let key = AmqpKey {
-                host: uri.authority.host.clone(),
-                port: uri.authority.port,
-                vhost: uri.vhost.clone(),
-                username: uri.authority.userinfo.username.clone(),
-                password: secret_digest(Some(&uri.authority.userinfo.password)),
-                external,
-                tls: tls.as_ref().map(TlsContext::fingerprint),
-            };
             let name = format!("trustscale ({})", spec.scaled_object);
-            let tls_for_client = tls.clone();
-            let client = self
-                .amqp
-                .get_or_insert_with(&key, || AmqpClient::new(uri, tls_for_client, name));
-            Source::Amqp { client }
+            let pool = Arc::clone(&self.amqp);
+            // The shared connection for a context, looked up again when the anchors change.
+            let make = move |tls: Option<&TlsContext>| {
+                let key = AmqpKey {
+                    host: uri.authority.host.clone(),
+                    port: uri.authority.port,
+                    vhost: uri.vhost.clone(),
+                    username: uri.authority.userinfo.username.clone(),
+                    password: secret_digest(Some(&uri.authority.userinfo.password)),
+                    external,
+                    tls: tls.map(TlsContext::fingerprint),
+                };
+                Ok(pool.get_or_insert_with(&key, || {
+                    AmqpClient::new(uri.clone(), tls.cloned(), name.clone())
+                }))
+            };
+            Source::Amqp {
+                client: Tracked::new(ctx, &settings, tls, &label, Box::new(make))?,
+            }
         } else {
             let mut url = reqwest::Url::parse(&host)
                 .map_err(|e| ScalerError::config(&label, "host", format!("not a URL: {e}")))?;
@@ -458,7 +462,17 @@ impl ScalerBuilder for RabbitMqBuilder {
             let timeout_ms = p
                 .parse("timeout")?
                 .unwrap_or_else(httpclient::default_timeout_ms);
-            let client = self.http.get(tls.as_ref(), timeout_ms, &label)?;
+            let clients = self.http.clone();
+            let client_label = label.clone();
+            let client = Tracked::new(
+                ctx,
+                &settings,
+                tls,
+                &label,
+                Box::new(move |tls: Option<&TlsContext>| {
+                    clients.get(tls, timeout_ms, &client_label)
+                }),
+            )?;
             Source::Http {
                 client,
                 url,
@@ -481,7 +495,6 @@ impl ScalerBuilder for RabbitMqBuilder {
             exclude_unacked,
             regex: use_regex.then_some((page_size, operation)),
             source,
-            tls,
         }))
     }
 
@@ -548,6 +561,7 @@ impl RabbitMqScaler {
     async fn status(&self) -> Result<Status, ScalerError> {
         match &self.source {
             Source::Amqp { client } => {
+                let (client, _) = client.current()?;
                 let n = client.ready_messages(&self.label, &self.queue).await?;
                 Ok((f64::from(n), 0.0, 0.0))
             }
@@ -558,19 +572,14 @@ impl RabbitMqScaler {
                 password,
                 timeout_ms,
             } => {
+                let (client, tls) = client.current()?;
                 let target = httpclient::target_of(url);
                 let mut req = client.get(url.clone());
                 if !username.is_empty() {
                     req = req.basic_auth(username, Some(password));
                 }
                 let mut resp = req.send().await.map_err(|e| {
-                    httpclient::request_error(
-                        &self.label,
-                        e,
-                        self.tls.as_ref(),
-                        &target,
-                        *timeout_ms,
-                    )
+                    httpclient::request_error(&self.label, e, tls.as_ref(), &target, *timeout_ms)
                 })?;
                 let status = resp.status();
                 if status == reqwest::StatusCode::UNAUTHORIZED

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use trustscale::pool::{SharedPool, secret_digest};
 use trustscale::scaler::{
     BuildContext, ErrorKind, MetricSpec, Param, Params, Poll, Scaler, ScalerBuilder, ScalerError,
-    TriggerSpec,
+    Tracked, TriggerSpec,
 };
 use trustscale::trust::{Fingerprint, TlsContext};
 
@@ -227,7 +227,7 @@ fn is_no_such_key(e: &ScalerError) -> bool {
 /// Builds `redis` and `redis-streams` scalers; owns the shared connections.
 #[derive(Default)]
 pub struct RedisBuilder {
-    clients: SharedPool<ClientKey, RedisClient>,
+    clients: Arc<SharedPool<ClientKey, RedisClient>>,
 }
 
 impl RedisBuilder {
@@ -243,7 +243,11 @@ impl RedisBuilder {
         self.clients.all()
     }
 
-    fn client(&self, p: &Params<'_>, ctx: &BuildContext) -> Result<Arc<RedisClient>, ScalerError> {
+    fn client(
+        &self,
+        p: &Params<'_>,
+        ctx: &BuildContext,
+    ) -> Result<Tracked<RedisClient>, ScalerError> {
         let trigger = p.trigger().to_string();
         let (host, port) = match p.get("address") {
             Some(addr) => split_address(&addr).ok_or_else(|| {
@@ -287,31 +291,37 @@ impl RedisBuilder {
             use_tls,
             "TLS is not enabled (set enableTLS: \"true\" or tls: enable); connecting in plaintext",
         )?;
-        let key = ClientKey {
-            host: host.clone(),
-            port,
-            db,
-            username: username.clone(),
-            password: secret_digest(password.as_deref()),
-            tls: tls.as_ref().map(TlsContext::fingerprint),
-        };
-        Ok(self.clients.get_or_insert_with(&key, || {
-            let mut info = redis::RedisConnectionInfo::default().set_db(db);
-            if let Some(u) = &username {
-                info = info.set_username(u);
-            }
-            if let Some(pw) = &password {
-                info = info.set_password(pw);
-            }
-            RedisClient {
-                host,
+        let pool = Arc::clone(&self.clients);
+        // The shared connection for a context: looked up again when the anchors change,
+        // so the new context's fingerprint finds (or makes) the new shared connection.
+        let make = move |tls: Option<&TlsContext>| {
+            let key = ClientKey {
+                host: host.clone(),
                 port,
-                tls,
-                info,
-                conn: tokio::sync::Mutex::new(None),
-                connects: AtomicU64::new(0),
-            }
-        }))
+                db,
+                username: username.clone(),
+                password: secret_digest(password.as_deref()),
+                tls: tls.map(TlsContext::fingerprint),
+            };
+            Ok(pool.get_or_insert_with(&key, || {
+                let mut info = redis::RedisConnectionInfo::default().set_db(db);
+                if let Some(u) = &username {
+                    info = info.set_username(u);
+                }
+                if let Some(pw) = &password {
+                    info = info.set_password(pw);
+                }
+                RedisClient {
+                    host: host.clone(),
+                    port,
+                    tls: tls.cloned(),
+                    info,
+                    conn: tokio::sync::Mutex::new(None),
+                    connects: AtomicU64::new(0),
+                }
+            }))
+        };
+        Tracked::new(ctx, &settings, tls, &trigger, Box::new(make))
     }
 }
 
@@ -348,7 +358,7 @@ const LENGTH_COMMANDS: [&str; 4] = ["LLEN", "SCARD", "ZCARD", "HLEN"];
 /// `redis`: the length of a list (or set, sorted set, hash; a missing key is 0).
 pub struct ListScaler {
     label: String,
-    client: Arc<RedisClient>,
+    client: Tracked<RedisClient>,
     list: String,
     spec: MetricSpec,
     activation: f64,
@@ -361,7 +371,7 @@ impl ListScaler {
     fn new(
         p: &Params<'_>,
         spec: &TriggerSpec,
-        client: Arc<RedisClient>,
+        client: Tracked<RedisClient>,
     ) -> Result<Self, ScalerError> {
         let list = p.required("listName")?;
         let target = p.quantity_value("listLength")?;
@@ -380,15 +390,14 @@ impl ListScaler {
         })
     }
 
-    async fn length(&self) -> Result<i64, ScalerError> {
+    async fn length(&self, client: &RedisClient) -> Result<i64, ScalerError> {
         let index = self.command.load(Ordering::Relaxed) as usize;
         let cmd = redis::cmd(LENGTH_COMMANDS[index]).arg(&self.list).clone();
-        match self.client.query::<i64>(&self.label, &cmd).await {
+        match client.query::<i64>(&self.label, &cmd).await {
             Err(e) if is_wrong_type(&e) => {}
             other => return other,
         }
-        let kind: String = self
-            .client
+        let kind: String = client
             .query(&self.label, redis::cmd("TYPE").arg(&self.list))
             .await?;
         let index = match kind.as_str() {
@@ -408,7 +417,7 @@ impl ListScaler {
             }
         };
         self.command.store(index as u8, Ordering::Relaxed);
-        self.client
+        client
             .query(
                 &self.label,
                 redis::cmd(LENGTH_COMMANDS[index]).arg(&self.list),
@@ -424,7 +433,8 @@ impl Scaler for ListScaler {
     }
 
     async fn poll(&self) -> Result<Poll, ScalerError> {
-        let n = self.length().await?;
+        let client = self.client.current()?.0;
+        let n = self.length(&client).await?;
         Ok(Poll::single(&self.spec.name, n as f64, self.activation))
     }
 }
@@ -441,7 +451,7 @@ enum StreamMode {
 /// `redis-streams`: stream length, pending entries of a group, or a group's lag.
 pub struct StreamScaler {
     label: String,
-    client: Arc<RedisClient>,
+    client: Tracked<RedisClient>,
     stream: String,
     mode: StreamMode,
     spec: MetricSpec,
@@ -452,7 +462,7 @@ impl StreamScaler {
     fn new(
         p: &Params<'_>,
         spec: &TriggerSpec,
-        client: Arc<RedisClient>,
+        client: Tracked<RedisClient>,
     ) -> Result<Self, ScalerError> {
         let stream = p.required("stream")?;
         let group = p.get("consumerGroup");
@@ -480,18 +490,16 @@ impl StreamScaler {
         })
     }
 
-    async fn value(&self) -> Result<f64, ScalerError> {
+    async fn value(&self, client: &RedisClient) -> Result<f64, ScalerError> {
         match &self.mode {
             StreamMode::Length => {
-                let n: i64 = self
-                    .client
+                let n: i64 = client
                     .query(&self.label, redis::cmd("XLEN").arg(&self.stream))
                     .await?;
                 Ok(n as f64)
             }
             StreamMode::Pending(group) => {
-                let summary: redis::Value = self
-                    .client
+                let summary: redis::Value = client
                     .query(
                         &self.label,
                         redis::cmd("XPENDING").arg(&self.stream).arg(group),
@@ -505,13 +513,12 @@ impl StreamScaler {
                     _ => Err(self.unexpected("XPENDING")),
                 }
             }
-            StreamMode::Lag(group) => self.lag(group).await,
+            StreamMode::Lag(group) => self.lag(client, group).await,
         }
     }
 
-    async fn lag(&self, group: &str) -> Result<f64, ScalerError> {
-        let groups: redis::Value = match self
-            .client
+    async fn lag(&self, client: &RedisClient, group: &str) -> Result<f64, ScalerError> {
+        let groups: redis::Value = match client
             .query(
                 &self.label,
                 redis::cmd("XINFO").arg("GROUPS").arg(&self.stream),
@@ -563,8 +570,7 @@ impl StreamScaler {
             };
         }
         // As KEDA: a group that does not exist yet lags by the whole stream.
-        let n: i64 = self
-            .client
+        let n: i64 = client
             .query(&self.label, redis::cmd("XLEN").arg(&self.stream))
             .await?;
         Ok(n as f64)
@@ -586,7 +592,8 @@ impl Scaler for StreamScaler {
     }
 
     async fn poll(&self) -> Result<Poll, ScalerError> {
-        let v = self.value().await?;
+        let client = self.client.current()?.0;
+        let v = self.value(&client).await?;
         Ok(Poll::single(&self.spec.name, v, self.activation))
     }
 }
