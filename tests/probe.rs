@@ -199,3 +199,26 @@ async fn a_broken_document_is_reported_and_the_rest_still_probe() {
             .contains("ScaledObject default/bad")
     );
 }
+
+#[tokio::test]
+async fn the_readmes_first_probe_works_as_written_and_fails_without_the_ca_folder() {
+    let fx = Fixtures::get();
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/manifests");
+    let ca_dir = fx.pki("custom-ca");
+    let (out, json) = probe(&["-f", examples, "--ca-dir", ca_dir.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{json}");
+    let triggers = json["triggers"].as_array().unwrap();
+    assert_eq!(triggers.len(), 2, "{json}");
+    assert!(triggers.iter().all(|t| t["value"].is_number()), "{json}");
+    // Its twin: without the CA folder the same manifests fail as unknown_issuer.
+    let (out, json) = probe(&["-f", examples, "--ca-dir", "/nonexistent"]).await;
+    assert!(!out.status.success());
+    assert!(
+        json["triggers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["error"]["kind"] == "unknown_issuer"),
+        "{json}"
+    );
+}
