@@ -110,6 +110,9 @@ async fn inspect_lists_rejected_files_and_exits_3() {
             .unwrap()
             .contains("neither PEM")
     );
+    // Said once: in the report, not again as a log line.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("junk.pem"), "{err}");
 }
 
 #[tokio::test]
@@ -120,5 +123,45 @@ async fn an_invalid_min_tls_version_is_a_startup_error_listing_the_allowed_value
     assert!(
         err.contains("KEDA_HTTP_MIN_TLS_VERSION") && err.contains("TLS10, TLS11, TLS12, TLS13"),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_plaintext_port_is_said_not_to_speak_tls() {
+    // A plaintext HTTP server we did not write (python's http.server) on one port, a TLS
+    // server on another: only the plaintext one is `not_tls`.
+    let plain = support::python_http(&[("index.html", "hello")]);
+    let (out, json) = inspect(
+        &[
+            "--ca-dir",
+            "/nonexistent",
+            "--connect",
+            &format!("127.0.0.1:{}", plain.port),
+            "--json",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{json}");
+    let text = json.to_string();
+    assert!(text.contains("\"not_tls\""), "{text}");
+    assert!(text.contains("does not speak TLS"), "{text}");
+    let ca = TestCa::new("tls twin");
+    let server = TestServer::start(server_config(&ca.server(), Versions::Both, None)).await;
+    let (_, json) = inspect(
+        &[
+            "--ca-dir",
+            "/nonexistent",
+            "--connect",
+            &server.target(),
+            "--json",
+        ],
+        &[],
+    )
+    .await;
+    let text = json.to_string();
+    assert!(
+        text.contains("\"unknown_issuer\"") && !text.contains("not_tls"),
+        "{text}"
     );
 }

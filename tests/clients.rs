@@ -3,6 +3,8 @@
 //! against a running `trustscale operator` whose one ScaledObject reads a plain-HTTP
 //! source served by python's `http.server`.
 
+mod support;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -262,4 +264,138 @@ print(body["items"][0]["value"])
         text.contains("trustscale_metric_value") && text.ends_with("200 1.1"),
         "{text}"
     );
+}
+
+/// The operator's file rule: a trigger's `ca` may name a file only under a folder given
+/// with --allow-file-params, never one that resolves into the operator's own certificate
+/// folder (not even through a symlink), and with no such folder, none at all.
+#[test]
+fn trigger_file_parameters_are_confined_and_never_reach_the_operators_own_certificates() {
+    let work = tempfile::tempdir().unwrap();
+    let (allowed, other, certs, manifests) = (
+        work.path().join("allowed"),
+        work.path().join("other"),
+        work.path().join("certs"),
+        work.path().join("manifests"),
+    );
+    for d in [&allowed, &other, &manifests] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    // A CA file under the allowed folder and one outside it; a symlink under the allowed
+    // folder into the operator's certificate folder (filled in once the operator made it).
+    let ca = support::TestCa::new("file rule");
+    ca.write_pem(&allowed.join("ca.pem"));
+    ca.write_pem(&other.join("ca.pem"));
+    std::os::unix::fs::symlink(certs.join("ca.crt"), allowed.join("sneaky.pem")).unwrap();
+    let trigger = |name: &str, ca_path: &std::path::Path| {
+        format!(
+            "---\nkind: ScaledObject\nmetadata: {{name: {name}, namespace: files}}\nspec:\n  pollingInterval: 1\n  triggers:\n    - type: metrics-api\n      metadata: {{url: \"https://localhost:1/\", valueLocation: a, targetValue: \"1\", ca: \"{}\"}}\n",
+            ca_path.display()
+        )
+    };
+    std::fs::write(
+        manifests.join("files.yaml"),
+        [
+            trigger("allowed", &allowed.join("ca.pem")),
+            trigger("outside", &other.join("ca.pem")),
+            trigger("sneaky", &allowed.join("sneaky.pem")),
+            trigger("own", &certs.join("tls.key")),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let run = |extra: &[&std::ffi::OsStr]| -> serde_json::Value {
+        let api = free_port();
+        let _op = Child(
+            Command::new(env!("CARGO_BIN_EXE_trustscale"))
+                .arg("operator")
+                .args(extra)
+                .arg("--manifests")
+                .arg(&manifests)
+                .arg("--cert-dir")
+                .arg(&certs)
+                .args([
+                    "--ca-dir",
+                    "/nonexistent",
+                    "--listen",
+                    &format!("127.0.0.1:{api}"),
+                ])
+                .args([
+                    "--metrics-bind-address",
+                    "",
+                    "--health-probe-bind-address",
+                    "",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let mut last = serde_json::Value::Null;
+        wait_for("four ScaledObjects polled", Duration::from_secs(30), || {
+            let out = Command::new("curl")
+                .args(["-sS", "--max-time", "5", "--cacert"])
+                .arg(certs.join("ca.crt"))
+                .arg("--cert")
+                .arg(certs.join("tls.crt"))
+                .arg("--key")
+                .arg(certs.join("tls.key"))
+                .arg(format!("https://localhost:{api}/scaledobjects"))
+                .output()
+                .unwrap();
+            last = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+            last["scaledObjects"].as_array().is_some_and(|a| {
+                a.len() == 4
+                    && a.iter()
+                        .all(|o| o["triggers"][0]["failures"].as_u64() > Some(0))
+            })
+        });
+        last
+    };
+    let message = |json: &serde_json::Value, so: &str| -> String {
+        json["scaledObjects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["scaledObject"] == format!("files/{so}"))
+            .map(|o| {
+                o["triggers"][0]["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .unwrap_or_default()
+    };
+    let allow = [
+        std::ffi::OsStr::new("--allow-file-params"),
+        allowed.as_os_str(),
+    ];
+    let json = run(&allow);
+    // The allowed file is read: the trigger gets as far as connecting.
+    let ok = message(&json, "allowed");
+    assert!(
+        ok.contains("localhost:1") && !ok.contains("refused:"),
+        "{ok}"
+    );
+    let outside = message(&json, "outside");
+    assert!(
+        outside.contains("parameter ca")
+            && outside.contains("not under a folder allowed by --allow-file-params"),
+        "{outside}"
+    );
+    let sneaky = message(&json, "sneaky");
+    assert!(
+        sneaky.contains("parameter ca") && sneaky.contains("operator's own certificate folder"),
+        "{sneaky}"
+    );
+    // The operator's own private key, named directly: refused.
+    let own = message(&json, "own");
+    assert!(
+        own.contains("refused") && own.contains("operator's own certificate folder"),
+        "{own}"
+    );
+    // Without the flag, no file at all.
+    let json = run(&[]);
+    let none = message(&json, "allowed");
+    assert!(none.contains("file paths are not allowed here"), "{none}");
 }

@@ -222,3 +222,56 @@ async fn the_readmes_first_probe_works_as_written_and_fails_without_the_ca_folde
         "{json}"
     );
 }
+
+#[tokio::test]
+async fn a_misspelt_parameter_is_shown_a_summary_ends_the_output_and_a_missing_path_exits_2() {
+    let fx = Fixtures::get();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("typo.yaml"),
+        format!(
+            "kind: ScaledObject\nmetadata: {{name: typo, namespace: shop}}\nspec:\n  triggers:\n    - type: redis\n      metadata: {{address: \"localhost:{}\", listName: q, listLenght: \"3\", enableTLS: \"true\"}}\n",
+            fx.port("REDIS_TLS_PORT")
+        ),
+    )
+    .unwrap();
+    let ca = fx.pki("custom-ca");
+    let args = [
+        "-f",
+        dir.path().to_str().unwrap(),
+        "--ca-dir",
+        ca.to_str().unwrap(),
+    ];
+    let (out, json) = probe(&args).await;
+    assert!(out.status.success(), "{json}");
+    assert_eq!(
+        json["triggers"][0]["unknownParameters"][0], "listLenght",
+        "{json}"
+    );
+    assert_eq!(json["summary"]["unknownParameters"], 1, "{json}");
+    // The same in text, ending with the summary line.
+    let text = tokio::process::Command::new(env!("CARGO_BIN_EXE_trustscale"))
+        .arg("probe")
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        stdout.contains("unknown parameters (ignored): listLenght"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.lines().last(),
+        Some("1 triggers: 1 OK, 0 failed; 0 manifest problems; 1 unknown parameters"),
+        "{stdout}"
+    );
+    // A path that does not exist is a usage error, named.
+    let missing = tokio::process::Command::new(env!("CARGO_BIN_EXE_trustscale"))
+        .args(["probe", "-f", "/nonexistent/manifests"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/manifests"));
+}

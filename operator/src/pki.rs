@@ -263,7 +263,26 @@ pub fn write_set(dir: &Path, files: &[(&str, &[u8], bool)]) -> Result<(), PkiErr
     );
     let staged = dir.join(&stamp);
     fs::create_dir(&staged).map_err(io(&staged))?;
-    fs::set_permissions(&staged, fs::Permissions::from_mode(0o755)).map_err(io(&staged))?;
+    // A write that fails half-way (out of space or descriptors, say) leaves nothing behind:
+    // its staged folder goes, and the current set stays as it was.
+    let written = stage_and_swap(dir, &stamp, &staged, files);
+    if written.is_err() {
+        let _ = fs::remove_dir_all(&staged);
+    }
+    written
+}
+
+fn stage_and_swap(
+    dir: &Path,
+    stamp: &str,
+    staged: &Path,
+    files: &[(&str, &[u8], bool)],
+) -> Result<(), PkiError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PkiError::Io { path, source }
+    };
+    fs::set_permissions(staged, fs::Permissions::from_mode(0o755)).map_err(io(staged))?;
     for (name, bytes, secret) in files {
         let path = staged.join(name);
         let mut f = fs::OpenOptions::new()
@@ -275,13 +294,13 @@ pub fn write_set(dir: &Path, files: &[(&str, &[u8], bool)]) -> Result<(), PkiErr
         f.write_all(bytes).map_err(io(&path))?;
         f.sync_all().map_err(io(&path))?;
     }
-    fs::File::open(&staged)
+    fs::File::open(staged)
         .and_then(|d| d.sync_all())
-        .map_err(io(&staged))?;
+        .map_err(io(staged))?;
     // The swap: one rename makes the whole new set current.
     let tmp = dir.join("..data_tmp");
     let _ = fs::remove_file(&tmp);
-    symlink(&stamp, &tmp).map_err(io(&tmp))?;
+    symlink(stamp, &tmp).map_err(io(&tmp))?;
     fs::rename(&tmp, dir.join("..data")).map_err(io(dir))?;
     // Visible names point through ..data (replacing plain files atomically).
     for (name, _, _) in files {
@@ -763,5 +782,28 @@ mod tests {
         assert_ne!(first_ca(dir.path()), ca);
         let (action, _) = ensure(dir.path(), &opts, SystemTime::now()).unwrap();
         assert_eq!(action, Action::Kept, "the new set is whole");
+    }
+
+    #[test]
+    fn a_write_that_fails_half_way_leaves_no_staged_folder() {
+        let (dir, _) = fresh();
+        let before: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        // The swap's temporary link cannot be made: a folder holds its name.
+        std::fs::create_dir(dir.path().join("..data_tmp")).unwrap();
+        for _ in 0..20 {
+            assert!(write_set(dir.path(), &[(CA_CRT, b"x", false)]).is_err());
+        }
+        let mut after: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        after.retain(|n| n != "..data_tmp");
+        assert_eq!(after.len(), before.len(), "{after:?}");
+        assert!(load(dir.path()).is_ok(), "the current set is untouched");
     }
 }

@@ -51,6 +51,9 @@ pub struct OperatorConfig {
     pub health_listen: Option<SocketAddr>,
     /// The environment triggers' `...FromEnv` and `env` parameters resolve from.
     pub env: Env,
+    /// Folders whose files a trigger's `ca`, `cert` and `key` may name (none: only PEM
+    /// given inline, as KEDA takes it from Secrets). The certificate folder is never one.
+    pub allow_file_params: Vec<PathBuf>,
 }
 
 impl OperatorConfig {
@@ -72,6 +75,7 @@ impl OperatorConfig {
             metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
             health_listen: Some(SocketAddr::from(([0, 0, 0, 0], 8081))),
             env: Env::process(),
+            allow_file_params: Vec::new(),
         }
     }
 
@@ -108,6 +112,12 @@ impl OperatorConfig {
     /// Sets (or, with `None`, turns off) the health probe address.
     pub fn health_listen(mut self, addr: Option<SocketAddr>) -> Self {
         self.health_listen = addr;
+        self
+    }
+
+    /// Lets triggers name files under these folders (never under the certificate folder).
+    pub fn allow_file_params(mut self, dirs: impl IntoIterator<Item = impl Into<PathBuf>>) -> Self {
+        self.allow_file_params = dirs.into_iter().map(Into::into).collect();
         self
     }
 
@@ -188,18 +198,25 @@ impl Operator {
         if config.pki.cert_lifetime < Duration::from_secs(2) {
             // X.509 validity has one-second resolution.
             return Err(OperatorError::Config(format!(
-                "the certificate lifetime must be at least 2s (got {:?})",
-                config.pki.cert_lifetime
+                "the certificate lifetime must be at least 2s (got {})",
+                humantime::format_duration(config.pki.cert_lifetime)
             )));
         }
         if config.pki.cert_lifetime >= config.pki.ca_lifetime {
             return Err(OperatorError::Config(format!(
-                "the certificate lifetime ({:?}) must be shorter than the CA lifetime ({:?})",
-                config.pki.cert_lifetime, config.pki.ca_lifetime
+                "the certificate lifetime ({}) must be shorter than the CA lifetime ({})",
+                humantime::format_duration(config.pki.cert_lifetime),
+                humantime::format_duration(config.pki.ca_lifetime)
             )));
         }
         let mut options = config.trust.clone();
         options.watch = true;
+        // A tenant's trigger must never read the operator's own identity, and reads files
+        // only where the operator was told it may.
+        options.file_params = trustscale::trust::material::FileParams::Under {
+            allowed: config.allow_file_params.clone(),
+            denied: vec![config.cert_dir.clone()],
+        };
         let trust = TrustFactory::new(options)?;
         let metrics = Arc::new(Metrics::default());
         let certs = CertManager::start(

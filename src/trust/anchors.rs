@@ -34,6 +34,7 @@ pub enum FileStatus {
 
 /// What became of one file of a CA folder.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct FileReport {
     /// The file, as found in its folder.
     pub path: PathBuf,
@@ -49,6 +50,7 @@ pub struct FileReport {
 
 /// What became of one CA folder.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct FolderReport {
     /// The folder.
     pub path: PathBuf,

@@ -24,6 +24,8 @@ pub enum FailureKind {
     ClientCertRequired,
     /// The server refused the client certificate sent.
     ClientCertRejected,
+    /// The peer answered, but not in TLS (a plaintext port).
+    NotTls,
     /// Another TLS failure.
     Tls,
     /// The connection itself failed (refused, reset, timed out, name not resolved).
@@ -41,6 +43,7 @@ impl FailureKind {
             FailureKind::ProtocolVersion => "protocol_version",
             FailureKind::ClientCertRequired => "client_cert_required",
             FailureKind::ClientCertRejected => "client_cert_rejected",
+            FailureKind::NotTls => "not_tls",
             FailureKind::Tls => "tls",
             FailureKind::Connection => "connection",
         }
@@ -223,6 +226,14 @@ pub fn classify_rustls(
         rustls::Error::NoCertificatesPresented => {
             (K::Tls, format!("{target} presented no certificate"))
         }
+        rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType | rustls::InvalidMessage::MessageTooLarge,
+        ) => (
+            K::NotTls,
+            format!(
+                "{target} does not speak TLS (its answer is not a TLS record): a plaintext port? Connect to its TLS port, or turn TLS off for this trigger"
+            ),
+        ),
         other => (K::Tls, format!("{target}: {other}")),
     };
     HandshakeFailure { kind, message }

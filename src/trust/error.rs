@@ -45,6 +45,20 @@ pub enum TrustError {
         source: std::io::Error,
     },
 
+    /// A parameter names a file that the policy does not let it read.
+    #[error("parameter {parameter}: {} is refused: {reason}", match path {
+        Some(p) => p.display().to_string(),
+        None => "the file it names".to_string(),
+    })]
+    FileRefused {
+        /// The parameter that named the file.
+        parameter: &'static str,
+        /// The file; `None` for a `key`, whose value is never shown.
+        path: Option<PathBuf>,
+        /// Why.
+        reason: String,
+    },
+
     /// A PEM or DER value given for a parameter could not be used.
     #[error("parameter {parameter}: {reason}")]
     BadMaterial {
@@ -105,9 +119,9 @@ impl TrustError {
     pub fn parameter(&self) -> Option<&str> {
         match self {
             TrustError::InvalidValue { parameter, .. } => Some(parameter),
-            TrustError::ReadFile { parameter, .. } | TrustError::BadMaterial { parameter, .. } => {
-                Some(parameter)
-            }
+            TrustError::ReadFile { parameter, .. }
+            | TrustError::FileRefused { parameter, .. }
+            | TrustError::BadMaterial { parameter, .. } => Some(parameter),
             TrustError::UnsafeSslForbidden { .. } => Some("unsafeSsl"),
             TrustError::Unsupported { setting, .. } => Some(setting),
             _ => None,

@@ -26,6 +26,10 @@ use super::{danger, verify};
 use crate::pool::SharedPool;
 use crate::watch::{FileWatch, WatchOptions};
 
+/// The `tracing` target of the one-line-per-file reports about the CA folders (a tool that
+/// prints its own report of the files, such as `trust inspect`, can turn them off).
+pub const CA_FILES_LOG_TARGET: &str = "trustscale::trust::ca_files";
+
 /// How a [`TrustFactory`] is set up.
 #[derive(Clone, Debug)]
 #[must_use]
@@ -45,6 +49,8 @@ pub struct TrustOptions {
     pub system_roots: bool,
     /// The largest file read from a CA folder.
     pub max_file_bytes: u64,
+    /// Which files a trigger's `ca`, `cert` and `key` may name.
+    pub file_params: material::FileParams,
     /// With `watch`, how often the folders are also re-checked without an event (a safety
     /// net for missed events and folders created later).
     pub rescan_interval: Duration,
@@ -60,6 +66,7 @@ impl Default for TrustOptions {
             watch: false,
             system_roots: true,
             max_file_bytes: MAX_MATERIAL_BYTES,
+            file_params: material::FileParams::Any,
             rescan_interval: Duration::from_secs(10),
         }
     }
@@ -105,6 +112,11 @@ impl TrustOptions {
         self.system_roots = on;
         self
     }
+    /// Sets which files a trigger's `ca`, `cert` and `key` may name.
+    pub fn file_params(mut self, policy: material::FileParams) -> Self {
+        self.file_params = policy;
+        self
+    }
     /// Sets the rescan interval of the watcher.
     pub fn rescan_interval(mut self, every: Duration) -> Self {
         self.rescan_interval = every;
@@ -114,6 +126,7 @@ impl TrustOptions {
 
 /// Counters and state worth showing to an operator.
 #[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TrustStats {
     /// Triggers that used `unsafeSsl` (each warned once).
     pub unsafe_ssl_triggers: usize,
@@ -397,16 +410,19 @@ impl TrustFactory {
 
         let trigger_ca = match &settings.ca {
             Some(value) => {
-                let (_, bytes) = material::read_source("ca", value)?;
+                let (_, bytes) =
+                    material::read_source("ca", value, &self.inner.options.file_params)?;
                 material::certificates_for("ca", &bytes)?
             }
             None => Vec::new(),
         };
         let identity = match (&settings.cert, &settings.key) {
             (Some(cert), Some(key)) => {
-                let (_, cert_bytes) = material::read_source("cert", cert)?;
+                let (_, cert_bytes) =
+                    material::read_source("cert", cert, &self.inner.options.file_params)?;
                 let chain = material::certificates_for("cert", &cert_bytes)?;
-                let (_, key_bytes) = material::read_source("key", key.expose())?;
+                let (_, key_bytes) =
+                    material::read_source("key", key.expose(), &self.inner.options.file_params)?;
                 let key = material::private_key(&key_bytes, settings.key_password.as_ref())?;
                 Some(Identity { chain, key })
             }
@@ -569,7 +585,7 @@ impl TrustFactory {
         for file in anchors.files().iter().filter(|f| f.reason.is_some()) {
             let reason = file.reason.clone().unwrap_or_default();
             if logged.insert((file.path.clone(), reason.clone())) {
-                tracing::warn!(path = %file.path.display(), status = ?file.status, %reason, "CA file not (fully) trusted");
+                tracing::warn!(target: CA_FILES_LOG_TARGET, path = %file.path.display(), status = ?file.status, %reason, "CA file not (fully) trusted");
             }
         }
         if changed {

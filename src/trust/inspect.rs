@@ -15,6 +15,7 @@ use super::verify::RecordingVerifier;
 
 /// A certificate, as a person reads it.
 #[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CertSummary {
     /// Subject DN.
     pub subject: String,
@@ -66,8 +67,8 @@ impl CertSummary {
             subject: cert.subject().to_string(),
             issuer: cert.issuer().to_string(),
             serial: cert.raw_serial_as_string(),
-            not_before: cert.validity().not_before.to_string(),
-            not_after: cert.validity().not_after.to_string(),
+            not_before: rfc3339(&cert.validity().not_before),
+            not_after: rfc3339(&cert.validity().not_after),
             names,
             is_ca: cert.is_ca(),
         })
@@ -76,6 +77,7 @@ impl CertSummary {
 
 /// The outcome of one handshake.
 #[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct HandshakeReport {
     /// `host:port` as asked.
     pub target: String,
@@ -118,7 +120,7 @@ pub async fn handshake(ctx: &TlsContext, target: &str, timeout: Duration) -> Han
         error: None,
         elapsed_ms: 0,
     };
-    let result = run(ctx, target, timeout, &seen, &mut report).await;
+    let result = run(ctx, target, timeout, &seen, &mut report, start).await;
     if let Ok(chain) = seen.lock() {
         report.chain = chain.iter().filter_map(CertSummary::from_der).collect();
     }
@@ -126,7 +128,10 @@ pub async fn handshake(ctx: &TlsContext, target: &str, timeout: Duration) -> Han
         Ok(()) => report.ok = true,
         Err(failure) => report.error = Some(failure),
     }
-    report.elapsed_ms = start.elapsed().as_millis();
+    if report.elapsed_ms == 0 {
+        // Failed before the handshake completed: the time to the failure.
+        report.elapsed_ms = start.elapsed().as_millis();
+    }
     report
 }
 
@@ -136,6 +141,7 @@ async fn run(
     timeout: Duration,
     seen: &Arc<Mutex<Vec<CertificateDer<'static>>>>,
     report: &mut HandshakeReport,
+    start: Instant,
 ) -> Result<(), HandshakeFailure> {
     let connection = |message: String| HandshakeFailure {
         kind: FailureKind::Connection,
@@ -167,6 +173,8 @@ async fn run(
         ))
     })?
     .map_err(|e| classify(&e, Some(ctx), target))?;
+    // The handshake's own time, before the wait for a late alert below.
+    report.elapsed_ms = start.elapsed().as_millis().max(1);
     let (_, conn) = tls.get_ref();
     report.version = conn.protocol_version().map(|v| format!("{v:?}"));
     report.cipher_suite = conn
@@ -177,6 +185,13 @@ async fn run(
         Ok(Err(e)) => Err(classify(&e, Some(ctx), target)),
         _ => Ok(()),
     }
+}
+
+/// A certificate time as RFC 3339 (as Kubernetes writes times).
+fn rfc3339(t: &x509_parser::time::ASN1Time) -> String {
+    t.to_datetime()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
 }
 
 #[cfg(test)]

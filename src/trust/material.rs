@@ -31,12 +31,75 @@ pub fn is_inline(value: &str) -> bool {
     value.contains("-----BEGIN") || value.trim().contains('\n')
 }
 
-/// Reads a parameter value: inline PEM as bytes, or the named file (size-capped).
-pub fn read_source(parameter: &'static str, value: &str) -> Result<(Source, Vec<u8>)> {
+/// Which files a trigger's `ca`, `cert` and `key` may name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum FileParams {
+    /// Any file the process can read (the SDK's default, and `probe`, which runs as the
+    /// user on the user's own files).
+    #[default]
+    Any,
+    /// Only files under one of `allowed`, and never under one of `denied`, both compared
+    /// after every symlink is resolved. An empty `allowed` refuses every path: the
+    /// material must then come inline (from a Secret, as KEDA takes it).
+    Under {
+        /// Folders whose files may be named.
+        allowed: Vec<PathBuf>,
+        /// Folders whose files may never be named (the operator's own certificates).
+        denied: Vec<PathBuf>,
+    },
+}
+
+impl FileParams {
+    /// Whether `path` may be read; `Err` says why not.
+    fn check(&self, path: &Path) -> std::result::Result<(), String> {
+        let FileParams::Under { allowed, denied } = self else {
+            return Ok(());
+        };
+        if allowed.is_empty() {
+            return Err(
+                "file paths are not allowed here: give the PEM itself (from a Secret), or let the operator read a folder with --allow-file-params".into(),
+            );
+        }
+        let real = std::fs::canonicalize(path).map_err(|e| format!("cannot resolve: {e}"))?;
+        let canon = |d: &PathBuf| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
+        if denied.iter().map(canon).any(|d| real.starts_with(&d)) {
+            return Err(
+                "it resolves into the operator's own certificate folder, which no trigger may use"
+                    .into(),
+            );
+        }
+        if !allowed.iter().map(canon).any(|a| real.starts_with(&a)) {
+            return Err(format!(
+                "it is not under a folder allowed by --allow-file-params ({})",
+                allowed
+                    .iter()
+                    .map(|a| a.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reads a parameter value: inline PEM as bytes, or the named file (size-capped), if
+/// `files` allows it.
+pub fn read_source(
+    parameter: &'static str,
+    value: &str,
+    files: &FileParams,
+) -> Result<(Source, Vec<u8>)> {
     if is_inline(value) {
         return Ok((Source::Inline, value.as_bytes().to_vec()));
     }
     let path = PathBuf::from(value.trim());
+    files
+        .check(&path)
+        .map_err(|reason| TrustError::FileRefused {
+            parameter,
+            path: (parameter != "key").then(|| path.clone()),
+            reason,
+        })?;
     let bytes = read_capped(&path, MAX_MATERIAL_BYTES).map_err(|source| TrustError::ReadFile {
         parameter,
         // A key's value is never echoed, even when it was meant as a path: it may be the

@@ -23,7 +23,7 @@ pub use anchors::{Anchors, DEFAULT_CA_DIR, FileReport, FileStatus, FolderReport}
 pub use classify::{FailureKind, HandshakeFailure, classify, classify_rustls, find_rustls_error};
 pub use context::{Fingerprint, IdentityPem, TlsContext};
 pub use error::{Result, TrustError};
-pub use factory::{TrustFactory, TrustOptions, TrustStats};
+pub use factory::{CA_FILES_LOG_TARGET, TrustFactory, TrustOptions, TrustStats};
 pub use server::{ServerIdentity, ServerTls};
 pub use settings::{Secret, TlsMode, TlsSettings, UnsafeSslPolicy, parse_go_bool};
 pub use version::{CLIENT_MIN_TLS_ENV, SERVICE_MIN_TLS_ENV, TlsVersion};

@@ -41,6 +41,7 @@ pub fn ca_bundle(args: &CertDirArgs) -> anyhow::Result<ExitCode> {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct InspectOut {
     dir: PathBuf,
     ca: Vec<CertSummary>,

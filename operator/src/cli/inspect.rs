@@ -45,6 +45,7 @@ pub struct InspectArgs {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct AnchorsOut {
     total: usize,
     system: usize,
@@ -55,6 +56,7 @@ struct AnchorsOut {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct PolicyOut {
     client_min_tls: String,
     client_min_tls_effective: String,
@@ -64,12 +66,14 @@ struct PolicyOut {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct FolderOut {
     path: PathBuf,
     present: bool,
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Output {
     anchors: AnchorsOut,
     policy: PolicyOut,

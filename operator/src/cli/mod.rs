@@ -110,13 +110,13 @@ impl TrustArgs {
 }
 
 /// Logs on stderr: `RUST_LOG`, else `info` for the long-running operator and `warn` for
-/// one-shot commands (whose answer is their output); colours only on a terminal.
-fn init_logging(format: LogFormat, long_running: bool) {
+/// one-shot commands (whose answer is their output; `trust inspect` also leaves out the
+/// per-file CA warnings, which its report already holds); colours only on a terminal.
+fn init_logging(format: LogFormat, level: &str) {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         // lapin logs every failed connection at ERROR itself; scalers report those
         // failures, classified, so its own lines are off unless RUST_LOG asks for them.
-        let level = if long_running { "info" } else { "warn" };
         tracing_subscriber::EnvFilter::new(format!("{level},lapin=off,notify=warn"))
     });
     let builder = tracing_subscriber::fmt()
@@ -174,7 +174,12 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    init_logging(cli.log_format, matches!(cli.command, Command::Operator(_)));
+    let level = match cli.command {
+        Command::Operator(_) => "info",
+        Command::Trust(_) => "warn,trustscale::trust::ca_files=off",
+        _ => "warn",
+    };
+    init_logging(cli.log_format, level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

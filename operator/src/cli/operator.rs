@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::Args;
 use trustscale_operator::manifest::Env;
 use trustscale_operator::pki::PkiOptions;
-use trustscale_operator::{Operator, OperatorConfig, OperatorError, builtins};
+use trustscale_operator::{Operator, OperatorConfig, builtins};
 
 use super::TrustArgs;
 
@@ -43,19 +43,54 @@ pub struct OperatorArgs {
     /// disable).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8081")]
     health_probe_bind_address: String,
+    /// A folder whose files triggers' `ca`, `cert` and `key` may name (repeatable; none:
+    /// those parameters take PEM only, as KEDA takes them from Secrets). Files that resolve
+    /// into --cert-dir are refused whatever this says.
+    #[arg(long = "allow-file-params", value_name = "DIR")]
+    allow_file_params: Vec<PathBuf>,
     /// DNS names for the generated serving certificate (repeatable; localhost,
     /// 127.0.0.1 and ::1 are always included).
     #[arg(long = "service-dns-name", value_name = "NAME")]
     service_dns_names: Vec<String>,
     /// Lifetime of a generated CA.
-    #[arg(long, value_name = "DURATION", default_value = "10years", value_parser = humantime::parse_duration)]
-    ca_lifetime: Duration,
+    #[arg(long, value_name = "DURATION", default_value = "10years", value_parser = lifetime)]
+    ca_lifetime: Lifetime,
     /// Lifetime of a generated serving certificate (renewed at 70 %).
-    #[arg(long, value_name = "DURATION", default_value = "1year", value_parser = humantime::parse_duration)]
-    cert_lifetime: Duration,
+    #[arg(long, value_name = "DURATION", default_value = "1year", value_parser = lifetime)]
+    cert_lifetime: Lifetime,
+}
+
+/// A lifetime as the user typed it (`90d`) and its value; messages echo the text.
+#[derive(Clone, Debug)]
+struct Lifetime {
+    text: String,
+    value: Duration,
+}
+
+fn lifetime(text: &str) -> Result<Lifetime, String> {
+    humantime::parse_duration(text)
+        .map(|value| Lifetime {
+            text: text.to_string(),
+            value,
+        })
+        .map_err(|e| e.to_string())
 }
 
 pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
+    if args.cert_lifetime.value < Duration::from_secs(2) {
+        // X.509 validity has one-second resolution.
+        anyhow::bail!(
+            "--cert-lifetime must be at least 2s (got {})",
+            args.cert_lifetime.text
+        );
+    }
+    if args.cert_lifetime.value >= args.ca_lifetime.value {
+        anyhow::bail!(
+            "--cert-lifetime ({}) must be shorter than --ca-lifetime ({})",
+            args.cert_lifetime.text,
+            args.ca_lifetime.text
+        );
+    }
     let metrics_listen =
         if args.metrics_bind_address.is_empty() {
             None
@@ -78,25 +113,16 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         .trust(args.trust.options()?)
         .cert_rotation(args.enable_cert_rotation)
         .pki(PkiOptions {
-            ca_lifetime: args.ca_lifetime,
-            cert_lifetime: args.cert_lifetime,
+            ca_lifetime: args.ca_lifetime.value,
+            cert_lifetime: args.cert_lifetime.value,
             dns_names: args.service_dns_names,
         })
         .listen(args.listen)
         .metrics_listen(metrics_listen)
         .health_listen(health_listen)
+        .allow_file_params(args.allow_file_params)
         .env(Env::process());
-    let operator = Operator::start(config, builtins::registry())
-        .await
-        .map_err(|e| match e {
-            // The flag names are what the user typed.
-            OperatorError::Config(m) => anyhow::anyhow!(
-                "{}",
-                m.replace("the certificate lifetime", "--cert-lifetime")
-                    .replace("the CA lifetime", "--ca-lifetime")
-            ),
-            other => anyhow::Error::new(other),
-        })?;
+    let operator = Operator::start(config, builtins::registry()).await?;
     operator.run_until_signal().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -45,15 +45,38 @@ struct TriggerOut {
     active: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<ErrorOut>,
+    /// Metadata keys the scaler does not know (typos are otherwise silent).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unknown_parameters: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Summary {
+    triggers: usize,
+    ok: usize,
+    failed: usize,
+    problems: usize,
+    unknown_parameters: usize,
 }
 
 #[derive(Serialize)]
 struct Output {
     triggers: Vec<TriggerOut>,
     problems: Vec<LoadProblem>,
+    summary: Summary,
 }
 
 pub async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
+    for path in &args.files {
+        if let Err(e) = std::fs::metadata(path) {
+            // A path that is not there is a usage error (exit 2), not a failed probe.
+            anyhow::bail!("{}: {e}", path.display());
+        }
+    }
+    tracing::info!(
+        "probe reads the files its triggers name (ca, cert, key) as the user running it"
+    );
     let factory = TrustFactory::new(args.trust.options()?)?;
     let set = manifest::load(&args.files);
     let registry = builtins::registry();
@@ -81,7 +104,13 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
                 value: None,
                 active: None,
                 error: None,
+                unknown_parameters: Vec::new(),
             };
+            if let Ok(spec) = &trigger
+                && let Some(declared) = registry.parameters(&spec.type_name)
+            {
+                out.unknown_parameters = trustscale::scaler::Params::new(spec, declared).unknown();
+            }
             let result: Result<_, ErrorOut> = async {
                 let spec = trigger.map_err(|e| ErrorOut::from(&e))?;
                 let scaler = registry
@@ -116,9 +145,18 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
         .collect()
         .await;
     triggers.sort_by(|a, b| (&a.scaled_object, a.index).cmp(&(&b.scaled_object, b.index)));
+    let failed = triggers.iter().filter(|t| t.error.is_some()).count();
+    let summary = Summary {
+        triggers: triggers.len(),
+        ok: triggers.len() - failed,
+        failed,
+        problems: set.problems.len(),
+        unknown_parameters: triggers.iter().map(|t| t.unknown_parameters.len()).sum(),
+    };
     let out = Output {
         triggers,
         problems: set.problems,
+        summary,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -149,7 +187,18 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
                     t.scaled_object, t.index, t.type_name, e.kind, e.message
                 ),
             }
+            if !t.unknown_parameters.is_empty() {
+                println!(
+                    "          unknown parameters (ignored): {}",
+                    t.unknown_parameters.join(", ")
+                );
+            }
         }
+        let s = &out.summary;
+        println!(
+            "{} triggers: {} OK, {} failed; {} manifest problems; {} unknown parameters",
+            s.triggers, s.ok, s.failed, s.problems, s.unknown_parameters
+        );
     }
     let all_ok = out.problems.is_empty()
         && !out.triggers.is_empty()
