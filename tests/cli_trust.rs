@@ -165,3 +165,66 @@ async fn a_plaintext_port_is_said_not_to_speak_tls() {
         "{text}"
     );
 }
+
+/// A TLS 1.2-only server offering only `suites` (IANA names).
+async fn tls12_server_with(ca: &TestCa, suites: &[&str]) -> TestServer {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .retain(|s| s.suite().as_str().is_some_and(|n| suites.contains(&n)));
+    let leaf = ca.server();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(leaf.chain.clone(), leaf.key())
+        .unwrap();
+    TestServer::start(std::sync::Arc::new(config)).await
+}
+
+#[tokio::test]
+async fn keda_http_tls_cipher_list_limits_the_tls12_suites_clients_offer() {
+    let ca = TestCa::new("cipher CA");
+    let dir = ca_dir();
+    ca.write_pem(&dir.path().join("ca.crt"));
+    let d = dir.path().to_str().unwrap();
+    let aes256 = "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384";
+    let server = tls12_server_with(&ca, &[aes256, "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"]).await;
+    let (out, json) = inspect(
+        &["--ca-dir", d, "--connect", &server.target(), "--json"],
+        &[("KEDA_HTTP_TLS_CIPHER_LIST", aes256)],
+    )
+    .await;
+    assert!(out.status.success(), "{json}");
+    assert_eq!(json["handshake"]["cipherSuite"], aes256, "{json}");
+    // The twin: a server that has only a suite the list leaves out.
+    let aes128_only = tls12_server_with(&ca, &["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"]).await;
+    let (out, json) = inspect(
+        &["--ca-dir", d, "--connect", &aes128_only.target(), "--json"],
+        &[("KEDA_HTTP_TLS_CIPHER_LIST", aes256)],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{json}");
+    assert_eq!(json["handshake"]["ok"], false, "{json}");
+    // Without the list, the same server is reached.
+    let (out, _) = inspect(
+        &["--ca-dir", d, "--connect", &aes128_only.target(), "--json"],
+        &[],
+    )
+    .await;
+    assert!(out.status.success());
+    // An unknown name is a startup error that lists the valid ones.
+    let (out, _) = inspect(
+        &[],
+        &[("KEDA_HTTP_TLS_CIPHER_LIST", "TLS_RSA_WITH_RC4_128_SHA")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("KEDA_HTTP_TLS_CIPHER_LIST")
+            && err.contains("TLS_RSA_WITH_RC4_128_SHA")
+            && err.contains(aes256),
+        "{err}"
+    );
+}

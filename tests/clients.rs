@@ -399,3 +399,79 @@ fn trigger_file_parameters_are_confined_and_never_reach_the_operators_own_certif
     let none = message(&json, "allowed");
     assert!(none.contains("file paths are not allowed here"), "{none}");
 }
+
+#[test]
+fn keda_service_tls_cipher_list_limits_what_the_api_accepts() {
+    let manifests = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let api = free_port();
+    let _op = Child(
+        Command::new(env!("CARGO_BIN_EXE_trustscale"))
+            .arg("operator")
+            .arg("--manifests")
+            .arg(manifests.path())
+            .arg("--cert-dir")
+            .arg(certs.path())
+            .args([
+                "--ca-dir",
+                "/nonexistent",
+                "--listen",
+                &format!("127.0.0.1:{api}"),
+            ])
+            .args([
+                "--metrics-bind-address",
+                "",
+                "--health-probe-bind-address",
+                "",
+            ])
+            .env("KEDA_SERVICE_MIN_TLS_VERSION", "TLS12")
+            .env(
+                "KEDA_SERVICE_TLS_CIPHER_LIST",
+                "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the API listens", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", api)).is_ok()
+    });
+    let s_client = |cipher: &str| {
+        let mut child = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{api}"),
+                "-tls1_2",
+                "-cipher",
+                cipher,
+            ])
+            .arg("-CAfile")
+            .arg(certs.path().join("ca.crt"))
+            .arg("-cert")
+            .arg(certs.path().join("tls.crt"))
+            .arg("-key")
+            .arg(certs.path().join("tls.key"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let ok = s_client("ECDHE-ECDSA-AES256-GCM-SHA384");
+    assert!(
+        ok.contains("Cipher is ECDHE-ECDSA-AES256-GCM-SHA384"),
+        "{ok}"
+    );
+    let refused = s_client("ECDHE-ECDSA-AES128-GCM-SHA256");
+    assert!(
+        refused.contains("alert handshake failure")
+            || refused.contains("no shared cipher")
+            || refused.contains("Cipher is (NONE)"),
+        "{refused}"
+    );
+}

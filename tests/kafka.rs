@@ -411,3 +411,38 @@ async fn a_tls13_minimum_is_refused_for_librdkafka_unless_openssl_enforces_it() 
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn librdkafka_gets_the_same_tls12_cipher_list_in_openssl_names() {
+    let mut options = TrustOptions::default()
+        .ca_dirs(Vec::<std::path::PathBuf>::new())
+        .system_roots(false);
+    options.client_cipher_suites = Some(
+        trustscale::trust::parse_cipher_list(
+            "test",
+            "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384:TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+        )
+        .unwrap(),
+    );
+    let f = TrustFactory::new(options).unwrap();
+    let ctx = f.context(&TlsSettings::default(), "k").unwrap();
+    let props = trustscale_kafka::librdkafka_tls(&ctx, "k").unwrap();
+    assert_eq!(
+        props.get("ssl.cipher.suites"),
+        Some("ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305")
+    );
+    // Without a list, librdkafka keeps OpenSSL's own.
+    let plain = TrustFactory::new(
+        TrustOptions::default()
+            .ca_dirs(Vec::<std::path::PathBuf>::new())
+            .system_roots(false),
+    )
+    .unwrap();
+    let ctx = plain.context(&TlsSettings::default(), "k").unwrap();
+    assert_eq!(
+        trustscale_kafka::librdkafka_tls(&ctx, "k")
+            .unwrap()
+            .get("ssl.cipher.suites"),
+        None
+    );
+}

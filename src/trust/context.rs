@@ -77,6 +77,7 @@ pub(crate) struct ContextInner {
     pub unsafe_ssl: bool,
     pub server_name: Option<ServerName<'static>>,
     pub generation: u64,
+    pub tls12_suites: Option<Vec<rustls::CipherSuite>>,
 }
 
 /// The TLS context of a trigger: a rustls client configuration and the same trust in the
@@ -183,6 +184,17 @@ impl TlsContext {
     #[must_use]
     pub fn server_name_override(&self) -> Option<&ServerName<'static>> {
         self.inner.server_name.as_ref()
+    }
+
+    /// The TLS 1.2 cipher suites this context is limited to (`KEDA_HTTP_TLS_CIPHER_LIST`),
+    /// by IANA name, or `None` when every suite is allowed. For backends that take the
+    /// list themselves (librdkafka).
+    #[must_use]
+    pub fn tls12_cipher_suites(&self) -> Option<Vec<&'static str>> {
+        self.inner
+            .tls12_suites
+            .as_ref()
+            .map(|s| s.iter().filter_map(|c| c.as_str()).collect())
     }
 
     /// Where trust comes from, for error messages.

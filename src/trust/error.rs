@@ -19,6 +19,19 @@ pub enum TrustError {
         value: String,
     },
 
+    /// A cipher list names a suite this build does not have.
+    #[error(
+        "{source_name} names the unknown TLS 1.2 cipher suite {value:?}; valid names are {allowed}"
+    )]
+    InvalidCipher {
+        /// The variable or option that held the list.
+        source_name: String,
+        /// The name as given.
+        value: String,
+        /// The valid names, comma-separated.
+        allowed: String,
+    },
+
     /// A policy or mode value is not one of the allowed words.
     #[error("parameter {parameter} has the invalid value {value:?}; allowed values are {allowed}")]
     InvalidValue {

@@ -51,6 +51,12 @@ pub struct TrustOptions {
     pub max_file_bytes: u64,
     /// Which files a trigger's `ca`, `cert` and `key` may name.
     pub file_params: material::FileParams,
+    /// The TLS 1.2 cipher suites scaler clients offer (`KEDA_HTTP_TLS_CIPHER_LIST`);
+    /// `None`: every one this build has. TLS 1.3 suites are always offered.
+    pub client_cipher_suites: Option<Vec<rustls::CipherSuite>>,
+    /// The TLS 1.2 cipher suites the internal service accepts
+    /// (`KEDA_SERVICE_TLS_CIPHER_LIST`); `None`: every one.
+    pub service_cipher_suites: Option<Vec<rustls::CipherSuite>>,
     /// With `watch`, how often the folders are also re-checked without an event (a safety
     /// net for missed events and folders created later).
     pub rescan_interval: Duration,
@@ -67,6 +73,8 @@ impl Default for TrustOptions {
             system_roots: true,
             max_file_bytes: MAX_MATERIAL_BYTES,
             file_params: material::FileParams::Any,
+            client_cipher_suites: None,
+            service_cipher_suites: None,
             rescan_interval: Duration::from_secs(10),
         }
     }
@@ -79,6 +87,12 @@ impl TrustOptions {
         Ok(TrustOptions {
             client_min_tls: TlsVersion::from_env(CLIENT_MIN_TLS_ENV, TlsVersion::Tls12)?,
             service_min_tls: TlsVersion::from_env(SERVICE_MIN_TLS_ENV, TlsVersion::Tls13)?,
+            client_cipher_suites: super::ciphers::cipher_list_from_env(
+                super::ciphers::CLIENT_CIPHERS_ENV,
+            )?,
+            service_cipher_suites: super::ciphers::cipher_list_from_env(
+                super::ciphers::SERVICE_CIPHERS_ENV,
+            )?,
             ..TrustOptions::default()
         })
     }
@@ -173,6 +187,8 @@ struct CacheKey {
 pub(crate) struct Inner {
     pub options: TrustOptions,
     provider: Arc<CryptoProvider>,
+    /// The provider of the internal service (its own cipher list).
+    service_provider: Arc<CryptoProvider>,
     system: SystemRoots,
     anchors: ArcSwap<Anchors>,
     cache: SharedPool<CacheKey, ContextInner>,
@@ -225,7 +241,9 @@ impl TrustFactory {
                 "minimum service TLS version is below TLS 1.2; TLS12 is enforced"
             );
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = super::ciphers::provider_with(options.client_cipher_suites.as_deref());
+        let service_provider =
+            super::ciphers::provider_with(options.service_cipher_suites.as_deref());
         let system = if options.system_roots {
             SystemRoots::load()
         } else {
@@ -240,6 +258,7 @@ impl TrustFactory {
         let inner = Arc::new(Inner {
             options,
             provider,
+            service_provider,
             system,
             anchors: ArcSwap::from_pointee(first),
             cache: SharedPool::default(),
@@ -556,6 +575,7 @@ impl TrustFactory {
                 unsafe_ssl,
                 server_name,
                 generation,
+                tls12_suites: self.inner.options.client_cipher_suites.clone(),
             }),
         })
     }
@@ -569,7 +589,7 @@ impl TrustFactory {
         client_ca: &[rustls_pki_types::CertificateDer<'static>],
     ) -> Result<ServerTls> {
         ServerTls::new(
-            Arc::clone(&self.inner.provider),
+            Arc::clone(&self.inner.service_provider),
             self.inner.options.service_min_tls,
             identity,
             client_ca,

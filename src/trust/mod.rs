@@ -7,6 +7,7 @@
 //! [`ServerTls`]. It knows nothing about scalers.
 
 mod anchors;
+mod ciphers;
 mod classify;
 mod context;
 mod danger;
@@ -20,6 +21,9 @@ mod verify;
 mod version;
 
 pub use anchors::{Anchors, DEFAULT_CA_DIR, FileReport, FileStatus, FolderReport};
+pub use ciphers::{
+    CLIENT_CIPHERS_ENV, SERVICE_CIPHERS_ENV, cipher_list_from_env, parse_cipher_list,
+};
 pub use classify::{FailureKind, HandshakeFailure, classify, classify_rustls, find_rustls_error};
 pub use context::{Fingerprint, IdentityPem, TlsContext};
 pub use error::{Result, TrustError};

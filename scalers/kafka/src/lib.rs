@@ -47,7 +47,7 @@ use rdkafka::{ClientConfig, TopicPartitionList};
 pub use rdkafka;
 pub use tls::{
     LibrdkafkaTls, OPENSSL_CONF_ENV, classify_librdkafka_message, librdkafka_tls,
-    openssl_config_for, openssl_enforced_min, openssl_name,
+    openssl_cipher_name, openssl_config_for, openssl_enforced_min, openssl_name,
 };
 use trustscale::pool::{SharedPool, secret_digest};
 use trustscale::scaler::{

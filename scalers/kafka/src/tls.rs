@@ -148,6 +148,20 @@ pub fn classify_librdkafka_message(message: &str) -> Option<FailureKind> {
     Some(kind)
 }
 
+/// OpenSSL's name of a TLS 1.2 suite, from its IANA name.
+#[must_use]
+pub fn openssl_cipher_name(iana: &str) -> Option<&'static str> {
+    Some(match iana {
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" => "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" => "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256" => "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384" => "ECDHE-RSA-AES256-GCM-SHA384",
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" => "ECDHE-RSA-AES128-GCM-SHA256",
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256" => "ECDHE-RSA-CHACHA20-POLY1305",
+        _ => return None,
+    })
+}
+
 /// The name OpenSSL uses for a version in `MinProtocol`.
 #[must_use]
 pub fn openssl_name(version: TlsVersion) -> &'static str {
@@ -196,6 +210,15 @@ pub fn librdkafka_tls(ctx: &TlsContext, trigger: &str) -> Result<LibrdkafkaTls, 
         entries.push(("ssl.ca.pem", ctx.trust_pem()));
         entries.push(("enable.ssl.certificate.verification", "true".into()));
         entries.push(("ssl.endpoint.identification.algorithm", "https".into()));
+    }
+    if let Some(suites) = ctx.tls12_cipher_suites() {
+        // The same list in OpenSSL's names (TLS 1.3 suites stay OpenSSL's defaults, as
+        // rustls keeps its own).
+        let names: Vec<&str> = suites
+            .iter()
+            .filter_map(|s| openssl_cipher_name(s))
+            .collect();
+        entries.push(("ssl.cipher.suites", names.join(":")));
     }
     if let Some(id) = ctx.identity_pem() {
         entries.push(("ssl.certificate.pem", id.chain));
