@@ -1219,3 +1219,34 @@ spec:
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever text a manifest file holds, loading it reports problems by file and
+        /// document and never panics; a good document after it still loads.
+        #[test]
+        fn loading_any_text_never_panics_and_a_good_document_after_it_loads(
+            junk in prop_oneof![
+                "\\PC{0,400}",
+                "([\\[{]{0,80}[a-z: ,]{0,20}[\\]}]{0,80})",
+                "(kind: ScaledObject\nmetadata: \\{name: [a-z]{1,5}\\}\nspec:\n  pollingInterval: -?[0-9]{1,25}\n  triggers: \\[\\]\n)",
+            ],
+        ) {
+            let good = "kind: ScaledObject\nmetadata: {name: zzgood, namespace: p}\nspec:\n  triggers:\n    - type: t\n      metadata: {a: b}\n";
+            let junk = junk.replace("\n---", "\n#--");
+            let text = format!("{junk}\n---\n{good}");
+            let mut set = ManifestSet::default();
+            set.add_text(Path::new("p.yaml"), &text);
+            for problem in &set.problems {
+                prop_assert!(problem.to_string().starts_with("p.yaml (document"), "{problem}");
+            }
+            let sos = set.scaled_objects(&Env::default());
+            prop_assert!(sos.iter().any(|s| s.id.name == "zzgood"), "{:?}", set.problems);
+        }
+    }
+}

@@ -436,3 +436,53 @@ mod tests {
         assert!(md.contains("One of: json, xml."), "{md}");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::scaler::ObjectRef;
+
+    const DECLARED: &[Param] = &[
+        Param::new("listLength", "target").default("5"),
+        Param::new("flag", "a flag"),
+        Param::new("mode", "a mode")
+            .default("a")
+            .one_of(&["a", "b"]),
+        Param::secret("password", "a secret"),
+    ];
+
+    proptest! {
+        /// Whatever a trigger's metadata holds, reading it gives a value or an error that
+        /// names the trigger and the parameter, and never a panic.
+        #[test]
+        fn reading_parameters_never_panics_and_errors_name_the_parameter(
+            metadata in proptest::collection::btree_map("[a-zA-Z]{1,12}", "\\PC{0,40}", 0..8),
+            length in "\\PC{0,30}",
+            flag in "\\PC{0,10}",
+            mode in "\\PC{0,5}",
+        ) {
+            let mut metadata: BTreeMap<String, String> = metadata;
+            metadata.insert("listLength".into(), length);
+            metadata.insert("flag".into(), flag);
+            metadata.insert("mode".into(), mode);
+            let spec = TriggerSpec::new(ObjectRef { namespace: "n".into(), name: "s".into() }, 0, "t", metadata);
+            let p = Params::new(&spec, DECLARED);
+            for (name, result) in [
+                ("listLength", p.quantity_value("listLength").map(|_| ())),
+                ("flag", p.flag("flag").map(|_| ())),
+                ("mode", p.choice("mode").map(|_| ())),
+            ] {
+                if let Err(e) = result {
+                    let text = e.to_string();
+                    prop_assert!(text.contains("n/s#0 (t)") && text.contains(name), "{text}");
+                }
+            }
+            let _ = p.unknown();
+            let _ = p.tls();
+        }
+    }
+}

@@ -501,3 +501,38 @@ pub(crate) fn split_pins(
             .unwrap_or(true)
     })
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever a CA folder holds, a load reports every file (loaded, partial or
+        /// rejected, with a reason when not loaded) and never panics.
+        #[test]
+        fn every_file_of_a_ca_folder_gets_a_report(
+            files in proptest::collection::vec(
+                prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..600),
+                    "(-----BEGIN CERTIFICATE-----\n[A-Za-z0-9+/=\n]{0,300}\n-----END CERTIFICATE-----\n){1,3}".prop_map(String::into_bytes),
+                ],
+                0..6,
+            ),
+        ) {
+            let dir = std::env::temp_dir().join(format!("trustscale-prop-{}-{:x}", std::process::id(), fastrand::u64(..)));
+            std::fs::create_dir_all(&dir).unwrap();
+            for (i, bytes) in files.iter().enumerate() {
+                std::fs::write(dir.join(format!("f{i}.pem")), bytes).unwrap();
+            }
+            let opts = LoadOptions { folders: vec![dir.clone()], max_file_bytes: 4096 };
+            let anchors = load(&SystemRoots::default(), &opts, 1).unwrap();
+            std::fs::remove_dir_all(&dir).unwrap();
+            prop_assert_eq!(anchors.files().len(), files.len());
+            for f in anchors.files() {
+                prop_assert!(f.status == FileStatus::Loaded || f.reason.is_some(), "{:?}", f);
+            }
+        }
+    }
+}

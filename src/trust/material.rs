@@ -476,3 +476,49 @@ mod tests {
         assert!(err.to_string().contains("no private key"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Whatever bytes a file or a parameter holds, reading it gives a result or an error,
+    //! never a panic, and a key's error never holds the key. `PROPTEST_CASES=N` runs more.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn pemish() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..2048),
+            ("[A-Z ]{0,20}", "[A-Za-z0-9+/=\n]{0,600}").prop_map(|(label, body)| {
+                format!("junk\n-----BEGIN {label}-----\n{body}\n-----END {label}-----\n")
+                    .into_bytes()
+            }),
+            "[A-Za-z0-9+/=\n-]{0,800}".prop_map(String::into_bytes),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_certificates_never_panics(bytes in pemish()) {
+            let _ = parse_certificates(&bytes);
+            let _ = certificates_for("ca", &bytes);
+        }
+
+        #[test]
+        fn parsing_keys_never_panics_or_echoes_the_key(bytes in pemish(), password in proptest::option::of("[a-z]{0,12}")) {
+            let pw = password.map(Secret::new);
+            if let Err(e) = private_key(&bytes, pw.as_ref()) {
+                let text = e.to_string();
+                let body = String::from_utf8_lossy(&bytes);
+                // A long run of the input never reappears in the message.
+                for chunk in body.split_whitespace().filter(|c| c.len() >= 24) {
+                    prop_assert!(!text.contains(chunk), "{text}");
+                }
+            }
+        }
+
+        #[test]
+        fn a_value_is_inline_or_a_path_and_reading_it_never_panics(value in "\\PC{0,200}") {
+            let _ = read_source("ca", &value, &FileParams::Under { allowed: vec![], denied: vec![] });
+        }
+    }
+}

@@ -338,3 +338,30 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever body a source sends and whatever path a trigger names, extraction
+        /// gives a number or an error, never a panic.
+        #[test]
+        fn extraction_never_panics(
+            body in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..512),
+                "\\PC{0,300}".prop_map(String::into_bytes),
+                ("[a-z]{1,5}", -1e9f64..1e9).prop_map(|(k, v)| format!("{{\"{k}\":{{\"v\":{v}}}}}").into_bytes()),
+            ],
+            location in "[a-z0-9.#@{}=\"_ ]{0,30}",
+        ) {
+            for format in [Format::Json, Format::Yaml, Format::Xml, Format::Prometheus] {
+                if let Ok(v) = extract(format, &body, &location) {
+                    prop_assert!(!v.is_nan() || format == Format::Prometheus);
+                }
+            }
+        }
+    }
+}
