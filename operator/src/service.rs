@@ -131,8 +131,28 @@ pub fn api_response(
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections one listener serves at once; more are closed at once (and said so).
+/// Connections one listener serves at once at most; more are closed at once (and said
+/// so). Below a low descriptor limit, a quarter of it (see [`connection_cap`]).
 pub const MAX_CONNECTIONS: usize = 1024;
+
+/// The connections one listener may hold: [`MAX_CONNECTIONS`], or a quarter of the
+/// process's open-file limit when that is lower, so that held connections alone can never
+/// use up the descriptors (accepting would then fail for everyone, clients and scalers).
+#[must_use]
+pub fn connection_cap() -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse::<usize>().ok())
+        });
+    match soft {
+        Some(limit) => MAX_CONNECTIONS.min((limit / 4).max(8)),
+        None => MAX_CONNECTIONS,
+    }
+}
 
 /// An HTTP/1.1 and HTTP/2 server (HTTP/2 by ALPN or prior knowledge), with the timeouts
 /// a server on a network needs.
@@ -195,7 +215,8 @@ async fn accept_loop<F, Fut>(
     F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let cap = connection_cap();
+    let permits = Arc::new(tokio::sync::Semaphore::new(cap));
     let accept_errors = RateLimited::new(Duration::from_secs(1));
     let refused = RateLimited::new(Duration::from_secs(10));
     let mut backoff = Duration::from_millis(10);
@@ -222,7 +243,7 @@ async fn accept_loop<F, Fut>(
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             if let Some(suppressed) = refused.allow() {
-                tracing::warn!(%peer, server = what, limit = MAX_CONNECTIONS, suppressed, "too many connections; closing a new one");
+                tracing::warn!(%peer, server = what, limit = cap, suppressed, "too many connections; closing a new one");
             }
             drop(tcp);
             continue;
@@ -257,8 +278,11 @@ pub async fn serve_api(
                 }
                 Err(_) => return,
             };
+            let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let seen = Arc::clone(&asked);
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let engine = engine.clone();
+                seen.store(true, std::sync::atomic::Ordering::Relaxed);
                 async move {
                     let resp = api_response(
                         &engine,
@@ -269,9 +293,25 @@ pub async fn serve_api(
                     Ok::<_, Infallible>(resp)
                 }
             });
-            let builder = http_builder();
+            // ALPN decides the protocol (nothing sniffs a preface). A client that sends
+            // no request within the header timeout is let go; after its first request,
+            // HTTP/1's header timeout and HTTP/2's keep-alive bound an idle connection.
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let builder = if h2 {
+                http_builder().http2_only()
+            } else {
+                http_builder().http1_only()
+            };
             let conn = builder.serve_connection(TokioIo::new(stream), service);
-            let _ = watcher.watch(conn.into_owned()).await;
+            let served = watcher.watch(conn.into_owned());
+            tokio::pin!(served);
+            tokio::select! {
+                _ = &mut served => return,
+                _ = tokio::time::sleep(HEADER_TIMEOUT) => {}
+            }
+            if asked.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = served.await;
+            }
         }
     })
     .await;
@@ -324,6 +364,13 @@ pub async fn serve_health(
                     }))
                 }
             });
+            // A client that connects and says nothing is let go after the header timeout
+            // (HTTP/1 or HTTP/2 is told apart by the first bytes, which must come).
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(HEADER_TIMEOUT, tcp.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
             let _ = http_builder()
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
@@ -369,6 +416,13 @@ pub async fn serve_metrics(
                         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
                 }
             });
+            // A client that connects and says nothing is let go after the header timeout
+            // (HTTP/1 or HTTP/2 is told apart by the first bytes, which must come).
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(HEADER_TIMEOUT, tcp.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
             let _ = http_builder()
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
