@@ -434,10 +434,14 @@ fn keda_service_tls_cipher_list_limits_what_the_api_accepts() {
             .spawn()
             .unwrap(),
     );
-    wait_for("the API listens with its certificates", Duration::from_secs(20), || {
-        certs.path().join("tls.key").exists()
-            && std::net::TcpStream::connect(("127.0.0.1", api)).is_ok()
-    });
+    wait_for(
+        "the API listens with its certificates",
+        Duration::from_secs(20),
+        || {
+            certs.path().join("tls.key").exists()
+                && std::net::TcpStream::connect(("127.0.0.1", api)).is_ok()
+        },
+    );
     let s_client = |cipher: &str| {
         let mut child = Command::new("openssl")
             .args([

@@ -234,14 +234,15 @@ async fn trust_failures_are_classified_and_unsafe_ssl_still_connects() {
     };
     let err = poll(&c, trig(untrusted.url("/"), &[])).await.unwrap_err();
     assert_eq!(err.kind.as_str(), "unknown_issuer", "{err}");
-    assert!(
-        poll(&c, trig(untrusted.url("/"), &[("unsafeSsl", "true")]))
-            .await
-            .is_ok()
+    let value = |r: Result<Poll, ScalerError>| r.map(|p| p.metrics[0].value);
+    assert_eq!(
+        value(poll(&c, trig(untrusted.url("/"), &[("unsafeSsl", "true")])).await).unwrap(),
+        1.0
     );
     assert_eq!(c.trust.stats().unsafe_ssl_triggers, 1);
-    assert!(
-        poll(&c, trig(old.url("/"), &[])).await.is_ok(),
+    assert_eq!(
+        value(poll(&c, trig(old.url("/"), &[])).await).unwrap(),
+        1.0,
         "TLS12 minimum talks to a TLS 1.2 server"
     );
     let strict = BuildContext {
@@ -254,6 +255,16 @@ async fn trust_failures_are_classified_and_unsafe_ssl_still_connects() {
     };
     let err = poll(&strict, trig(old.url("/"), &[])).await.unwrap_err();
     assert_eq!(err.kind.as_str(), "protocol_version", "{err}");
+    // Its twin: the TLS 1.3 minimum does connect, to a TLS 1.3 server.
+    let modern = HttpsServer::start(
+        server_config(&s.ca.server(), Versions::Only13, None),
+        |_: &Request| Response::ok(r#"{"v": 1}"#),
+    )
+    .await;
+    assert_eq!(
+        value(poll(&strict, trig(modern.url("/"), &[])).await).unwrap(),
+        1.0
+    );
 }
 
 #[tokio::test]
