@@ -11,6 +11,8 @@
 
 mod support;
 
+use support::free_port;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -286,14 +288,6 @@ fn probe_reports_every_bad_input_and_still_polls_the_good_ones() {
         4.0,
         "a misspelt key does not stop the trigger"
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -12,24 +12,7 @@ use std::time::{Duration, Instant};
 
 use support::fixtures::Fixtures;
 use support::rabbit::Mgmt;
-use support::unique;
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::{Child, free_port, unique};
 
 /// An HTTPS source: python's http.server wrapped in python's ssl, with the fixtures'
 /// server certificate (signed by the fixture CA).
