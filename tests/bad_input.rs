@@ -360,9 +360,30 @@ fn a_running_operator_reports_every_bad_input_keeps_serving_and_stops_on_sigterm
     assert_no_secret("the API's /scaledobjects", &text);
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_problems(&json["problems"], &text);
-    // Still serving a few rounds later (the FIFO parameter stalls nothing).
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(status().contains("corpus/good"));
+    // Still polling rounds later (the FIFO parameter stalls nothing): the good
+    // ScaledObject's last poll moves on, with its value.
+    let last_poll = |text: &str| {
+        serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|j| {
+                j["scaledObjects"].as_array().and_then(|a| {
+                    a.iter()
+                        .find(|o| {
+                            o["scaledObject"] == "corpus/good" && o["triggers"][0]["value"] == 4.0
+                        })
+                        .map(|o| o["lastPoll"].to_string())
+                })
+            })
+    };
+    let first = last_poll(&text).expect("the good ScaledObject was polled");
+    let start = Instant::now();
+    while last_poll(&status()).is_none_or(|t| t == first) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the good ScaledObject stopped polling"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let pid = child.id().to_string();
     assert!(
         Command::new("kill")

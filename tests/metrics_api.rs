@@ -201,6 +201,17 @@ async fn each_auth_mode_is_sent_and_checked_by_the_server() {
     assert_eq!(err.kind, ErrorKind::Auth, "{err}");
     let err = poll(&c, base(mtls.url("/mtls"), &[])).await.unwrap_err();
     assert_eq!(err.kind.as_str(), "client_cert_required", "{err}");
+    // A client certificate from another CA is refused by the same server.
+    let stranger = TestCa::new("stranger").client("scaler");
+    let err = poll(
+        &c,
+        base(mtls.url("/mtls"), &[("authMode", "tls")])
+            .with_auth("cert", stranger.cert_pem.clone())
+            .with_auth("key", stranger.key_pem.clone()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind.as_str(), "client_cert_rejected", "{err}");
     let err = poll(&c, base(server.url("/basic"), &[("authMode", "basic")]))
         .await
         .unwrap_err();
@@ -255,6 +266,21 @@ async fn trust_failures_are_classified_and_unsafe_ssl_still_connects() {
     };
     let err = poll(&strict, trig(old.url("/"), &[])).await.unwrap_err();
     assert_eq!(err.kind.as_str(), "protocol_version", "{err}");
+    // A certificate for another name, and an expired one, from the trusted CA.
+    let other_name = HttpsServer::start(
+        server_config(&s.ca.server_for(&["other.internal"]), Versions::Both, None),
+        |_: &Request| Response::ok(r#"{"v": 1}"#),
+    )
+    .await;
+    let err = poll(&c, trig(other_name.url("/"), &[])).await.unwrap_err();
+    assert_eq!(err.kind.as_str(), "hostname_mismatch", "{err}");
+    let expired = HttpsServer::start(
+        server_config(&s.ca.expired_server(), Versions::Both, None),
+        |_: &Request| Response::ok(r#"{"v": 1}"#),
+    )
+    .await;
+    let err = poll(&c, trig(expired.url("/"), &[])).await.unwrap_err();
+    assert_eq!(err.kind.as_str(), "expired", "{err}");
     // Its twin: the TLS 1.3 minimum does connect, to a TLS 1.3 server.
     let modern = HttpsServer::start(
         server_config(&s.ca.server(), Versions::Only13, None),
