@@ -503,19 +503,31 @@ fn check_depth(doc: &str) -> Result<(), String> {
     let mut depth = 0usize;
     let mut quote: Option<char> = None;
     let mut prev = ' ';
+    // The last character that was not a space, on this line: a quote opens a quoted
+    // scalar only where a scalar can start (`it's` in a plain scalar is an apostrophe).
+    let mut last;
     for line in doc.lines() {
+        last = '\n';
         let indent = line.len() - line.trim_start_matches(' ').len();
         if indent > MAX_INDENT && quote.is_none() {
             return Err(format!(
                 "nested too deeply: indented {indent} columns (at most {MAX_INDENT})"
             ));
         }
+        let mut escaped = false;
         for c in line.chars() {
             match (quote, c) {
-                (Some('"'), '"') if prev != '\\' => quote = None,
+                (Some('"'), '\\') if !escaped => {
+                    escaped = true;
+                    prev = c;
+                    continue;
+                }
+                (Some('"'), '"') if !escaped => quote = None,
                 (Some('\''), '\'') => quote = None,
                 (Some(_), _) => {}
-                (None, '"' | '\'') => quote = Some(c),
+                (None, '"' | '\'') if matches!(last, '\n' | ':' | '-' | '[' | '{' | ',' | '?') => {
+                    quote = Some(c)
+                }
                 (None, '#') if prev == ' ' || prev == '\t' => break,
                 (None, '[' | '{') => {
                     depth += 1;
@@ -528,7 +540,11 @@ fn check_depth(doc: &str) -> Result<(), String> {
                 (None, ']' | '}') => depth = depth.saturating_sub(1),
                 _ => {}
             }
+            escaped = false;
             prev = c;
+            if !c.is_whitespace() {
+                last = c;
+            }
         }
         prev = ' ';
     }
@@ -1207,6 +1223,20 @@ spec:
         );
         // Not a timing assertion: the figure is printed for the note.
         eprintln!("refusing 100,000 levels took {:?}", start.elapsed());
+    }
+
+    #[test]
+    fn an_apostrophe_or_an_escape_does_not_switch_the_depth_check_off() {
+        let doc = format!(
+            "kind: ConfigMap\nmetadata: {{name: a}}\ndata:\n  note: it's fine\n  path: \"C:\\\\\"\n  x: {}{}\n",
+            "[".repeat(1000),
+            "]".repeat(1000)
+        );
+        assert!(
+            check_depth(&doc).is_err(),
+            "the deep list after them is still caught"
+        );
+        assert!(check_depth("a: it's\nb: [1, 2]\n").is_ok());
     }
 
     #[test]

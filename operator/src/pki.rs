@@ -265,8 +265,11 @@ pub fn write_set(dir: &Path, files: &[(&str, &[u8], bool)]) -> Result<(), PkiErr
     fs::create_dir(&staged).map_err(io(&staged))?;
     // A write that fails half-way (out of space or descriptors, say) leaves nothing behind:
     // its staged folder goes, and the current set stays as it was.
-    let written = stage_and_swap(dir, &stamp, &staged, files);
-    if written.is_err() {
+    let mut swapped = false;
+    let written = stage_and_swap(dir, &stamp, &staged, files, &mut swapped);
+    // Once `..data` points at it, the staged folder IS the current set: it stays, even if
+    // a step after the swap failed.
+    if written.is_err() && !swapped {
         let _ = fs::remove_dir_all(&staged);
     }
     written
@@ -277,6 +280,7 @@ fn stage_and_swap(
     stamp: &str,
     staged: &Path,
     files: &[(&str, &[u8], bool)],
+    swapped: &mut bool,
 ) -> Result<(), PkiError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -301,7 +305,11 @@ fn stage_and_swap(
     let tmp = dir.join("..data_tmp");
     let _ = fs::remove_file(&tmp);
     symlink(stamp, &tmp).map_err(io(&tmp))?;
+    // The set this swap replaces: kept one more round, for a reader that resolved
+    // `..data` just before the swap.
+    let previous = fs::read_link(dir.join("..data")).ok();
     fs::rename(&tmp, dir.join("..data")).map_err(io(dir))?;
+    *swapped = true;
     // Visible names point through ..data (replacing plain files atomically).
     for (name, _, _) in files {
         let link = dir.join(name);
@@ -327,9 +335,13 @@ fn stage_and_swap(
                 .metadata()
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > Duration::from_secs(10)));
+            let just_replaced = previous
+                .as_deref()
+                .is_some_and(|p| p.as_os_str() == e.file_name().as_os_str());
             if name.starts_with("..")
                 && name != stamp
                 && name != "..data"
+                && !just_replaced
                 && e.path().is_dir()
                 && stale
             {
@@ -479,6 +491,13 @@ pub fn ensure(
                 Ok((ca, issuer, ca_key_pem)) => {
                     issue_leaf(dir, opts, now, &issuer, &ca, &ca_key_pem, &[])?;
                     return Ok((Action::RepairedLeaf(reason), next_check(dir, now)));
+                }
+                // A read that failed for another reason (out of descriptors, a disk
+                // error) says nothing about the CA: try again later.
+                Err(PkiError::Io { path, source })
+                    if source.kind() != std::io::ErrorKind::NotFound =>
+                {
+                    return Err(PkiError::Io { path, source });
                 }
                 Err(ca_problem) => {
                     generate_all(dir, opts, now)?;

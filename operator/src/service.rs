@@ -256,6 +256,31 @@ async fn accept_loop<F, Fut>(
     }
 }
 
+/// Serves one plain connection, but lets it go if no request arrived within the header
+/// timeout (a client that sends part of a preface, or an HTTP/2 preface and then nothing,
+/// would otherwise hold its permit for ever).
+async fn serve_bounded<S>(
+    builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    io: TokioIo<tokio::net::TcpStream>,
+    service: S,
+    asked: Arc<std::sync::atomic::AtomicBool>,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let served = builder.serve_connection(io, service);
+    tokio::pin!(served);
+    tokio::select! {
+        _ = &mut served => return,
+        _ = tokio::time::sleep(HEADER_TIMEOUT) => {}
+    }
+    if asked.load(std::sync::atomic::Ordering::Relaxed) {
+        let _ = served.await;
+    }
+}
+
 /// Serves the mutual-TLS API on `listener` until `stop`; then lets requests under way finish.
 pub async fn serve_api(
     listener: TcpListener,
@@ -356,7 +381,10 @@ pub async fn serve_health(
     accept_loop(listener, "health", stop, move |tcp, _| {
         let health = Arc::clone(&health);
         async move {
+            let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let seen = Arc::clone(&asked);
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                seen.store(true, std::sync::atomic::Ordering::Relaxed);
                 let health = Arc::clone(&health);
                 async move {
                     Ok::<_, Infallible>(health.answer(req.uri().path()).unwrap_or_else(|| {
@@ -371,9 +399,7 @@ pub async fn serve_health(
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             }
-            let _ = http_builder()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
+            serve_bounded(http_builder(), TokioIo::new(tcp), service, asked).await;
         }
     })
     .await;
@@ -390,7 +416,10 @@ pub async fn serve_metrics(
         let metrics = Arc::clone(&metrics);
         let trust = trust.clone();
         async move {
+            let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let seen = Arc::clone(&asked);
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                seen.store(true, std::sync::atomic::Ordering::Relaxed);
                 let metrics = Arc::clone(&metrics);
                 let trust = trust.clone();
                 async move {
@@ -423,9 +452,7 @@ pub async fn serve_metrics(
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             }
-            let _ = http_builder()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
+            serve_bounded(http_builder(), TokioIo::new(tcp), service, asked).await;
         }
     })
     .await;

@@ -52,7 +52,7 @@ pub enum FileParams {
 impl FileParams {
     /// Whether `path` may be read; `Err` says why not.
     fn check(&self, path: &Path) -> std::result::Result<(), String> {
-        let FileParams::Under { allowed, denied } = self else {
+        let FileParams::Under { allowed, .. } = self else {
             return Ok(());
         };
         if allowed.is_empty() {
@@ -61,6 +61,14 @@ impl FileParams {
             );
         }
         let real = std::fs::canonicalize(path).map_err(|e| format!("cannot resolve: {e}"))?;
+        self.check_real(&real)
+    }
+
+    /// Whether a resolved path (no symlinks left) may be read.
+    fn check_real(&self, real: &Path) -> std::result::Result<(), String> {
+        let FileParams::Under { allowed, denied } = self else {
+            return Ok(());
+        };
         let canon = |d: &PathBuf| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
         if denied.iter().map(canon).any(|d| real.starts_with(&d)) {
             return Err(
@@ -100,12 +108,17 @@ pub fn read_source(
             path: (parameter != "key").then(|| path.clone()),
             reason,
         })?;
-    let bytes = read_capped(&path, MAX_MATERIAL_BYTES).map_err(|source| TrustError::ReadFile {
-        parameter,
-        // A key's value is never echoed, even when it was meant as a path: it may be the
-        // key itself in a form we did not recognise.
-        path: (parameter != "key").then(|| path.clone()),
-        source,
+    // Checked again on the file actually opened: a symlink swapped between the check and
+    // the open cannot lead elsewhere.
+    let opened_ok = |real: &Path| files.check_real(real);
+    let bytes = read_capped_where(&path, MAX_MATERIAL_BYTES, &opened_ok).map_err(|source| {
+        TrustError::ReadFile {
+            parameter,
+            // A key's value is never echoed, even when it was meant as a path: it may be the
+            // key itself in a form we did not recognise.
+            path: (parameter != "key").then(|| path.clone()),
+            source,
+        }
     })?;
     Ok((Source::File(path), bytes))
 }
@@ -118,12 +131,35 @@ pub fn read_source(
 /// `/dev/zero` cannot fill memory; the opened file is checked again, so that a swap
 /// between the check and the open is refused too.
 pub fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::fs::MetadataExt as _;
+    read_capped_where(path, cap, &|_| Ok(()))
+}
+
+/// [`read_capped`], refusing a file whose real path (that of the file opened, read back
+/// from the kernel) `allow` refuses.
+fn read_capped_where(
+    path: &Path,
+    cap: u64,
+    allow: &dyn Fn(&Path) -> std::result::Result<(), String>,
+) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
     let before = std::fs::metadata(path)?;
     if !before.is_file() {
         return Err(not_regular(&before));
     }
-    let file = std::fs::File::open(path)?;
+    // Non-blocking, so that a FIFO swapped in after the check cannot block the open (a
+    // regular file ignores the flag).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let fd = {
+        use std::os::fd::AsRawFd as _;
+        file.as_raw_fd()
+    };
+    let real = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .or_else(|_| std::fs::canonicalize(path))?;
+    allow(&real)
+        .map_err(|reason| std::io::Error::new(std::io::ErrorKind::PermissionDenied, reason))?;
     let meta = file.metadata()?;
     if !meta.is_file() || (meta.dev(), meta.ino()) != (before.dev(), before.ino()) {
         return Err(not_regular(&meta));

@@ -362,11 +362,7 @@ pub fn python_http(files: &[(&str, &str)]) -> PythonHttp {
     for (name, body) in files {
         std::fs::write(dir.path().join(name), body).unwrap();
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let child = std::process::Command::new("python3")
         .args([
             "-m",
@@ -395,13 +391,25 @@ pub fn python_http(files: &[(&str, &str)]) -> PythonHttp {
     }
 }
 
-/// A port nothing listens on now (bound, then let go), for a server the test starts.
+/// A port nothing listens on now (bound, then let go), for a server the test starts;
+/// never the same one twice in a test binary, whose tests run side by side.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if given.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A child process that is killed when the test ends, whatever happened.
