@@ -7,9 +7,9 @@ use std::time::Duration;
 
 pub use reqwest::{Client, Url};
 
-use super::{ErrorKind, ScalerError};
+use super::{BuildContext, ErrorKind, ScalerError, Tracked};
 use crate::pool::SharedPool;
-use crate::trust::{Fingerprint, TlsContext};
+use crate::trust::{Fingerprint, TlsContext, TlsSettings};
 
 /// Default request timeout when neither the trigger nor `KEDA_HTTP_DEFAULT_TIMEOUT` sets one.
 pub const DEFAULT_TIMEOUT_MS: u64 = 3000;
@@ -80,6 +80,27 @@ impl HttpClients {
             )),
             None => Ok(client),
         }
+    }
+
+    /// The shared client for a trigger as a [`Tracked`] client: rebuilt from a new
+    /// context (and found again in this pool) when the trust anchors change.
+    pub fn tracked(
+        &self,
+        ctx: &BuildContext,
+        settings: &TlsSettings,
+        tls: Option<TlsContext>,
+        timeout_ms: u64,
+        trigger: &str,
+    ) -> Result<Tracked<reqwest::Client>, ScalerError> {
+        let clients = self.clone();
+        let label = trigger.to_string();
+        Tracked::new(
+            ctx,
+            settings,
+            tls,
+            trigger,
+            Box::new(move |tls: Option<&TlsContext>| clients.get(tls, timeout_ms, &label)),
+        )
     }
 
     /// Clients alive now.

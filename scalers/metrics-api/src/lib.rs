@@ -220,15 +220,9 @@ impl ScalerBuilder for MetricsApiBuilder {
             url.scheme() == "https",
             "the url is plain http://",
         )?;
-        let clients = self.clients.clone();
-        let client_label = label.clone();
-        let client = Tracked::new(
-            ctx,
-            &settings,
-            tls,
-            &label,
-            Box::new(move |tls: Option<&TlsContext>| clients.get(tls, timeout_ms, &client_label)),
-        )?;
+        let client = self
+            .clients
+            .tracked(ctx, &settings, tls, timeout_ms, &label)?;
         p.warn_unknown();
         let metric_name = spec.metric_name(&format!("metric-api-{value_location}"));
         Ok(Box::new(MetricsApiScaler {

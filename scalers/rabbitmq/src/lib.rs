@@ -462,17 +462,7 @@ impl ScalerBuilder for RabbitMqBuilder {
             let timeout_ms = p
                 .parse("timeout")?
                 .unwrap_or_else(httpclient::default_timeout_ms);
-            let clients = self.http.clone();
-            let client_label = label.clone();
-            let client = Tracked::new(
-                ctx,
-                &settings,
-                tls,
-                &label,
-                Box::new(move |tls: Option<&TlsContext>| {
-                    clients.get(tls, timeout_ms, &client_label)
-                }),
-            )?;
+            let client = self.http.tracked(ctx, &settings, tls, timeout_ms, &label)?;
             Source::Http {
                 client,
                 url,
