@@ -320,20 +320,7 @@ fn a_running_operator_reports_every_bad_input_keeps_serving_and_stops_on_sigterm
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let status = || {
-        let out = Command::new("curl")
-            .args(["-sS", "--max-time", "5"])
-            .arg("--cacert")
-            .arg(certs.path().join("ca.crt"))
-            .arg("--cert")
-            .arg(certs.path().join("tls.crt"))
-            .arg("--key")
-            .arg(certs.path().join("tls.key"))
-            .arg(format!("https://localhost:{api}/scaledobjects"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let status = || support::curl_api(api, certs.path(), "/scaledobjects");
     let start = Instant::now();
     let text = loop {
         let text = status();

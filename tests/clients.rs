@@ -310,17 +310,8 @@ fn trigger_file_parameters_are_confined_and_never_reach_the_operators_own_certif
         );
         let mut last = serde_json::Value::Null;
         wait_for("four ScaledObjects polled", Duration::from_secs(30), || {
-            let out = Command::new("curl")
-                .args(["-sS", "--max-time", "5", "--cacert"])
-                .arg(certs.join("ca.crt"))
-                .arg("--cert")
-                .arg(certs.join("tls.crt"))
-                .arg("--key")
-                .arg(certs.join("tls.key"))
-                .arg(format!("https://localhost:{api}/scaledobjects"))
-                .output()
-                .unwrap();
-            last = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+            last = serde_json::from_str(&support::curl_api(api, &certs, "/scaledobjects"))
+                .unwrap_or(serde_json::Value::Null);
             last["scaledObjects"].as_array().is_some_and(|a| {
                 a.len() == 4
                     && a.iter()

@@ -58,18 +58,9 @@ type State = (String, Option<String>, Option<f64>);
 
 /// Every trigger's (kind of error, value) from the operator's /scaledobjects.
 fn states(api: u16, certs: &std::path::Path) -> Vec<State> {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "5"])
-        .arg("--cacert")
-        .arg(certs.join("ca.crt"))
-        .arg("--cert")
-        .arg(certs.join("tls.crt"))
-        .arg("--key")
-        .arg(certs.join("tls.key"))
-        .arg(format!("https://localhost:{api}/scaledobjects"))
-        .output()
-        .unwrap();
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+    let Ok(json) =
+        serde_json::from_str::<serde_json::Value>(&support::curl_api(api, certs, "/scaledobjects"))
+    else {
         return Vec::new();
     };
     json["scaledObjects"]

@@ -430,3 +430,21 @@ pub fn wait_for(what: &str, bound: Duration, mut ok: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The body of `GET https://localhost:{port}{path}` on a running operator's mutual-TLS API,
+/// read by curl (a client we did not write) with the operator's own internal certificates
+/// from `certs`; empty when it does not answer.
+pub fn curl_api(port: u16, certs: &Path, path: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5"])
+        .arg("--cacert")
+        .arg(certs.join("ca.crt"))
+        .arg("--cert")
+        .arg(certs.join("tls.crt"))
+        .arg("--key")
+        .arg(certs.join("tls.key"))
+        .arg(format!("https://localhost:{port}{path}"))
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
