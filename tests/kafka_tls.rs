@@ -354,8 +354,7 @@ impl Drop for OwnBroker {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_broker_restart_the_next_poll_succeeds() {
-    // Ports of this test's own broker, off the fixture's.
-    let mut broker = OwnBroker::new(19095, 19195);
+    let mut broker = OwnBroker::new(support::free_port(), support::free_port());
     let boot = broker.bootstrap();
     let (topic, group) = ("restart-orders", "restart-workers");
     seed(&boot, false, topic, &[6], group, &[Some(2)]).await;

@@ -136,7 +136,15 @@ pub fn classify_librdkafka_message(message: &str) -> Option<FailureKind> {
         "version too low",
     ]) {
         FailureKind::ProtocolVersion
-    } else if has(&["connection refused", "connect to ipv", "timed out"]) {
+    } else if has(&[
+        "connection refused",
+        "connection reset",
+        "connect to ipv",
+        "timed out",
+    ]) {
+        // A reset during the handshake ("SSL handshake failed: Disconnected: connection
+        // reset by peer") is the peer going away, as a TLS front whose broker is down
+        // does; a TLS failure proper carries an alert or a verification error.
         FailureKind::Connection
     } else if has(&["ssl", "tls"]) {
         FailureKind::Tls
@@ -253,6 +261,10 @@ mod tests {
             (
                 "SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: certificate has expired",
                 Some(FailureKind::Expired),
+            ),
+            (
+                "GroupCoordinator: 127.0.0.1:19095: SSL handshake failed: Disconnected: connection reset by peer: connecting to a PLAINTEXT broker listener? (after 0ms in state SSL_HANDSHAKE)",
+                Some(FailureKind::Connection),
             ),
             ("1/1 brokers are down", None),
         ];
