@@ -592,7 +592,19 @@ impl TrustFactory {
             Arc::clone(&self.inner.service_provider),
             self.inner.options.service_min_tls,
             identity,
-            client_ca,
+            Some(client_ca),
+        )
+    }
+
+    /// A server configuration with the given identity that asks no client for a
+    /// certificate (an admission webhook: the kube-apiserver calls webhooks without one),
+    /// at the service minimum TLS version.
+    pub fn server_tls_no_client_auth(&self, identity: ServerIdentity) -> Result<ServerTls> {
+        ServerTls::new(
+            Arc::clone(&self.inner.service_provider),
+            self.inner.options.service_min_tls,
+            identity,
+            None,
         )
     }
 

@@ -59,6 +59,8 @@ impl fmt::Debug for ServerIdentity {
 pub struct ServerTls {
     provider: Arc<CryptoProvider>,
     min_tls: TlsVersion,
+    /// Whether client certificates are required (and verified against the client CA).
+    mutual: bool,
     current: ArcSwap<ServerConfig>,
 }
 
@@ -66,6 +68,7 @@ impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerTls")
             .field("min_tls", &self.min_tls)
+            .field("mutual", &self.mutual)
             .finish_non_exhaustive()
     }
 }
@@ -75,14 +78,21 @@ impl ServerTls {
         provider: Arc<CryptoProvider>,
         min_tls: TlsVersion,
         identity: ServerIdentity,
-        client_ca: &[CertificateDer<'static>],
+        client_ca: Option<&[CertificateDer<'static>]>,
     ) -> Result<Self> {
         let config = build(&provider, min_tls, identity, client_ca)?;
         Ok(ServerTls {
             provider,
             min_tls,
+            mutual: client_ca.is_some(),
             current: ArcSwap::from_pointee(config),
         })
+    }
+
+    /// Whether client certificates are required.
+    #[must_use]
+    pub fn is_mutual(&self) -> bool {
+        self.mutual
     }
 
     /// The configuration to use for the next handshake.
@@ -98,11 +108,13 @@ impl ServerTls {
     }
 
     /// Checks a new identity and client CA, then publishes them. On error nothing changes.
+    /// A server that requires no client certificate ignores `client_ca`.
     pub fn update(
         &self,
         identity: ServerIdentity,
         client_ca: &[CertificateDer<'static>],
     ) -> Result<()> {
+        let client_ca = self.mutual.then_some(client_ca);
         let config = build(&self.provider, self.min_tls, identity, client_ca)?;
         self.current.store(Arc::new(config));
         Ok(())
@@ -113,7 +125,7 @@ fn build(
     provider: &Arc<CryptoProvider>,
     min_tls: TlsVersion,
     identity: ServerIdentity,
-    client_ca: &[CertificateDer<'static>],
+    client_ca: Option<&[CertificateDer<'static>]>,
 ) -> Result<ServerConfig> {
     let certified =
         CertifiedKey::from_der(identity.chain, identity.key, provider).map_err(|e| {
@@ -127,6 +139,15 @@ fn build(
                 },
             }
         })?;
+    let builder = ServerConfig::builder_with_provider(Arc::clone(provider))
+        .with_protocol_versions(min_tls.rustls_versions())?;
+    let Some(client_ca) = client_ca else {
+        let mut config = builder
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        return Ok(config);
+    };
     let mut roots = RootCertStore::empty();
     for cert in client_ca {
         roots
@@ -145,8 +166,7 @@ fn build(
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
             .build()?;
-    let mut config = ServerConfig::builder_with_provider(Arc::clone(provider))
-        .with_protocol_versions(min_tls.rustls_versions())?
+    let mut config = builder
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
