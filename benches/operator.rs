@@ -132,12 +132,12 @@ fn main() {
         publish(dir.path(), &ca1.pem, &cert, &key_pem);
         let trust = TrustFactory::new(TrustOptions::default().ca_dirs(Vec::<std::path::PathBuf>::new())).unwrap();
         let metrics = Arc::new(Metrics::default());
-        let certs = CertManager::start(dir.path().to_path_buf(), false, PkiOptions::default(), &trust, Arc::clone(&metrics)).unwrap();
+        let certs = CertManager::start(dir.path().to_path_buf(), false, PkiOptions::default(), &trust, None, Arc::clone(&metrics)).unwrap();
         let engine = Engine::new(trustscale_operator::builtins::registry(), BuildContext { trust }, metrics, Arc::new(LogSink));
         let (_stop, rx) = tokio::sync::watch::channel(false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(service::serve_api(listener, certs.server(), engine, rx.clone()));
+        tokio::spawn(service::serve_api(listener, certs.server(), certs.authenticator(), engine, rx.clone()));
         tokio::spawn(Arc::clone(&certs).run(rx));
         let (c1, _, k1) = leaf(&ca1, true);
         let config = client(std::slice::from_ref(&ca1.der), (c1.clone(), k1.clone_key()));

@@ -50,7 +50,8 @@ async fn main() -> anyhow::Result<()> {
         .trust(TrustOptions::from_env()?.ca_dirs([&ca_folder]))
         .listen("127.0.0.1:0".parse()?)
         .metrics_listen(None)
-        .health_listen(None);
+        .health_listen(None)
+        .webhook_listen(None);
     let operator = Operator::start(config, registry).await?;
 
     // The first poll of a ScaledObject is spread over up to one polling interval.

@@ -183,13 +183,21 @@ async fn main() -> anyhow::Result<()> {
         cert_lifetime: Duration::from_secs(3),
         dns_names: vec![],
     };
-    let certs = CertManager::start(cert_dir.clone(), true, opts, &trust, Arc::clone(&metrics))?;
+    let certs = CertManager::start(
+        cert_dir.clone(),
+        true,
+        opts,
+        &trust,
+        None,
+        Arc::clone(&metrics),
+    )?;
     let (stop, rx) = tokio::sync::watch::channel(false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(service::serve_api(
         listener,
         certs.server(),
+        certs.authenticator(),
         engine.clone(),
         rx.clone(),
     ));

@@ -307,6 +307,8 @@ fn a_running_operator_reports_every_bad_input_keeps_serving_and_stops_on_sigterm
         .args([
             "--metrics-bind-address",
             "",
+            "--webhook-bind-address",
+            "127.0.0.1:0",
             "--health-probe-bind-address",
             "",
         ])

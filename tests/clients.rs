@@ -57,6 +57,8 @@ impl Operator {
                 .args(["--listen", &format!("127.0.0.1:{api}")])
                 .args(["--metrics-bind-address", &format!("127.0.0.1:{metrics}")])
                 .args([
+                    "--webhook-bind-address",
+                    "127.0.0.1:0",
                     "--health-probe-bind-address",
                     &format!("127.0.0.1:{health}"),
                 ])
@@ -300,6 +302,8 @@ fn trigger_file_parameters_are_confined_and_never_reach_the_operators_own_certif
                 .args([
                     "--metrics-bind-address",
                     "",
+                    "--webhook-bind-address",
+                    "127.0.0.1:0",
                     "--health-probe-bind-address",
                     "",
                 ])
@@ -389,6 +393,8 @@ fn keda_service_tls_cipher_list_limits_what_the_api_accepts() {
             .args([
                 "--metrics-bind-address",
                 "",
+                "--webhook-bind-address",
+                "127.0.0.1:0",
                 "--health-probe-bind-address",
                 "",
             ])

@@ -113,6 +113,7 @@ async fn start_operator(dir: &Path, rotation: bool, opts: PkiOptions) -> Running
         rotation,
         opts,
         &trust,
+        None,
         Arc::clone(&metrics),
     )
     .unwrap();
@@ -128,6 +129,7 @@ async fn start_operator(dir: &Path, rotation: bool, opts: PkiOptions) -> Running
     tokio::spawn(service::serve_api(
         listener,
         certs.server(),
+        certs.authenticator(),
         engine.clone(),
         rx.clone(),
     ));
@@ -309,6 +311,7 @@ async fn the_external_metrics_api_serves_a_scaledobjects_value() {
     tokio::spawn(service::serve_api(
         listener,
         op.certs.server(),
+        op.certs.authenticator(),
         engine.clone(),
         rx,
     ));
@@ -439,6 +442,8 @@ fn a_sigkill_at_any_moment_of_rotation_leaves_a_consistent_folder() {
                 "operator",
                 "--metrics-bind-address",
                 "",
+                "--webhook-bind-address",
+                "127.0.0.1:0",
                 "--health-probe-bind-address",
                 "127.0.0.1:0",
                 "--cert-lifetime",
@@ -513,6 +518,8 @@ fn sigterm_stops_cleanly_and_manifest_changes_apply_without_restart() {
             "operator",
             "--metrics-bind-address",
             "",
+            "--webhook-bind-address",
+            "127.0.0.1:0",
             "--health-probe-bind-address",
             "127.0.0.1:0",
             "--manifests",
@@ -647,6 +654,8 @@ fn the_binary_serves_metrics_get_prometheus_and_the_ca_bundle() {
             "operator",
             "--metrics-bind-address",
             &format!("127.0.0.1:{prom}"),
+            "--webhook-bind-address",
+            "127.0.0.1:0",
             "--health-probe-bind-address",
             "127.0.0.1:0",
             "--manifests",
@@ -727,6 +736,8 @@ fn the_binary_serves_metrics_get_prometheus_and_the_ca_bundle() {
             "--enable-cert-rotation=false",
             "--metrics-bind-address",
             "",
+            "--webhook-bind-address",
+            "127.0.0.1:0",
             "--health-probe-bind-address",
             "127.0.0.1:0",
             "--listen",

@@ -186,6 +186,8 @@ spec:
             .args([
                 "--metrics-bind-address",
                 "",
+                "--webhook-bind-address",
+                "127.0.0.1:0",
                 "--health-probe-bind-address",
                 "",
             ])

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use trustscale::trust::{ServerTls, TrustFactory};
 use trustscale::watch::{FileWatch, WatchOptions, stamp};
 
+use crate::authn::{Authenticator, RequestHeaderOptions};
 use crate::metrics::Metrics;
 use crate::pki::{self, PkiError, PkiOptions};
 
@@ -21,6 +22,9 @@ pub struct CertManager {
     rotation: bool,
     opts: PkiOptions,
     server: Arc<ServerTls>,
+    /// The same identity, no client certificate asked for (the admission webhook).
+    webhook: Arc<ServerTls>,
+    authn: Arc<Authenticator>,
     metrics: Arc<Metrics>,
     /// The folder's [`stamp`] when it was last read, valid or not.
     seen: Mutex<u64>,
@@ -43,17 +47,24 @@ impl CertManager {
         rotation: bool,
         opts: PkiOptions,
         trust: &TrustFactory,
+        request_header: Option<RequestHeaderOptions>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<CertManager>, PkiError> {
         if rotation {
             let (action, _) = pki::ensure(&dir, &opts, SystemTime::now())?;
             report(&dir, &action, &metrics);
         }
-        let seen = stamp(std::slice::from_ref(&dir));
+        let seen = stamp(&watched(&dir, request_header.as_ref()));
         let set = pki::load(&dir)?;
         let leaf = pki::validate(&dir, &set, SystemTime::now())?;
+        let front = front_proxy_ca(request_header.as_ref())?;
         let (identity, ca) = pki::identity(&set);
-        let server = Arc::new(trust.server_tls(identity, &ca)?);
+        let webhook = Arc::new(trust.server_tls_no_client_auth(identity.clone())?);
+        let server = Arc::new(trust.server_tls(identity, &client_cas(&ca, &front))?);
+        let authn = Arc::new(
+            Authenticator::new(request_header, &ca, &front)
+                .map_err(|reason| PkiError::RequestHeaderCa { reason })?,
+        );
         metrics.cert_expiry_seconds.set(expiry_in(leaf.not_after));
         Ok(Arc::new(CertManager {
             seen: Mutex::new(seen),
@@ -61,8 +72,26 @@ impl CertManager {
             rotation,
             opts,
             server,
+            webhook,
+            authn,
             metrics,
         }))
+    }
+
+    /// The webhook's server configuration: the same identity, no client certificate.
+    #[must_use]
+    pub fn webhook_server(&self) -> Arc<ServerTls> {
+        Arc::clone(&self.webhook)
+    }
+
+    /// Who calls the API (its CAs follow every reload).
+    #[must_use]
+    pub fn authenticator(&self) -> Arc<Authenticator> {
+        Arc::clone(&self.authn)
+    }
+
+    fn watched(&self) -> Vec<PathBuf> {
+        watched(&self.dir, self.authn.request_header())
     }
 
     /// The server configuration (swapped on every reload).
@@ -73,7 +102,7 @@ impl CertManager {
 
     /// Re-reads the folder and publishes it if it changed and is valid.
     pub fn reload(&self) -> Result<bool, PkiError> {
-        let now_stamp = stamp(std::slice::from_ref(&self.dir));
+        let now_stamp = stamp(&self.watched());
         {
             let mut seen = self
                 .seen
@@ -88,8 +117,14 @@ impl CertManager {
         }
         let result = pki::load(&self.dir).and_then(|set| {
             let leaf = pki::validate(&self.dir, &set, SystemTime::now())?;
+            let front = front_proxy_ca(self.authn.request_header())?;
             let (identity, ca) = pki::identity(&set);
-            self.server.update(identity, &ca)?;
+            self.server
+                .update(identity.clone(), &client_cas(&ca, &front))?;
+            self.webhook.update(identity, &[])?;
+            self.authn
+                .update(&ca, &front)
+                .map_err(|reason| PkiError::RequestHeaderCa { reason })?;
             Ok(leaf)
         });
         match result {
@@ -104,7 +139,10 @@ impl CertManager {
             Err(e) => {
                 self.metrics.reloaded("certs", false);
                 tracing::error!(dir = %self.dir.display(), error = %trustscale::error::Chain(&e), "internal certificates refused; the last good ones keep serving");
-                if !matches!(e, PkiError::Invalid { .. }) {
+                if !matches!(
+                    e,
+                    PkiError::Invalid { .. } | PkiError::RequestHeaderCa { .. }
+                ) {
                     // A read that failed half-way (a rotation under way): read again.
                     *self
                         .seen
@@ -122,7 +160,7 @@ impl CertManager {
         let notify = Arc::clone(&changed);
         let _watch = FileWatch::spawn(
             "certs",
-            vec![self.dir.clone()],
+            self.watched(),
             WatchOptions {
                 quiet: Duration::from_millis(30),
                 rescan: CERT_RESCAN,
@@ -152,6 +190,33 @@ impl CertManager {
             }
         }
     }
+}
+
+/// The paths whose changes are followed: the certificate folder and the request-header
+/// CA bundle.
+fn watched(dir: &std::path::Path, request_header: Option<&RequestHeaderOptions>) -> Vec<PathBuf> {
+    let mut paths = vec![dir.to_path_buf()];
+    paths.extend(request_header.map(|o| o.client_ca_file.clone()));
+    paths
+}
+
+fn front_proxy_ca(
+    request_header: Option<&RequestHeaderOptions>,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, PkiError> {
+    request_header
+        .map(RequestHeaderOptions::read_ca)
+        .transpose()
+        .map(Option::unwrap_or_default)
+        .map_err(|reason| PkiError::RequestHeaderCa { reason })
+}
+
+/// The CAs the server accepts client certificates from: the internal ones, then the
+/// request-header CAs ([`Authenticator`] tells them apart on every request).
+fn client_cas(
+    internal: &[rustls_pki_types::CertificateDer<'static>],
+    front_proxy: &[rustls_pki_types::CertificateDer<'static>],
+) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    internal.iter().chain(front_proxy).cloned().collect()
 }
 
 /// Says what rotation did: at info when it was due, at warn when something was broken.

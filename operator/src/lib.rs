@@ -10,6 +10,7 @@
 //! - [`runner`]: the whole operator for a program with its own [`trustscale::scaler::Registry`].
 #![forbid(unsafe_code)]
 
+pub mod authn;
 pub mod builtins;
 pub mod certs;
 pub mod decide;
@@ -19,5 +20,6 @@ pub mod metrics;
 pub mod pki;
 pub mod runner;
 pub mod service;
+pub mod webhook;
 
 pub use runner::{Operator, OperatorConfig, OperatorError};

@@ -74,6 +74,21 @@ pub struct TriggerError {
     pub parameter: Option<String>,
     /// What is wrong (never a secret's value).
     pub message: String,
+    /// Whether the trigger itself is wrong or only something it refers to is missing.
+    #[serde(skip)]
+    pub cause: TriggerErrorCause,
+}
+
+/// What a [`TriggerError`] is about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TriggerErrorCause {
+    /// The trigger as written is wrong.
+    #[default]
+    Invalid,
+    /// Something it refers to (a TriggerAuthentication, a Secret or one of its keys, a
+    /// ConfigMap key, an environment variable) is not there, or not yet: GitOps tools
+    /// apply objects in any order.
+    Unresolved,
 }
 
 impl TriggerError {
@@ -83,6 +98,7 @@ impl TriggerError {
             type_name: type_name.to_string(),
             parameter: Some(parameter.to_string()),
             message: format!("parameter {parameter}: {message}"),
+            cause: TriggerErrorCause::Invalid,
         }
     }
 }
@@ -751,55 +767,177 @@ impl ManifestSet {
         let mut out: Vec<ScaledObject> = self
             .raw_scaled_objects
             .iter()
-            .map(|(file, meta, spec, numbers)| {
-                let id = ObjectRef {
-                    namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
-                    name: meta.name.clone(),
-                };
-                let triggers: Vec<Result<TriggerSpec, TriggerError>> = spec
-                    .triggers
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| self.trigger(&id, i, t, env))
-                    .collect();
-                let trigger_types = spec.triggers.iter().map(|t| t.type_name.clone()).collect();
-                let digest = {
-                    use sha2::{Digest, Sha256};
-                    let mut h = Sha256::new();
-                    h.update(format!("{spec:?}").as_bytes());
-                    for t in &triggers {
-                        match t {
-                            Ok(t) => {
-                                for (k, v) in &t.auth {
-                                    h.update(k.as_bytes());
-                                    h.update([0]);
-                                    h.update(Sha256::digest(v.expose().as_bytes()));
-                                }
-                            }
-                            Err(e) => h.update(e.message.as_bytes()),
-                        }
-                    }
-                    h.finalize().into()
-                };
-                ScaledObject {
-                    digest,
-                    id,
-                    scale_target_ref: spec.scale_target_ref.clone(),
-                    polling_interval: u64::from(numbers.polling_interval),
-                    cooldown_period: u64::from(numbers.cooldown_period),
-                    initial_cooldown_period: u64::from(numbers.initial_cooldown_period),
-                    min_replica_count: numbers.min_replica_count,
-                    max_replica_count: numbers.max_replica_count,
-                    idle_replica_count: numbers.idle_replica_count,
-                    fallback: numbers.fallback,
-                    triggers,
-                    trigger_types,
-                    source: file.clone(),
-                }
-            })
+            .map(|(file, meta, spec, numbers)| self.assemble(file, meta, spec, numbers, env))
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
+    }
+
+    /// A ScaledObject that is not part of this set (one under admission review), its
+    /// triggers' authentication resolved against this set's objects.
+    pub fn review_scaled_object(
+        &self,
+        origin: &Path,
+        value: serde_yaml_ng::Value,
+        env: &Env,
+    ) -> Result<ScaledObject, String> {
+        let meta: ObjectMeta = value
+            .get("metadata")
+            .cloned()
+            .map(serde_yaml_ng::from_value)
+            .transpose()
+            .map_err(|e| format!("bad metadata: {e}"))?
+            .filter(|m: &ObjectMeta| !m.name.is_empty())
+            .ok_or_else(|| "metadata.name is required".to_string())?;
+        let spec: ScaledObjectSpec = serde_yaml_ng::from_value(
+            value
+                .get("spec")
+                .cloned()
+                .ok_or_else(|| "spec is required".to_string())?,
+        )
+        .map_err(|e| format!("spec: {e}"))?;
+        let numbers = spec.numbers()?;
+        Ok(self.assemble(origin, &meta, &spec, &numbers, env))
+    }
+
+    /// What is wrong with a TriggerAuthentication or ClusterTriggerAuthentication under
+    /// admission review (`Err`: deny), and what it refers to that this set lacks (the
+    /// warnings).
+    pub fn review_trigger_auth(
+        &self,
+        cluster: bool,
+        value: &serde_yaml_ng::Value,
+        env: &Env,
+    ) -> Result<Vec<String>, String> {
+        let spec: AuthSpec = serde_yaml_ng::from_value(
+            value
+                .get("spec")
+                .cloned()
+                .ok_or_else(|| "spec is required".to_string())?,
+        )
+        .map_err(|e| format!("spec: {e}"))?;
+        let namespace = if cluster {
+            env.get(CLUSTER_OBJECT_NAMESPACE_ENV)
+                .filter(|v| !v.is_empty())
+                .unwrap_or("keda")
+                .to_string()
+        } else {
+            value
+                .get("metadata")
+                .and_then(|m| m.get("namespace"))
+                .and_then(|n| n.as_str())
+                .unwrap_or("default")
+                .to_string()
+        };
+        let mut warnings = Vec::new();
+        let mut parameters = std::collections::HashSet::new();
+        let refs = spec
+            .secret_target_ref
+            .iter()
+            .chain(&spec.config_map_target_ref)
+            .map(|r| (&r.parameter, &r.name))
+            .chain(spec.env.iter().map(|r| (&r.parameter, &r.name)));
+        for (parameter, name) in refs {
+            if parameter.is_empty() || name.is_empty() {
+                return Err("every reference needs a parameter and a name".into());
+            }
+            if !parameters.insert(parameter.clone()) {
+                return Err(format!("parameter {parameter} is given twice"));
+            }
+        }
+        for r in &spec.secret_target_ref {
+            match self.secrets.get(&(namespace.clone(), r.name.clone())) {
+                None => warnings.push(format!(
+                    "parameter {}: Secret {namespace}/{} not found (yet)",
+                    r.parameter, r.name
+                )),
+                Some(s) if !s.contains_key(&r.key) => warnings.push(format!(
+                    "parameter {}: Secret {namespace}/{} has no key {:?} (yet)",
+                    r.parameter, r.name, r.key
+                )),
+                Some(_) => {}
+            }
+        }
+        for r in &spec.config_map_target_ref {
+            if !self
+                .config_maps
+                .get(&(namespace.clone(), r.name.clone()))
+                .is_some_and(|m| m.contains_key(&r.key))
+            {
+                warnings.push(format!(
+                    "parameter {}: ConfigMap {namespace}/{} key {:?} not found (yet)",
+                    r.parameter, r.name, r.key
+                ));
+            }
+        }
+        let unsupported: Vec<&str> = value
+            .get("spec")
+            .and_then(|s| s.as_mapping())
+            .into_iter()
+            .flat_map(|m| m.keys())
+            .filter_map(|k| k.as_str())
+            .filter(|k| !matches!(*k, "secretTargetRef" | "configMapTargetRef" | "env"))
+            .collect();
+        for key in unsupported {
+            warnings.push(format!(
+                "spec.{key} is not supported by trustscale and is ignored"
+            ));
+        }
+        Ok(warnings)
+    }
+
+    fn assemble(
+        &self,
+        file: &Path,
+        meta: &ObjectMeta,
+        spec: &ScaledObjectSpec,
+        numbers: &Numbers,
+        env: &Env,
+    ) -> ScaledObject {
+        let id = ObjectRef {
+            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+            name: meta.name.clone(),
+        };
+        let triggers: Vec<Result<TriggerSpec, TriggerError>> = spec
+            .triggers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| self.trigger(&id, i, t, env))
+            .collect();
+        let trigger_types = spec.triggers.iter().map(|t| t.type_name.clone()).collect();
+        let digest = {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            h.update(format!("{spec:?}").as_bytes());
+            for t in &triggers {
+                match t {
+                    Ok(t) => {
+                        for (k, v) in &t.auth {
+                            h.update(k.as_bytes());
+                            h.update([0]);
+                            h.update(Sha256::digest(v.expose().as_bytes()));
+                        }
+                    }
+                    Err(e) => h.update(e.message.as_bytes()),
+                }
+            }
+            h.finalize().into()
+        };
+        ScaledObject {
+            digest,
+            id,
+            scale_target_ref: spec.scale_target_ref.clone(),
+            polling_interval: u64::from(numbers.polling_interval),
+            cooldown_period: u64::from(numbers.cooldown_period),
+            initial_cooldown_period: u64::from(numbers.initial_cooldown_period),
+            min_replica_count: numbers.min_replica_count,
+            max_replica_count: numbers.max_replica_count,
+            idle_replica_count: numbers.idle_replica_count,
+            fallback: numbers.fallback,
+            triggers,
+            trigger_types,
+            source: file.to_path_buf(),
+        }
     }
 
     fn trigger(
@@ -844,7 +982,13 @@ impl ManifestSet {
         }
         if let Some(auth) = &def.authentication_ref {
             self.resolve_auth(so, auth, &mut spec, env)
-                .map_err(|(parameter, message)| error(&parameter, message))?;
+                .map_err(|(parameter, message)| {
+                    let mut e = error(&parameter, message);
+                    if parameter != "authenticationRef.kind" {
+                        e.cause = TriggerErrorCause::Unresolved;
+                    }
+                    e
+                })?;
         }
         Ok(spec)
     }

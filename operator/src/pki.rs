@@ -57,6 +57,12 @@ pub enum PkiError {
         /// What is wrong.
         reason: String,
     },
+    /// The request-header CA bundle cannot be used.
+    #[error("{reason}")]
+    RequestHeaderCa {
+        /// What is wrong, naming the file and the flag.
+        reason: String,
+    },
     /// Certificate generation failed.
     #[error("cannot generate certificates")]
     Generate(#[from] rcgen::Error),

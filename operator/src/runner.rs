@@ -22,12 +22,14 @@ use trustscale::scaler::{BuildContext, Registry};
 use trustscale::trust::{TrustError, TrustFactory, TrustOptions};
 use trustscale::watch::{FileWatch, WatchOptions};
 
+use crate::authn::RequestHeaderOptions;
 use crate::certs::CertManager;
 use crate::engine::{DecisionSink, Engine, LogSink};
 use crate::manifest::{self, Env};
 use crate::metrics::Metrics;
 use crate::pki::{PkiError, PkiOptions};
 use crate::service;
+use crate::webhook::{self, Validator};
 
 /// How the operator runs.
 #[derive(Clone, Debug)]
@@ -49,18 +51,24 @@ pub struct OperatorConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Address of `/healthz`, `/livez` and `/readyz` (plain HTTP, for the kubelet), if any.
     pub health_listen: Option<SocketAddr>,
+    /// Address of the validating admission webhook (HTTPS with the internal certificate,
+    /// no client certificate asked for), if any.
+    pub webhook_listen: Option<SocketAddr>,
     /// The environment triggers' `...FromEnv` and `env` parameters resolve from.
     pub env: Env,
     /// Folders whose files a trigger's `ca`, `cert` and `key` may name (none: only PEM
     /// given inline, as KEDA takes it from Secrets). The certificate folder is never one.
     pub allow_file_params: Vec<PathBuf>,
+    /// Request-header authentication of the kube-apiserver's aggregation layer, if on.
+    pub request_header: Option<RequestHeaderOptions>,
 }
 
 impl OperatorConfig {
     /// Defaults: KEDA's `/custom/ca` CA folder and minimum versions from the environment
     /// (or the defaults, if the environment holds an invalid value: [`TrustOptions::from_env`]
     /// is the place to check that), rotation on, API on `0.0.0.0:6443`, Prometheus on
-    /// `0.0.0.0:8080`, health probes on `0.0.0.0:8081`, the process environment.
+    /// `0.0.0.0:8080`, health probes on `0.0.0.0:8081`, the admission webhook on
+    /// `0.0.0.0:9443`, the process environment, no request-header authentication.
     pub fn new(
         manifests: impl IntoIterator<Item = impl Into<PathBuf>>,
         cert_dir: impl Into<PathBuf>,
@@ -74,9 +82,18 @@ impl OperatorConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 6443)),
             metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
             health_listen: Some(SocketAddr::from(([0, 0, 0, 0], 8081))),
+            webhook_listen: Some(SocketAddr::from(([0, 0, 0, 0], 9443))),
             env: Env::process(),
             allow_file_params: Vec::new(),
+            request_header: None,
         }
+    }
+
+    /// Turns on (or, with `None`, off) request-header authentication of the
+    /// kube-apiserver's aggregation layer.
+    pub fn request_header(mut self, options: Option<RequestHeaderOptions>) -> Self {
+        self.request_header = options;
+        self
     }
 
     /// Sets the trust options.
@@ -112,6 +129,12 @@ impl OperatorConfig {
     /// Sets (or, with `None`, turns off) the health probe address.
     pub fn health_listen(mut self, addr: Option<SocketAddr>) -> Self {
         self.health_listen = addr;
+        self
+    }
+
+    /// Sets (or, with `None`, turns off) the admission webhook's address.
+    pub fn webhook_listen(mut self, addr: Option<SocketAddr>) -> Self {
+        self.webhook_listen = addr;
         self
     }
 
@@ -167,6 +190,7 @@ pub struct Operator {
     api_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     health_addr: Option<SocketAddr>,
+    webhook_addr: Option<SocketAddr>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -224,20 +248,22 @@ impl Operator {
             config.cert_rotation,
             config.pki.clone(),
             &trust,
+            config.request_header.clone(),
             Arc::clone(&metrics),
         )
         .map_err(|source| OperatorError::Certs {
             dir: config.cert_dir.clone(),
             source,
         })?;
-        let engine = Engine::new(
-            registry,
-            BuildContext {
-                trust: trust.clone(),
-            },
-            Arc::clone(&metrics),
-            sink,
-        );
+        let ctx = BuildContext {
+            trust: trust.clone(),
+        };
+        let validator = Arc::new(Validator::new(
+            registry.clone(),
+            ctx.clone(),
+            config.env.clone(),
+        ));
+        let engine = Engine::new(registry, ctx, Arc::clone(&metrics), sink);
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
 
         let bind = |addr: SocketAddr, what: &'static str| async move {
@@ -255,6 +281,7 @@ impl Operator {
         let mut tasks = vec![tokio::spawn(service::serve_api(
             api,
             certs.server(),
+            certs.authenticator(),
             engine.clone(),
             stop_rx.clone(),
         ))];
@@ -292,10 +319,29 @@ impl Operator {
                 stop_rx.clone(),
             )));
         }
+        let mut webhook_addr = None;
+        if let Some(addr) = config.webhook_listen {
+            let l = bind(addr, "the admission webhook").await?;
+            let local = l.local_addr().map_err(|source| OperatorError::Bind {
+                addr,
+                what: "the admission webhook",
+                source,
+            })?;
+            tracing::info!(address = %local, "admission webhook listening (HTTPS, no client certificate)");
+            webhook_addr = Some(local);
+            tasks.push(tokio::spawn(webhook::serve_webhook(
+                l,
+                certs.webhook_server(),
+                Arc::clone(&validator),
+                Arc::clone(&health),
+                stop_rx.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(Arc::clone(&certs).run(stop_rx.clone())));
 
         // Manifests: loaded now, then again whenever they change.
         let set = manifest::load(&config.manifests);
+        validator.set_known(set.clone());
         engine.apply(&set, &config.env).await;
         metrics.reloaded("manifests", set.problems.is_empty());
         health.set_ready();
@@ -303,6 +349,7 @@ impl Operator {
             config.manifests.clone(),
             config.env.clone(),
             engine.clone(),
+            validator,
             Arc::clone(&metrics),
             stop_rx,
         )));
@@ -312,6 +359,7 @@ impl Operator {
             api_addr,
             metrics_addr,
             health_addr,
+            webhook_addr,
             stop,
             tasks,
         })
@@ -321,6 +369,12 @@ impl Operator {
     #[must_use]
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
+    }
+
+    /// The address the admission webhook listens on, if any.
+    #[must_use]
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.webhook_addr
     }
 
     /// The address Prometheus metrics are served on, if any.
@@ -381,6 +435,7 @@ async fn follow_manifests(
     paths: Vec<PathBuf>,
     env: Env,
     engine: Engine,
+    validator: Arc<Validator>,
     metrics: Arc<Metrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -413,6 +468,7 @@ async fn follow_manifests(
             continue;
         }
         tracing::info!(problems = set.problems.len(), "manifests changed; applying");
+        validator.set_known(set.clone());
         engine.apply(&set, &env).await;
     }
 }

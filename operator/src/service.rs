@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use trustscale::scaler::format_quantity;
 use trustscale::trust::{ServerTls, TrustFactory};
 
+use crate::authn::{Authenticator, Caller};
 use crate::engine::{Engine, MetricError};
 use crate::metrics::Metrics;
 
@@ -28,14 +29,70 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
+/// A Kubernetes `Status` object, as the API server writes one for a failure.
 fn status_error(code: StatusCode, message: &str) -> Response<Body> {
+    let reason = match code {
+        StatusCode::BAD_REQUEST => "BadRequest",
+        StatusCode::UNAUTHORIZED => "Unauthorized",
+        StatusCode::FORBIDDEN => "Forbidden",
+        StatusCode::NOT_FOUND => "NotFound",
+        StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowed",
+        StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
+        _ => "InternalError",
+    };
     json(
         code,
         &serde_json::json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "code": code.as_u16()
+            "message": message, "reason": reason, "code": code.as_u16()
         }),
     )
+}
+
+/// The group and version this server provides.
+pub const GROUP: &str = "external.metrics.k8s.io";
+/// See [`GROUP`].
+pub const VERSION: &str = "v1beta1";
+
+fn group_version() -> serde_json::Value {
+    serde_json::json!({ "groupVersion": format!("{GROUP}/{VERSION}"), "version": VERSION })
+}
+
+fn api_group() -> serde_json::Value {
+    serde_json::json!({
+        "name": GROUP,
+        "versions": [group_version()],
+        "preferredVersion": group_version(),
+    })
+}
+
+/// Discovery documents, as the aggregation layer and kubectl read them.
+fn discovery(path: &str) -> Option<serde_json::Value> {
+    let path = path.strip_suffix('/').unwrap_or(path);
+    Some(match path {
+        "/apis" => serde_json::json!({
+            "kind": "APIGroupList", "apiVersion": "v1", "groups": [api_group()],
+        }),
+        "/apis/external.metrics.k8s.io" => {
+            let mut g = api_group();
+            g["kind"] = "APIGroup".into();
+            g["apiVersion"] = "v1".into();
+            g
+        }
+        "/apis/external.metrics.k8s.io/v1beta1" => serde_json::json!({
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": format!("{GROUP}/{VERSION}"),
+            "resources": [{
+                "name": "externalmetrics",
+                "singularName": "",
+                "namespaced": true,
+                "kind": "ExternalMetricValueList",
+                "verbs": ["get"],
+            }],
+        }),
+        _ => return None,
+    })
 }
 
 fn query_param(query: &str, key: &str) -> Option<String> {
@@ -45,7 +102,7 @@ fn query_param(query: &str, key: &str) -> Option<String> {
     })
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -67,9 +124,14 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Answers one API request.
+/// Answers one API request from `caller`.
+///
+/// Authorization: an internal client may read everything; a user the aggregation layer
+/// names may read discovery and external metrics (the kube-apiserver authorized it for
+/// that path before it proxied the request), never the operator's own `/scaledobjects`.
 pub fn api_response(
     engine: &Engine,
+    caller: &Caller,
     method: &hyper::Method,
     path: &str,
     query: &str,
@@ -77,12 +139,18 @@ pub fn api_response(
     if method != hyper::Method::GET {
         return status_error(StatusCode::METHOD_NOT_ALLOWED, "only GET is served");
     }
+    if let Some(doc) = discovery(path) {
+        return json(StatusCode::OK, &doc);
+    }
     let prefix = "/apis/external.metrics.k8s.io/v1beta1/namespaces/";
     if let Some(rest) = path.strip_prefix(prefix) {
-        let Some((ns, metric)) = rest.split_once('/') else {
+        let Some((ns, metric)) = rest
+            .split_once('/')
+            .filter(|(ns, m)| !ns.is_empty() && !m.is_empty() && !m.contains('/'))
+        else {
             return status_error(
                 StatusCode::NOT_FOUND,
-                "expected /namespaces/{namespace}/{metric}",
+                "expected /apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/{metric}",
             );
         };
         let selector = query_param(query, "labelSelector").unwrap_or_default();
@@ -117,6 +185,10 @@ pub fn api_response(
         };
     }
     match path {
+        "/scaledobjects" if *caller != Caller::Internal => status_error(
+            StatusCode::FORBIDDEN,
+            "/scaledobjects is for the operator's internal clients only",
+        ),
         "/scaledobjects" => json(
             StatusCode::OK,
             &serde_json::json!({ "scaledObjects": engine.status(), "problems": engine.problems() }),
@@ -164,6 +236,7 @@ fn http_builder() -> hyper_util::server::conn::auto::Builder<hyper_util::rt::Tok
     b.http2()
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
+        .max_header_list_size(64 * 1024)
         .max_concurrent_streams(250);
     b
 }
@@ -281,43 +354,71 @@ async fn serve_bounded<S>(
     }
 }
 
-/// Serves the mutual-TLS API on `listener` until `stop`; then lets requests under way finish.
-pub async fn serve_api(
+/// Marks its connection as having received a request, then serves it.
+struct Marking<S> {
+    inner: S,
+    asked: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<S> hyper::service::Service<Request<Incoming>> for Marking<S>
+where
+    S: hyper::service::Service<Request<Incoming>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.asked.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.inner.call(req)
+    }
+}
+
+/// A client's certificate chain, leaf first, as it presented it in the handshake.
+pub type PeerChain = Option<Arc<[rustls_pki_types::CertificateDer<'static>]>>;
+
+/// Serves HTTPS on `listener` with `tls` (HTTP/2 or HTTP/1.1 by ALPN) until `stop`, then
+/// lets requests under way finish. `make` builds each connection's service from the
+/// client's certificate chain and address.
+pub async fn serve_tls<F, S>(
     listener: TcpListener,
+    what: &'static str,
     tls: Arc<ServerTls>,
-    engine: Engine,
     stop: tokio::sync::watch::Receiver<bool>,
-) {
+    make: F,
+) where
+    F: Fn(PeerChain, SocketAddr) -> S + Send + Sync + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     let g = Arc::clone(&graceful);
-    accept_loop(listener, "metrics API", stop, move |tcp, peer| {
+    let make = Arc::new(make);
+    accept_loop(listener, what, stop, move |tcp, peer| {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
-        let engine = engine.clone();
+        let make = Arc::clone(&make);
         let watcher = g.watcher();
         async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake refused");
+                    tracing::debug!(%peer, server = what, error = %e, "TLS handshake refused");
                     return;
                 }
                 Err(_) => return,
             };
+            let chain: PeerChain = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect());
             let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let seen = Arc::clone(&asked);
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let engine = engine.clone();
-                seen.store(true, std::sync::atomic::Ordering::Relaxed);
-                async move {
-                    let resp = api_response(
-                        &engine,
-                        req.method(),
-                        req.uri().path(),
-                        req.uri().query().unwrap_or(""),
-                    );
-                    Ok::<_, Infallible>(resp)
-                }
-            });
+            let service = Marking {
+                inner: make(chain, peer),
+                asked: Arc::clone(&asked),
+            };
             // ALPN decides the protocol (nothing sniffs a preface). A client that sends
             // no request within the header timeout is let go; after its first request,
             // HTTP/1's header timeout and HTTP/2's keep-alive bound an idle connection.
@@ -345,6 +446,38 @@ pub async fn serve_api(
     }
 }
 
+/// Serves the mutual-TLS API on `listener` until `stop`; then lets requests under way finish.
+pub async fn serve_api(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    authn: Arc<Authenticator>,
+    engine: Engine,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    serve_tls(listener, "metrics API", tls, stop, move |chain, peer| {
+        let engine = engine.clone();
+        let authn = Arc::clone(&authn);
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let caller = authn.caller(chain.as_deref(), req.headers());
+            let resp = match caller {
+                Ok(caller) => api_response(
+                    &engine,
+                    &caller,
+                    req.method(),
+                    req.uri().path(),
+                    req.uri().query().unwrap_or(""),
+                ),
+                Err(refusal) => {
+                    tracing::debug!(%peer, %refusal, "request not authenticated");
+                    status_error(StatusCode::UNAUTHORIZED, &refusal.to_string())
+                }
+            };
+            std::future::ready(Ok::<_, Infallible>(resp))
+        })
+    })
+    .await;
+}
+
 /// Whether the operator is ready (its first manifests applied) and alive.
 #[derive(Debug, Default)]
 pub struct Health {
@@ -357,7 +490,8 @@ impl Health {
         self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn answer(&self, path: &str) -> Option<Response<Body>> {
+    /// The answer to a health path (`None`: not one).
+    pub fn answer(&self, path: &str) -> Option<Response<Body>> {
         let ok = |body: &'static [u8]| Response::new(Full::new(Bytes::from_static(body)));
         match path {
             "/healthz" | "/livez" => Some(ok(b"ok")),

@@ -37,7 +37,7 @@ enum Command {
     /// Exit status 0 only if every trigger succeeded.
     Probe(probe::ProbeArgs),
     /// Run ScaledObjects, serve their metrics over mutual TLS, keep internal certs current.
-    Operator(operator::OperatorArgs),
+    Operator(Box<operator::OperatorArgs>),
     /// Internal certificates: the caBundle, and what the folder holds.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -91,6 +91,14 @@ pub struct TrustArgs {
     /// Leave out the system's root certificates.
     #[arg(long)]
     pub no_system_roots: bool,
+    /// What a trigger's `unsafeSsl: true` does: allow-with-warning (KEDA's behaviour) or
+    /// forbid (the trigger fails, and the admission webhook denies it).
+    #[arg(
+        long = "unsafe-ssl-policy",
+        value_name = "POLICY",
+        default_value = "allow-with-warning"
+    )]
+    pub unsafe_ssl_policy: trustscale::trust::UnsafeSslPolicy,
 }
 
 impl TrustArgs {
@@ -105,6 +113,7 @@ impl TrustArgs {
             options.ca_dirs = self.ca_dirs.clone();
         }
         options.system_roots = !self.no_system_roots;
+        options.unsafe_ssl = self.unsafe_ssl_policy;
         Ok(options)
     }
 }
@@ -194,7 +203,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Trust(TrustCommand::Inspect(args)) => inspect::run(args).await,
             Command::Probe(args) => probe::run(args).await,
-            Command::Operator(args) => operator::run(args).await,
+            Command::Operator(args) => operator::run(*args).await,
             Command::Certs(CertsCommand::CaBundle(args)) => certs::ca_bundle(&args),
             Command::Certs(CertsCommand::Inspect(args)) => certs::inspect(&args),
             Command::Metrics(MetricsCommand::Get(args)) => certs::metrics_get(&args).await,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use trustscale_operator::authn::RequestHeaderOptions;
 use trustscale_operator::manifest::Env;
 use trustscale_operator::pki::PkiOptions;
 use trustscale_operator::{Operator, OperatorConfig, builtins};
@@ -43,11 +44,37 @@ pub struct OperatorArgs {
     /// disable).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8081")]
     health_probe_bind_address: String,
+    /// Address of the validating admission webhook (HTTPS with the internal certificate,
+    /// no client certificate asked for; empty to disable).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9443")]
+    webhook_bind_address: String,
     /// A folder whose files triggers' `ca`, `cert` and `key` may name (repeatable; none:
     /// those parameters take PEM only, as KEDA takes them from Secrets). Files that resolve
     /// into --cert-dir are refused whatever this says.
     #[arg(long = "allow-file-params", value_name = "DIR")]
     allow_file_params: Vec<PathBuf>,
+    /// The CA bundle that signs the kube-apiserver's front-proxy client certificate
+    /// (turns on request-header authentication of the aggregation layer; watched).
+    #[arg(long, value_name = "FILE")]
+    requestheader_client_ca_file: Option<PathBuf>,
+    /// Common names a front-proxy certificate may have (comma-separated or repeated;
+    /// empty: any).
+    #[arg(
+        long,
+        value_name = "NAMES",
+        value_delimiter = ',',
+        requires = "requestheader_client_ca_file"
+    )]
+    requestheader_allowed_names: Vec<String>,
+    /// Headers naming the user (the first one set wins) [default: X-Remote-User].
+    #[arg(long, value_name = "HEADERS", value_delimiter = ',', requires = "requestheader_client_ca_file", value_parser = header_name)]
+    requestheader_username_headers: Vec<String>,
+    /// Headers naming the user's groups [default: X-Remote-Group].
+    #[arg(long, value_name = "HEADERS", value_delimiter = ',', requires = "requestheader_client_ca_file", value_parser = header_name)]
+    requestheader_group_headers: Vec<String>,
+    /// Prefixes of headers with extra user attributes [default: X-Remote-Extra-].
+    #[arg(long, value_name = "PREFIXES", value_delimiter = ',', requires = "requestheader_client_ca_file", value_parser = header_name)]
+    requestheader_extra_headers_prefix: Vec<String>,
     /// DNS names for the generated serving certificate (repeatable; localhost,
     /// 127.0.0.1 and ::1 are always included).
     #[arg(long = "service-dns-name", value_name = "NAME")]
@@ -58,6 +85,13 @@ pub struct OperatorArgs {
     /// Lifetime of a generated serving certificate (renewed at 70 %).
     #[arg(long, value_name = "DURATION", default_value = "1year", value_parser = lifetime)]
     cert_lifetime: Lifetime,
+}
+
+fn header_name(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    hyper::header::HeaderName::from_bytes(s.as_bytes())
+        .map(|_| s.to_string())
+        .map_err(|_| format!("{s:?} is not a valid HTTP header name"))
 }
 
 /// A lifetime as the user typed it (`90d`) and its value; messages echo the text.
@@ -109,6 +143,35 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
             )
         })?)
     };
+    let request_header = args.requestheader_client_ca_file.map(|file| {
+        let mut o = RequestHeaderOptions::new(file);
+        o.allowed_names = args
+            .requestheader_allowed_names
+            .into_iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        let set = |given: Vec<String>, default: &mut Vec<String>| {
+            if !given.is_empty() {
+                *default = given;
+            }
+        };
+        set(args.requestheader_username_headers, &mut o.username_headers);
+        set(args.requestheader_group_headers, &mut o.group_headers);
+        set(
+            args.requestheader_extra_headers_prefix,
+            &mut o.extra_headers_prefixes,
+        );
+        o
+    });
+    let webhook_listen =
+        if args.webhook_bind_address.is_empty() {
+            None
+        } else {
+            Some(args.webhook_bind_address.parse().with_context(|| {
+                format!("--webhook-bind-address {:?}", args.webhook_bind_address)
+            })?)
+        };
     let config = OperatorConfig::new(args.manifests, args.cert_dir)
         .trust(args.trust.options()?)
         .cert_rotation(args.enable_cert_rotation)
@@ -120,7 +183,9 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         .listen(args.listen)
         .metrics_listen(metrics_listen)
         .health_listen(health_listen)
+        .webhook_listen(webhook_listen)
         .allow_file_params(args.allow_file_params)
+        .request_header(request_header)
         .env(Env::process());
     let operator = Operator::start(config, builtins::registry()).await?;
     operator.run_until_signal().await;

@@ -1,0 +1,435 @@
+//! The validating admission webhook, on KEDA's paths.
+//!
+//! The kube-apiserver POSTs an `AdmissionReview` (`admission.k8s.io/v1`) for every
+//! ScaledObject, TriggerAuthentication or ClusterTriggerAuthentication created or
+//! updated, and refuses the write when the answer says `allowed: false`. Every trigger is
+//! built with the registry, as the operator would build it, and never polled: a trigger
+//! that cannot be built denies, naming the trigger and the parameter. What a trigger
+//! refers to that is not there (yet) — a TriggerAuthentication, a Secret or one of its
+//! keys — is a warning, because GitOps tools apply objects in any order; so is a
+//! parameter the scaler does not know.
+//!
+//! The listener asks no client for a certificate (the kube-apiserver calls webhooks
+//! without one unless told otherwise) and serves nothing but the webhook paths and
+//! health.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use tokio::net::TcpListener;
+use trustscale::scaler::{BuildContext, Params, Registry};
+use trustscale::trust::ServerTls;
+
+use crate::manifest::{Env, ManifestSet, TriggerErrorCause};
+use crate::service::Health;
+
+/// KEDA's path for ScaledObjects.
+pub const SCALED_OBJECT_PATH: &str = "/validate-keda-sh-v1alpha1-scaledobject";
+/// KEDA's path for TriggerAuthentications.
+pub const TRIGGER_AUTHENTICATION_PATH: &str = "/validate-keda-sh-v1alpha1-triggerauthentication";
+/// KEDA's path for ClusterTriggerAuthentications.
+pub const CLUSTER_TRIGGER_AUTHENTICATION_PATH: &str =
+    "/validate-keda-sh-v1alpha1-clustertriggerauthentication";
+/// The largest review read (the kube-apiserver's own request limit is 3 MiB).
+pub const MAX_REVIEW_BYTES: usize = 4 * 1024 * 1024;
+/// How long a client may take to send the body, and a review to be decided.
+const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
+/// Warnings returned at most (the kube-apiserver may truncate many).
+const MAX_WARNINGS: usize = 32;
+
+/// Decides admission reviews against the registry and what the operator knows of the
+/// cluster (in file mode: the manifests it loaded).
+pub struct Validator {
+    registry: Registry,
+    ctx: BuildContext,
+    env: Env,
+    known: ArcSwap<ManifestSet>,
+}
+
+impl std::fmt::Debug for Validator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Validator").finish_non_exhaustive()
+    }
+}
+
+/// The outcome of one review.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// Why it is denied (none: allowed).
+    pub denied: Vec<String>,
+    /// What the user should know.
+    pub warnings: Vec<String>,
+}
+
+impl Validator {
+    /// A validator; [`Validator::set_known`] tells it the objects references resolve to.
+    #[must_use]
+    pub fn new(registry: Registry, ctx: BuildContext, env: Env) -> Self {
+        Validator {
+            registry,
+            ctx,
+            env,
+            known: ArcSwap::from_pointee(ManifestSet::default()),
+        }
+    }
+
+    /// The TriggerAuthentications, Secrets and ConfigMaps references resolve to.
+    pub fn set_known(&self, set: ManifestSet) {
+        self.known.store(Arc::new(set));
+    }
+
+    /// Validates a ScaledObject (as JSON, the way the kube-apiserver sends it).
+    pub async fn scaled_object(&self, object: &serde_json::Value) -> Verdict {
+        let mut verdict = Verdict::default();
+        let value = match serde_yaml_ng::to_value(object) {
+            Ok(v) => v,
+            Err(e) => {
+                verdict.denied.push(format!("not a usable object: {e}"));
+                return verdict;
+            }
+        };
+        let known = self.known.load();
+        let so = match known.review_scaled_object(Path::new("admission review"), value, &self.env) {
+            Ok(so) => so,
+            Err(e) => {
+                verdict.denied.push(e);
+                return verdict;
+            }
+        };
+        if so.triggers.is_empty() {
+            verdict
+                .denied
+                .push("spec.triggers: at least one trigger is required".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (trigger, type_name) in so.triggers.iter().zip(&so.trigger_types) {
+            let spec = match trigger {
+                Ok(spec) => spec,
+                Err(e) if e.cause == TriggerErrorCause::Unresolved => {
+                    verdict.warnings.push(format!(
+                        "{e} (the trigger is checked in full once that exists)"
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    verdict.denied.push(e.to_string());
+                    continue;
+                }
+            };
+            if let Some(name) = spec.name.as_deref().filter(|n| !n.is_empty())
+                && !names.insert(name.to_string())
+            {
+                verdict.denied.push(format!(
+                    "{}: trigger name {name:?} is used by more than one trigger",
+                    spec.label
+                ));
+            }
+            let Some(declared) = self.registry.parameters(type_name) else {
+                verdict.denied.push(format!(
+                    "{}: unknown trigger type {type_name:?}; this operator knows: {}",
+                    spec.label,
+                    self.registry.types().collect::<Vec<_>>().join(", ")
+                ));
+                continue;
+            };
+            let unknown = Params::new(spec, declared).unknown();
+            if !unknown.is_empty() {
+                verdict.warnings.push(format!(
+                    "{}: unknown parameters (ignored): {}",
+                    spec.label,
+                    unknown.join(", ")
+                ));
+            }
+            match tokio::time::timeout(REVIEW_TIMEOUT, self.registry.build(spec, &self.ctx)).await {
+                Ok(Ok(scaler)) => scaler.close().await,
+                Ok(Err(e)) => verdict.denied.push(e.to_string()),
+                Err(_) => verdict.denied.push(format!(
+                    "{}: building the trigger took longer than {REVIEW_TIMEOUT:?}",
+                    spec.label
+                )),
+            }
+        }
+        verdict
+    }
+
+    /// Validates a TriggerAuthentication (`cluster`: a ClusterTriggerAuthentication).
+    #[must_use]
+    pub fn trigger_authentication(&self, cluster: bool, object: &serde_json::Value) -> Verdict {
+        let mut verdict = Verdict::default();
+        let result = serde_yaml_ng::to_value(object)
+            .map_err(|e| format!("not a usable object: {e}"))
+            .and_then(|value| {
+                self.known
+                    .load()
+                    .review_trigger_auth(cluster, &value, &self.env)
+            });
+        match result {
+            Ok(warnings) => verdict.warnings = warnings,
+            Err(e) => verdict.denied.push(e),
+        }
+        verdict
+    }
+
+    /// Answers one `AdmissionReview` posted to `path`: the HTTP status and the body.
+    pub async fn review(&self, path: &str, body: &[u8]) -> (StatusCode, serde_json::Value) {
+        let expected = match path {
+            SCALED_OBJECT_PATH => "ScaledObject",
+            TRIGGER_AUTHENTICATION_PATH => "TriggerAuthentication",
+            CLUSTER_TRIGGER_AUTHENTICATION_PATH => "ClusterTriggerAuthentication",
+            _ => return (StatusCode::NOT_FOUND, review_error("", 404, "not found")),
+        };
+        let review: serde_json::Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    review_error("", 400, &format!("the body is not JSON: {e}")),
+                );
+            }
+        };
+        let (uid, request) = match parse_review(&review) {
+            Ok(r) => r,
+            Err(message) => {
+                return (StatusCode::BAD_REQUEST, review_error("", 400, &message));
+            }
+        };
+        let operation = request
+            .get("operation")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
+        if !matches!(operation, "CREATE" | "UPDATE") {
+            return (StatusCode::OK, allowed(uid, &[]));
+        }
+        let Some(object) = request.get("object").filter(|o| o.is_object()) else {
+            return (
+                StatusCode::OK,
+                denied(uid, &["request.object is missing".into()], &[]),
+            );
+        };
+        let kind = object
+            .get("kind")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
+        if kind != expected {
+            return (
+                StatusCode::OK,
+                denied(
+                    uid,
+                    &[format!(
+                        "this path validates {expected} objects, not {kind:?}"
+                    )],
+                    &[],
+                ),
+            );
+        }
+        let verdict = match expected {
+            "ScaledObject" => self.scaled_object(object).await,
+            "TriggerAuthentication" => self.trigger_authentication(false, object),
+            _ => self.trigger_authentication(true, object),
+        };
+        let body = if verdict.denied.is_empty() {
+            allowed(uid, &verdict.warnings)
+        } else {
+            denied(uid, &verdict.denied, &verdict.warnings)
+        };
+        (StatusCode::OK, body)
+    }
+}
+
+/// The request of a v1 `AdmissionReview` and its uid.
+fn parse_review(review: &serde_json::Value) -> Result<(&str, &serde_json::Value), String> {
+    let api_version = review
+        .get("apiVersion")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    let kind = review
+        .get("kind")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    if api_version != "admission.k8s.io/v1" || kind != "AdmissionReview" {
+        return Err(format!(
+            "expected an AdmissionReview of admission.k8s.io/v1, got kind {kind:?} of {api_version:?}"
+        ));
+    }
+    let request = review
+        .get("request")
+        .filter(|r| r.is_object())
+        .ok_or("the AdmissionReview has no request")?;
+    let uid = request
+        .get("uid")
+        .and_then(serde_json::Value::as_str)
+        .filter(|u| !u.is_empty() && u.len() <= 128)
+        .ok_or("request.uid must be a string of 1 to 128 characters")?;
+    Ok((uid, request))
+}
+
+fn response(uid: &str, body: serde_json::Value) -> serde_json::Value {
+    let mut r = body;
+    r["uid"] = uid.into();
+    serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": r,
+    })
+}
+
+fn capped(warnings: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = warnings.iter().take(MAX_WARNINGS).cloned().collect();
+    if warnings.len() > MAX_WARNINGS {
+        out.push(format!("… and {} more", warnings.len() - MAX_WARNINGS));
+    }
+    out
+}
+
+fn allowed(uid: &str, warnings: &[String]) -> serde_json::Value {
+    let mut r = serde_json::json!({ "allowed": true });
+    if !warnings.is_empty() {
+        r["warnings"] = capped(warnings).into();
+    }
+    response(uid, r)
+}
+
+fn denied(uid: &str, reasons: &[String], warnings: &[String]) -> serde_json::Value {
+    let mut r = serde_json::json!({
+        "allowed": false,
+        "status": {
+            "status": "Failure",
+            "code": 403,
+            "reason": "Forbidden",
+            "message": reasons.join("; "),
+        },
+    });
+    if !warnings.is_empty() {
+        r["warnings"] = capped(warnings).into();
+    }
+    response(uid, r)
+}
+
+fn review_error(uid: &str, code: u16, message: &str) -> serde_json::Value {
+    response(
+        uid,
+        serde_json::json!({
+            "allowed": false,
+            "status": { "status": "Failure", "code": code, "message": message },
+        }),
+    )
+}
+
+fn reply(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+async fn answer(
+    validator: &Validator,
+    health: &Health,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    if let Some(r) = health.answer(&path) {
+        return r;
+    }
+    if !matches!(
+        path.as_str(),
+        SCALED_OBJECT_PATH | TRIGGER_AUTHENTICATION_PATH | CLUSTER_TRIGGER_AUTHENTICATION_PATH
+    ) {
+        return reply(
+            StatusCode::NOT_FOUND,
+            &review_error(
+                "",
+                404,
+                "not found: this listener serves the admission webhook only",
+            ),
+        );
+    }
+    if req.method() != hyper::Method::POST {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &review_error("", 405, "POST an AdmissionReview"),
+        );
+    }
+    let content_type = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            &review_error(
+                "",
+                400,
+                &format!("content type {content_type:?}; expected application/json"),
+            ),
+        );
+    }
+    let body = Limited::new(req.into_body(), MAX_REVIEW_BYTES);
+    let bytes = match tokio::time::timeout(REVIEW_TIMEOUT, body.collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
+            let too_large = e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            return if too_large {
+                reply(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &review_error(
+                        "",
+                        413,
+                        &format!("the review is larger than {MAX_REVIEW_BYTES} bytes"),
+                    ),
+                )
+            } else {
+                reply(
+                    StatusCode::BAD_REQUEST,
+                    &review_error("", 400, "the body could not be read"),
+                )
+            };
+        }
+        Err(_) => {
+            return reply(
+                StatusCode::REQUEST_TIMEOUT,
+                &review_error("", 408, "the body did not arrive in time"),
+            );
+        }
+    };
+    let (status, body) = validator.review(&path, &bytes).await;
+    reply(status, &body)
+}
+
+/// Serves the webhook (TLS, no client certificate) on `listener` until `stop`.
+pub async fn serve_webhook(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    validator: Arc<Validator>,
+    health: Arc<Health>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    crate::service::serve_tls(
+        listener,
+        "admission webhook",
+        tls,
+        stop,
+        move |_chain, _peer| {
+            let validator = Arc::clone(&validator);
+            let health = Arc::clone(&health);
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                let validator = Arc::clone(&validator);
+                let health = Arc::clone(&health);
+                async move { Ok::<_, Infallible>(answer(&validator, &health, req).await) }
+            })
+        },
+    )
+    .await;
+}
