@@ -25,6 +25,8 @@ pub struct CertManager {
     /// The same identity, no client certificate asked for (the admission webhook).
     webhook: Arc<ServerTls>,
     authn: Arc<Authenticator>,
+    /// `ca.crt` as PEM, as it is served (every CA during an overlap).
+    ca_bundle: tokio::sync::watch::Sender<String>,
     metrics: Arc<Metrics>,
     /// The folder's [`stamp`] when it was last read, valid or not.
     seen: Mutex<u64>,
@@ -74,6 +76,9 @@ impl CertManager {
             server,
             webhook,
             authn,
+            ca_bundle: tokio::sync::watch::Sender::new(trustscale::trust::material::certs_to_pem(
+                &ca,
+            )),
             metrics,
         }))
     }
@@ -82,6 +87,13 @@ impl CertManager {
     #[must_use]
     pub fn webhook_server(&self) -> Arc<ServerTls> {
         Arc::clone(&self.webhook)
+    }
+
+    /// The CA bundle clients must trust (`ca.crt` as PEM), changed with every reload
+    /// that changes it.
+    #[must_use]
+    pub fn ca_bundle(&self) -> tokio::sync::watch::Receiver<String> {
+        self.ca_bundle.subscribe()
     }
 
     /// Who calls the API (its CAs follow every reload).
@@ -125,6 +137,14 @@ impl CertManager {
             self.authn
                 .update(&ca, &front)
                 .map_err(|reason| PkiError::RequestHeaderCa { reason })?;
+            let pem = trustscale::trust::material::certs_to_pem(&ca);
+            self.ca_bundle.send_if_modified(|current| {
+                let changed = *current != pem;
+                if changed {
+                    *current = pem;
+                }
+                changed
+            });
             Ok(leaf)
         });
         match result {

@@ -13,6 +13,7 @@
 pub mod authn;
 pub mod builtins;
 pub mod certs;
+pub mod cluster;
 pub mod decide;
 pub mod engine;
 pub mod manifest;

@@ -49,6 +49,16 @@ pub struct ReloadLabels {
     pub result: String,
 }
 
+/// Labels of a caBundle publication.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BundleLabels {
+    /// The kind of object: APIService, ValidatingWebhookConfiguration (any: the request
+    /// failed before one was known).
+    pub kind: String,
+    /// patched, current, missing, left alone: ..., error.
+    pub result: String,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     /// Registry to encode.
@@ -74,6 +84,8 @@ pub struct Metrics {
     /// Times the internal CA was replaced because it was unusable (clients holding the
     /// old caBundle are locked out until they get the new one).
     pub ca_replaced: Counter,
+    /// caBundle publications by object kind and result.
+    pub ca_bundle: Family<BundleLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -95,6 +107,7 @@ impl Default for Metrics {
             cert_expiry_seconds: Gauge::default(),
             reloads: Family::default(),
             ca_replaced: Counter::default(),
+            ca_bundle: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -147,11 +160,27 @@ impl Default for Metrics {
             "Times the internal CA was unusable and replaced by a new one",
             m.ca_replaced.clone(),
         );
+        registry.register(
+            "ca_bundle_publications",
+            "caBundle publications to the APIService and the webhook configuration, by result",
+            m.ca_bundle.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
 
 impl Metrics {
+    /// Counts a caBundle publication.
+    pub fn ca_bundle_published(&self, kind: &str, result: &str) {
+        let result = result.split(':').next().unwrap_or(result);
+        self.ca_bundle
+            .get_or_create(&BundleLabels {
+                kind: kind.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
     /// Counts a reload.
     pub fn reloaded(&self, what: &str, ok: bool) {
         self.reloads

@@ -24,6 +24,7 @@ use trustscale::watch::{FileWatch, WatchOptions};
 
 use crate::authn::RequestHeaderOptions;
 use crate::certs::CertManager;
+use crate::cluster::{self, ClusterError, ClusterOptions};
 use crate::engine::{DecisionSink, Engine, LogSink};
 use crate::manifest::{self, Env};
 use crate::metrics::Metrics;
@@ -61,6 +62,9 @@ pub struct OperatorConfig {
     pub allow_file_params: Vec<PathBuf>,
     /// Request-header authentication of the kube-apiserver's aggregation layer, if on.
     pub request_header: Option<RequestHeaderOptions>,
+    /// How to reach the cluster, when there is one ([`crate::cluster::connect`]); `None`:
+    /// never.
+    pub cluster: Option<ClusterOptions>,
 }
 
 impl OperatorConfig {
@@ -86,7 +90,14 @@ impl OperatorConfig {
             env: Env::process(),
             allow_file_params: Vec::new(),
             request_header: None,
+            cluster: Some(ClusterOptions::new()),
         }
+    }
+
+    /// Sets how to reach the cluster (`None`: never, whatever the environment says).
+    pub fn cluster(mut self, options: Option<ClusterOptions>) -> Self {
+        self.cluster = options;
+        self
     }
 
     /// Turns on (or, with `None`, off) request-header authentication of the
@@ -180,7 +191,14 @@ pub enum OperatorError {
     /// The options contradict each other.
     #[error("{0}")]
     Config(String),
+    /// The cluster connection could not be made.
+    #[error("the cluster")]
+    Cluster(#[from] ClusterError),
 }
+
+/// How often the caBundle is checked again without a CA change (another writer may have
+/// overwritten it).
+const CA_BUNDLE_RESYNC: Duration = Duration::from_secs(30);
 
 /// A running operator. Dropping it without [`Operator::shutdown`] leaves its tasks running
 /// until the runtime ends.
@@ -338,6 +356,20 @@ impl Operator {
             )));
         }
         tasks.push(tokio::spawn(Arc::clone(&certs).run(stop_rx.clone())));
+        if let Some(options) = config.cluster.clone() {
+            match cluster::connect(options).await? {
+                Some(c) => tasks.push(tokio::spawn(cluster::follow_ca_bundle(
+                    c,
+                    certs.ca_bundle(),
+                    CA_BUNDLE_RESYNC,
+                    Arc::clone(&metrics),
+                    stop_rx.clone(),
+                ))),
+                None => tracing::info!(
+                    "no cluster (no --kubeconfig, KUBECONFIG or service account): file mode only"
+                ),
+            }
+        }
 
         // Manifests: loaded now, then again whenever they change.
         let set = manifest::load(&config.manifests);

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use trustscale_operator::authn::RequestHeaderOptions;
+use trustscale_operator::cluster::ClusterOptions;
 use trustscale_operator::manifest::Env;
 use trustscale_operator::pki::PkiOptions;
 use trustscale_operator::{Operator, OperatorConfig, builtins};
@@ -75,6 +76,24 @@ pub struct OperatorArgs {
     /// Prefixes of headers with extra user attributes [default: X-Remote-Extra-].
     #[arg(long, value_name = "PREFIXES", value_delimiter = ',', requires = "requestheader_client_ca_file", value_parser = header_name)]
     requestheader_extra_headers_prefix: Vec<String>,
+    /// The kubeconfig to reach the cluster with (else KUBECONFIG, else the pod's service
+    /// account; without any of them the operator runs in file mode only).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// The Service in front of this installation: only an APIService and webhooks that
+    /// point at it get the caBundle.
+    #[arg(long, value_name = "NAME", default_value = "trustscale")]
+    service_name: String,
+    /// The APIService whose caBundle is kept current.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "v1beta1.external.metrics.k8s.io"
+    )]
+    apiservice_name: String,
+    /// The ValidatingWebhookConfiguration whose caBundle is kept current.
+    #[arg(long, value_name = "NAME", default_value = "trustscale-admission")]
+    webhook_configuration_name: String,
     /// DNS names for the generated serving certificate (repeatable; localhost,
     /// 127.0.0.1 and ::1 are always included).
     #[arg(long = "service-dns-name", value_name = "NAME")]
@@ -186,6 +205,13 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         .webhook_listen(webhook_listen)
         .allow_file_params(args.allow_file_params)
         .request_header(request_header)
+        .cluster(Some(ClusterOptions {
+            kubeconfig: args.kubeconfig,
+            namespace: None,
+            service_name: args.service_name,
+            apiservice_name: args.apiservice_name,
+            webhook_configuration_name: args.webhook_configuration_name,
+        }))
         .env(Env::process());
     let operator = Operator::start(config, builtins::registry()).await?;
     operator.run_until_signal().await;

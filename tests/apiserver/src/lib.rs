@@ -27,9 +27,9 @@
 //! apply's field management and conflicts, strategic merge patch (refused with 415, as
 //! the real server refuses it for custom resources), protobuf and `Table` output,
 //! `generateName`, `dryRun`, garbage collection of owned objects, and schema
-//! validation. Tests can make a concurrent writer change an object right after a read
-//! ([`TestApiServer::interfere_after_get`]), which gives the reader's next write a
-//! genuine 409.
+//! validation. Tests can make a concurrent writer change an object right before a write
+//! ([`TestApiServer::interfere_before_write`]), which gives a write based on an earlier
+//! read a genuine 409.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
@@ -129,7 +129,7 @@ struct Store {
     uid: u64,
     objects: BTreeMap<Key, Value>,
     history: VecDeque<Event>,
-    /// Objects a concurrent writer changes right after their next GET.
+    /// Objects a concurrent writer changes right before their next writes.
     interfere: HashMap<Key, usize>,
     /// (method, path and query) of every request, for assertions.
     requests: Vec<(String, String)>,
@@ -368,9 +368,10 @@ impl TestApiServer {
         store.record("MODIFIED", &key, obj, &self.shared.events);
     }
 
-    /// After the next `times` GETs of this object, another writer changes it (an
-    /// annotation), so that a write based on what was read gets a genuine 409.
-    pub fn interfere_after_get(
+    /// Before each of the next `times` writes (PUT or PATCH) of this object, another
+    /// writer's change (an annotation) lands first, so that a write based on what was read
+    /// before gets a genuine 409.
+    pub fn interfere_before_write(
         &self,
         group: &str,
         plural: &str,
@@ -623,7 +624,7 @@ fn parse_target(path: &str) -> Option<Target> {
         _ => (String::new(), segs),
     };
     let res = find(segs.first()?)?;
-    if res.namespaced != !namespace.is_empty() && !(res.namespaced && segs.len() == 1) {
+    if res.namespaced == namespace.is_empty() && !(res.namespaced && segs.len() == 1) {
         return None;
     }
     Some(Target {
@@ -930,28 +931,11 @@ fn get(
     sub: Option<&str>,
 ) -> Result<(StatusCode, Value), Failure> {
     let k = key(t.res, &t.namespace, name);
-    let obj = {
-        let mut store = lock(shared);
-        let obj = store
-            .objects
-            .get(&k)
-            .cloned()
-            .ok_or_else(|| not_found(t.res, name))?;
-        // A concurrent writer, right after this read.
-        if let Some(n) = store.interfere.get_mut(&k)
-            && *n > 0
-        {
-            *n -= 1;
-            let mut changed = obj.clone();
-            let rv = store.next_rv();
-            changed["metadata"]["resourceVersion"] = rv.to_string().into();
-            changed["metadata"]["annotations"]["test-apiserver/concurrent-writer"] =
-                rv.to_string().into();
-            store.objects.insert(k.clone(), changed.clone());
-            store.record("MODIFIED", &k, changed, &shared.events);
-        }
-        obj
-    };
+    let obj = lock(shared)
+        .objects
+        .get(&k)
+        .cloned()
+        .ok_or_else(|| not_found(t.res, name))?;
     match sub {
         None | Some("status") => Ok((StatusCode::OK, obj)),
         Some("scale") if t.res.scale => Ok((StatusCode::OK, scale_of(&obj))),
@@ -1006,11 +990,23 @@ fn replace(
 ) -> Result<Value, Failure> {
     let k = key(t.res, &t.namespace, name);
     let mut store = lock(shared);
-    let current = store
+    let mut current = store
         .objects
         .get(&k)
         .cloned()
         .ok_or_else(|| not_found(t.res, name))?;
+    // Another writer's update lands first.
+    if let Some(n) = store.interfere.get_mut(&k)
+        && *n > 0
+    {
+        *n -= 1;
+        let rv = store.next_rv();
+        current["metadata"]["resourceVersion"] = rv.to_string().into();
+        current["metadata"]["annotations"]["test-apiserver/concurrent-writer"] =
+            rv.to_string().into();
+        store.objects.insert(k.clone(), current.clone());
+        store.record("MODIFIED", &k, current.clone(), &shared.events);
+    }
     if let Some(rv) = new["metadata"]["resourceVersion"].as_str()
         && !rv.is_empty()
         && Some(rv) != current["metadata"]["resourceVersion"].as_str()

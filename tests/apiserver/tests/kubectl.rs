@@ -88,7 +88,10 @@ fn kubectl_creates_reads_lists_patches_and_deletes() {
     stale["data"]["a"] = "Yw==".into();
     let file = s.dir().join("stale.json");
     std::fs::write(&file, stale.to_string()).unwrap();
-    let (done, _, err) = kubectl(&s, &["replace", "-f", file.to_str().unwrap(), "--validate=false"]);
+    let (done, _, err) = kubectl(
+        &s,
+        &["replace", "-f", file.to_str().unwrap(), "--validate=false"],
+    );
     assert!(
         !done && err.contains("the object has been modified"),
         "{err}"

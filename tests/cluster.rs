@@ -1,0 +1,408 @@
+//! The operator and a cluster: a running `trustscale operator` reaches the test API server
+//! through an ordinary kubeconfig (kube-rs) and keeps the caBundle of the APIService and of
+//! its webhooks current; kubectl, a client we did not write, reads what it wrote.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use support::{Child, TestCa, wait_for};
+use trustscale_test_apiserver::TestApiServer;
+
+const APISERVICE: &str = "v1beta1.external.metrics.k8s.io";
+const WEBHOOKS: &str = "trustscale-admission";
+
+fn cluster() -> TestApiServer {
+    let s = TestApiServer::start();
+    s.create(
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "keda"}}),
+    );
+    s
+}
+
+fn apiservice(
+    service_ns: &str,
+    service: &str,
+    annotations: serde_json::Value,
+) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+        "metadata": {"name": APISERVICE, "annotations": annotations},
+        "spec": {
+            "group": "external.metrics.k8s.io", "version": "v1beta1",
+            "service": {"namespace": service_ns, "name": service, "port": 443},
+            "insecureSkipTLSVerify": true,
+            "groupPriorityMinimum": 100, "versionPriority": 100,
+        }
+    })
+}
+
+fn webhooks(annotations: serde_json::Value) -> serde_json::Value {
+    let hook = |name: &str, ns: &str, svc: &str, path: &str| {
+        serde_json::json!({
+            "name": name, "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "clientConfig": {"service": {"namespace": ns, "name": svc, "path": path, "port": 9443}},
+            "rules": [{"apiGroups": ["keda.sh"], "apiVersions": ["v1alpha1"],
+                       "operations": ["CREATE", "UPDATE"], "resources": ["scaledobjects"]}],
+        })
+    };
+    serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": WEBHOOKS, "annotations": annotations},
+        "webhooks": [
+            hook("vscaledobject.trustscale.io", "keda", "trustscale", "/validate-keda-sh-v1alpha1-scaledobject"),
+            hook("vsomething.other.io", "other", "other-webhooks", "/validate"),
+        ],
+    })
+}
+
+struct Operator {
+    _child: Child,
+    stderr: PathBuf,
+}
+
+impl Operator {
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+fn start(s: &TestApiServer, certs: &Path, extra: &[&str]) -> Operator {
+    let manifests = s.dir().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let stderr = s
+        .dir()
+        .join(format!("operator-{}.log", support::unique("o")));
+    let child = Child(
+        Command::new(env!("CARGO_BIN_EXE_trustscale"))
+            .arg("operator")
+            .arg("--manifests")
+            .arg(&manifests)
+            .arg("--cert-dir")
+            .arg(certs)
+            .args(["--ca-dir", "/nonexistent", "--listen", "127.0.0.1:0"])
+            .args([
+                "--metrics-bind-address",
+                "",
+                "--health-probe-bind-address",
+                "",
+            ])
+            .args(["--webhook-bind-address", ""])
+            .arg("--kubeconfig")
+            .arg(s.kubeconfig())
+            .args(extra)
+            .env("POD_NAMESPACE", "keda")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    Operator {
+        _child: child,
+        stderr,
+    }
+}
+
+/// kubectl's view of a field (jsonpath), reading what the operator wrote.
+fn kubectl_get(s: &TestApiServer, kind: &str, name: &str, jsonpath: &str) -> String {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(s.kubeconfig())
+        .args(["get", kind, name, "-o", &format!("jsonpath={jsonpath}")])
+        .env("KUBECACHEDIR", s.dir().join("kubectl-cache"))
+        .output()
+        .expect("kubectl is installed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn bundle_of(certs: &Path) -> String {
+    base64::engine::general_purpose::STANDARD.encode(std::fs::read(certs.join("ca.crt")).unwrap())
+}
+
+fn write_set(dir: &Path, ca: &TestCa) {
+    let leaf = ca.server();
+    std::fs::write(dir.join("ca.crt"), &ca.cert_pem).unwrap();
+    std::fs::write(dir.join("tls.crt"), &leaf.cert_pem).unwrap();
+    std::fs::write(dir.join("tls.key"), &leaf.key_pem).unwrap();
+}
+
+#[test]
+fn rotation_publishes_the_ca_bundle_into_the_apiservice_and_our_webhooks_only() {
+    let s = cluster();
+    s.create(apiservice("keda", "trustscale", serde_json::json!({})));
+    s.create(webhooks(serde_json::json!({})));
+    let certs = tempfile::tempdir().unwrap();
+    let op = start(&s, certs.path(), &[]);
+    wait_for(
+        "the APIService gets the caBundle",
+        Duration::from_secs(30),
+        || {
+            certs.path().join("ca.crt").exists()
+                && kubectl_get(&s, "apiservice", APISERVICE, "{.spec.caBundle}")
+                    == bundle_of(certs.path())
+        },
+    );
+    assert_eq!(
+        kubectl_get(
+            &s,
+            "apiservice",
+            APISERVICE,
+            "{.spec.insecureSkipTLSVerify}"
+        ),
+        "",
+        "insecureSkipTLSVerify goes with the caBundle"
+    );
+    wait_for(
+        "our webhook gets the caBundle",
+        Duration::from_secs(10),
+        || {
+            kubectl_get(
+                &s,
+                "validatingwebhookconfiguration",
+                WEBHOOKS,
+                "{.webhooks[0].clientConfig.caBundle}",
+            ) == bundle_of(certs.path())
+        },
+    );
+    assert_eq!(
+        kubectl_get(
+            &s,
+            "validatingwebhookconfiguration",
+            WEBHOOKS,
+            "{.webhooks[1].clientConfig.caBundle}"
+        ),
+        "",
+        "the other service's webhook is left alone"
+    );
+    let log = op.stderr();
+    assert!(log.contains("other/other-webhooks"), "{log}");
+}
+
+#[test]
+fn bring_your_own_certificates_are_published_and_a_ca_change_is_published_again_through_a_conflict()
+{
+    let s = cluster();
+    s.create(apiservice("keda", "trustscale", serde_json::json!({})));
+    s.create(webhooks(serde_json::json!({})));
+    let certs = tempfile::tempdir().unwrap();
+    write_set(certs.path(), &TestCa::new("users-ca-1"));
+    let _op = start(&s, certs.path(), &["--enable-cert-rotation=false"]);
+    let first = bundle_of(certs.path());
+    wait_for(
+        "the user's CA is published",
+        Duration::from_secs(30),
+        || {
+            kubectl_get(&s, "apiservice", APISERVICE, "{.spec.caBundle}") == first
+                && kubectl_get(
+                    &s,
+                    "validatingwebhookconfiguration",
+                    WEBHOOKS,
+                    "{.webhooks[0].clientConfig.caBundle}",
+                ) == first
+        },
+    );
+
+    // Another writer's change lands right before the operator's next write: that write is
+    // a genuine 409, and it must read again and retry.
+    s.interfere_before_write("apiregistration.k8s.io", "apiservices", "", APISERVICE, 1);
+    let staged = tempfile::tempdir().unwrap();
+    write_set(staged.path(), &TestCa::new("users-ca-2"));
+    for f in ["ca.crt", "tls.key", "tls.crt"] {
+        std::fs::copy(staged.path().join(f), certs.path().join(f)).unwrap();
+    }
+    let second = bundle_of(certs.path());
+    assert_ne!(first, second);
+    wait_for("the new CA is published", Duration::from_secs(30), || {
+        kubectl_get(&s, "apiservice", APISERVICE, "{.spec.caBundle}") == second
+            && kubectl_get(
+                &s,
+                "validatingwebhookconfiguration",
+                WEBHOOKS,
+                "{.webhooks[0].clientConfig.caBundle}",
+            ) == second
+    });
+    let obj = s
+        .get("apiregistration.k8s.io", "apiservices", "", APISERVICE)
+        .unwrap();
+    assert!(
+        obj["metadata"]["annotations"]["test-apiserver/concurrent-writer"].is_string(),
+        "the other writer's change survived: {obj}"
+    );
+    let puts = s
+        .requests()
+        .iter()
+        .filter(|(m, p)| m == "PUT" && p.contains("/apiservices/"))
+        .count();
+    assert!(
+        puts >= 3,
+        "a first write, a conflicting one and its retry: {puts}"
+    );
+}
+
+#[test]
+fn opted_out_cert_manager_and_foreign_objects_are_left_alone_and_reported() {
+    let s = cluster();
+    // An APIService of another installation, and a webhook configuration that opts out.
+    s.create(apiservice(
+        "keda",
+        "keda-operator-metrics-apiserver",
+        serde_json::json!({}),
+    ));
+    s.create(webhooks(
+        serde_json::json!({"trustscale.io/skip-ca-bundle": "true"}),
+    ));
+    let certs = tempfile::tempdir().unwrap();
+    let op = start(&s, certs.path(), &[]);
+    wait_for("both are reported", Duration::from_secs(30), || {
+        let log = op.stderr();
+        log.contains("keda/keda-operator-metrics-apiserver")
+            && log.contains("trustscale.io/skip-ca-bundle")
+    });
+    assert_eq!(
+        kubectl_get(&s, "apiservice", APISERVICE, "{.spec.caBundle}"),
+        ""
+    );
+    assert_eq!(
+        kubectl_get(
+            &s,
+            "apiservice",
+            APISERVICE,
+            "{.spec.insecureSkipTLSVerify}"
+        ),
+        "true"
+    );
+    assert_eq!(
+        kubectl_get(
+            &s,
+            "validatingwebhookconfiguration",
+            WEBHOOKS,
+            "{.webhooks[0].clientConfig.caBundle}"
+        ),
+        ""
+    );
+    drop(op);
+
+    // cert-manager's injection annotation: cert-manager fills it, not us.
+    let s = cluster();
+    s.create(apiservice(
+        "keda",
+        "trustscale",
+        serde_json::json!({"cert-manager.io/inject-ca-from": "keda/trustscale-serving"}),
+    ));
+    s.create(webhooks(serde_json::json!({})));
+    let certs = tempfile::tempdir().unwrap();
+    let op = start(&s, certs.path(), &[]);
+    wait_for("the webhook is patched", Duration::from_secs(30), || {
+        certs.path().join("ca.crt").exists()
+            && kubectl_get(
+                &s,
+                "validatingwebhookconfiguration",
+                WEBHOOKS,
+                "{.webhooks[0].clientConfig.caBundle}",
+            ) == bundle_of(certs.path())
+    });
+    assert_eq!(
+        kubectl_get(&s, "apiservice", APISERVICE, "{.spec.caBundle}"),
+        ""
+    );
+    assert!(
+        op.stderr().contains("cert-manager injects"),
+        "{}",
+        op.stderr()
+    );
+}
+
+#[test]
+fn objects_created_after_the_start_get_the_bundle_too() {
+    let s = cluster();
+    let certs = tempfile::tempdir().unwrap();
+    let op = start(&s, certs.path(), &[]);
+    wait_for(
+        "the missing objects are reported",
+        Duration::from_secs(30),
+        || {
+            op.stderr()
+                .contains("not found; its caBundle is published once it exists")
+        },
+    );
+    // Installed later (kubectl apply of the manifests after the operator's Deployment).
+    s.create(apiservice("keda", "trustscale", serde_json::json!({})));
+    wait_for(
+        "the late APIService gets the caBundle",
+        Duration::from_secs(45),
+        || kubectl_get(&s, "apiservice", APISERVICE, "{.spec.caBundle}") == bundle_of(certs.path()),
+    );
+}
+
+#[test]
+fn an_unusable_kubeconfig_stops_the_start_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let zero = dir.path().join("zero");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, "clusters: [this is: not: a kubeconfig").unwrap();
+    let no_context = dir.path().join("empty");
+    std::fs::write(&no_context, "apiVersion: v1\nkind: Config\n").unwrap();
+    for file in [
+        &fifo,
+        &zero,
+        &garbage,
+        &no_context,
+        &dir.path().join("missing"),
+    ] {
+        let certs = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trustscale"))
+            .args(["operator", "--manifests"])
+            .arg(dir.path())
+            .arg("--cert-dir")
+            .arg(certs.path())
+            .args(["--ca-dir", "/nonexistent", "--listen", "127.0.0.1:0"])
+            .args([
+                "--metrics-bind-address",
+                "",
+                "--health-probe-bind-address",
+                "",
+            ])
+            .args(["--webhook-bind-address", ""])
+            .arg("--kubeconfig")
+            .arg(file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!(
+                    "{}: the operator neither started nor stopped",
+                    file.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{}: must not start", file.display());
+        assert!(
+            stderr.contains(&file.display().to_string()) && stderr.contains("kubeconfig"),
+            "{}: {stderr}",
+            file.display()
+        );
+    }
+}
