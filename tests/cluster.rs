@@ -83,7 +83,12 @@ fn start(s: &TestApiServer, certs: &Path, extra: &[&str]) -> Operator {
             .arg(&manifests)
             .arg("--cert-dir")
             .arg(certs)
-            .args(["--ca-dir", "/nonexistent", "--listen", "127.0.0.1:0"])
+            .args(["--ca-dir", "/nonexistent"])
+            .args(if extra.contains(&"--listen") {
+                &[][..]
+            } else {
+                &["--listen", "127.0.0.1:0"][..]
+            })
             .args([
                 "--metrics-bind-address",
                 "",
@@ -405,4 +410,159 @@ fn an_unusable_kubeconfig_stops_the_start_naming_the_file() {
             file.display()
         );
     }
+}
+
+fn secret_file(s: &TestApiServer, key: &str) -> Option<Vec<u8>> {
+    let obj = s.get("", "secrets", "keda", "kedaorg-certs")?;
+    let b64 = obj["data"][key].as_str()?;
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
+
+fn served_ca(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("ca.crt")).unwrap_or_default()
+}
+
+fn with_api(s: &TestApiServer, certs: &Path) -> (Operator, u16) {
+    let api = support::free_port();
+    let op = start(s, certs, &["--listen", &format!("127.0.0.1:{api}")]);
+    (op, api)
+}
+
+#[test]
+fn rotation_keeps_the_certificates_in_a_secret_and_a_second_replica_serves_the_same() {
+    let s = cluster();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_a, a_api) = with_api(&s, a_dir.path());
+    wait_for(
+        "the first replica writes the Secret",
+        Duration::from_secs(30),
+        || {
+            ["ca.crt", "ca.key", "tls.crt", "tls.key"]
+                .iter()
+                .all(|k| secret_file(&s, k).is_some())
+                && secret_file(&s, "ca.crt").unwrap() == served_ca(a_dir.path())
+        },
+    );
+    let ca = secret_file(&s, "ca.crt").unwrap();
+    // kubectl sees the same.
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(s.kubeconfig())
+        .args([
+            "get",
+            "secret",
+            "kedaorg-certs",
+            "-n",
+            "keda",
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ])
+        .env("KUBECACHEDIR", s.dir().join("kubectl-cache"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(String::from_utf8_lossy(&out.stdout).trim())
+            .unwrap(),
+        ca
+    );
+
+    let (_b, b_api) = with_api(&s, b_dir.path());
+    wait_for(
+        "the second replica adopts the Secret",
+        Duration::from_secs(30),
+        || served_ca(b_dir.path()) == ca,
+    );
+    // Both serve certificates of the one CA and accept each other's client certificate.
+    wait_for("both replicas answer", Duration::from_secs(15), || {
+        support::curl_api(b_api, a_dir.path(), "/healthz") == "ok"
+            && support::curl_api(a_api, b_dir.path(), "/healthz") == "ok"
+    });
+    assert_eq!(secret_file(&s, "ca.crt").unwrap(), ca, "no second CA");
+    use std::os::unix::fs::PermissionsExt as _;
+    for key in ["tls.key", "ca.key"] {
+        let mode = std::fs::metadata(b_dir.path().join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+}
+
+#[test]
+fn a_replica_that_loses_the_race_adopts_the_winners_certificates() {
+    let s = cluster();
+    // The Secret exists, empty, as an installer creates it.
+    s.create(serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "kedaorg-certs", "namespace": "keda"}, "type": "Opaque"}));
+    // Another replica's complete set (CA key included, as a replica writes it) lands right
+    // before this one's first write.
+    let winner = TestCa::new("winning-replica-ca");
+    let leaf = winner.server();
+    let b64 = |b: &str| base64::engine::general_purpose::STANDARD.encode(b);
+    s.interfere_before_write_with(
+        "",
+        "secrets",
+        "keda",
+        "kedaorg-certs",
+        serde_json::json!({"data": {
+            "ca.crt": b64(&winner.cert_pem), "ca.key": b64(winner.key_pem()),
+            "tls.crt": b64(&leaf.cert_pem), "tls.key": b64(&leaf.key_pem),
+        }}),
+    );
+    let certs = tempfile::tempdir().unwrap();
+    let op = start(&s, certs.path(), &[]);
+    wait_for("the winner's CA is served", Duration::from_secs(30), || {
+        served_ca(certs.path()) == winner.cert_pem.as_bytes()
+    });
+    assert_eq!(
+        secret_file(&s, "ca.crt").unwrap(),
+        winner.cert_pem.as_bytes()
+    );
+    assert!(
+        op.stderr().contains("adopting what it wrote"),
+        "{}",
+        op.stderr()
+    );
+    // And the caBundle it publishes is the winner's.
+    s.create(apiservice("keda", "trustscale", serde_json::json!({})));
+    wait_for(
+        "the winner's caBundle is published",
+        Duration::from_secs(30),
+        || {
+            kubectl_get(&s, "apiservice", APISERVICE, "{.spec.caBundle}")
+                == base64::engine::general_purpose::STANDARD.encode(&winner.cert_pem)
+        },
+    );
+}
+
+#[test]
+fn a_damaged_leaf_in_the_secret_is_reissued_by_the_ca_it_holds() {
+    let s = cluster();
+    let first = tempfile::tempdir().unwrap();
+    let op = start(&s, first.path(), &[]);
+    wait_for("the Secret is written", Duration::from_secs(30), || {
+        secret_file(&s, "tls.key").is_some()
+    });
+    drop(op);
+    let ca = secret_file(&s, "ca.crt").unwrap();
+    let old_leaf = secret_file(&s, "tls.crt").unwrap();
+    s.modify("", "secrets", "keda", "kedaorg-certs", |secret| {
+        secret["data"]["tls.crt"] = base64::engine::general_purpose::STANDARD
+            .encode("-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
+            .into();
+    });
+    let second = tempfile::tempdir().unwrap();
+    let _op = start(&s, second.path(), &[]);
+    wait_for(
+        "a new leaf of the same CA is written back",
+        Duration::from_secs(30),
+        || {
+            secret_file(&s, "tls.crt").is_some_and(|l| {
+                l != old_leaf && l.starts_with(b"-----BEGIN CERTIFICATE-----\nMII")
+            })
+        },
+    );
+    assert_eq!(secret_file(&s, "ca.crt").unwrap(), ca, "the CA stays");
+    assert_eq!(served_ca(second.path()), ca);
 }

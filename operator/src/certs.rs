@@ -12,9 +12,14 @@ use trustscale::watch::{FileWatch, WatchOptions, stamp};
 use crate::authn::{Authenticator, RequestHeaderOptions};
 use crate::metrics::Metrics;
 use crate::pki::{self, PkiError, PkiOptions};
+use crate::secretstore::SecretStore;
 
 /// How often the certificate folder is re-checked without a file event.
 const CERT_RESCAN: Duration = Duration::from_secs(2);
+/// How often the Secret is read without a change event (it is watched).
+const SECRET_RESYNC: Duration = Duration::from_secs(60);
+/// How soon a failed Secret round is tried again.
+const SECRET_RETRY: Duration = Duration::from_secs(2);
 
 /// Keeps the serving certificate current.
 pub struct CertManager {
@@ -27,6 +32,8 @@ pub struct CertManager {
     authn: Arc<Authenticator>,
     /// `ca.crt` as PEM, as it is served (every CA during an overlap).
     ca_bundle: tokio::sync::watch::Sender<String>,
+    /// With rotation, the Secret every replica shares (the folder is then its copy).
+    secret: std::sync::OnceLock<SecretStore>,
     metrics: Arc<Metrics>,
     /// The folder's [`stamp`] when it was last read, valid or not.
     seen: Mutex<u64>,
@@ -79,6 +86,7 @@ impl CertManager {
             ca_bundle: tokio::sync::watch::Sender::new(trustscale::trust::material::certs_to_pem(
                 &ca,
             )),
+            secret: std::sync::OnceLock::new(),
             metrics,
         }))
     }
@@ -87,6 +95,12 @@ impl CertManager {
     #[must_use]
     pub fn webhook_server(&self) -> Arc<ServerTls> {
         Arc::clone(&self.webhook)
+    }
+
+    /// Keeps the certificates in `store` from now on (rotation on: the Secret is the truth
+    /// and the folder its copy). Once only; later calls are ignored.
+    pub fn use_secret(&self, store: SecretStore) {
+        let _ = self.secret.set(store);
     }
 
     /// The CA bundle clients must trust (`ca.crt` as PEM), changed with every reload
@@ -189,9 +203,42 @@ impl CertManager {
         )
         .inspect_err(|e| tracing::warn!(error = %e, dir = %self.dir.display(), "cannot follow the certificate folder; re-checking on a timer only"))
         .ok();
+        let secret = self.secret.get().cloned();
+        let mut secret_changes: std::pin::Pin<Box<dyn futures_util::Stream<Item = ()> + Send>> =
+            match &secret {
+                Some(s) => Box::pin(s.changes()),
+                None => Box::pin(futures_util::stream::pending()),
+            };
+        let mut next_sync = std::time::Instant::now();
         loop {
             let mut wait = CERT_RESCAN;
-            if self.rotation {
+            if self.rotation
+                && let Some(store) = &secret
+            {
+                if std::time::Instant::now() >= next_sync {
+                    next_sync = std::time::Instant::now() + SECRET_RETRY;
+                    match store.sync(&self.dir, &self.opts).await {
+                        Ok(round) => {
+                            report(&self.dir, &round.action, &self.metrics);
+                            if round.adopted {
+                                tracing::info!(secret = %store.describe(), "internal certificates taken from the Secret");
+                            }
+                            if round.written {
+                                tracing::info!(secret = %store.describe(), "internal certificates written to the Secret");
+                            }
+                            let due = round
+                                .next
+                                .duration_since(SystemTime::now())
+                                .unwrap_or_default();
+                            next_sync = std::time::Instant::now() + due.min(SECRET_RESYNC);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %trustscale::error::Chain(&e), "keeping the certificates in their Secret failed; retrying")
+                        }
+                    }
+                }
+                wait = wait.min(next_sync.saturating_duration_since(std::time::Instant::now()));
+            } else if self.rotation {
                 match pki::ensure(&self.dir, &self.opts, SystemTime::now()) {
                     Ok((action, next)) => {
                         report(&self.dir, &action, &self.metrics);
@@ -206,6 +253,10 @@ impl CertManager {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = changed.notified() => {}
+                Some(()) = futures_util::StreamExt::next(&mut secret_changes) => {
+                    // Another replica's write: adopt it now.
+                    next_sync = std::time::Instant::now();
+                }
                 _ = stop.changed() => return,
             }
         }

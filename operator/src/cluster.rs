@@ -70,6 +70,9 @@ pub struct ClusterOptions {
     pub apiservice_name: String,
     /// The ValidatingWebhookConfiguration to patch.
     pub webhook_configuration_name: String,
+    /// With rotation, the Secret every replica keeps the internal certificates in (KEDA's
+    /// `kedaorg-certs`); `None`: the folder alone (one replica).
+    pub cert_secret_name: Option<String>,
 }
 
 impl ClusterOptions {
@@ -82,6 +85,7 @@ impl ClusterOptions {
             service_name: "trustscale".into(),
             apiservice_name: "v1beta1.external.metrics.k8s.io".into(),
             webhook_configuration_name: "trustscale-admission".into(),
+            cert_secret_name: Some("kedaorg-certs".into()),
         }
     }
 }

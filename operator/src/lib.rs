@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod pki;
 pub mod runner;
+pub mod secretstore;
 pub mod service;
 pub mod webhook;
 

@@ -168,6 +168,38 @@ pub fn has_files(dir: &Path) -> bool {
         .any(|f| source_dir(dir).join(f).exists())
 }
 
+/// The files of the folder's current set, as bytes (those that are there).
+pub fn read_files(dir: &Path) -> Result<std::collections::BTreeMap<String, Vec<u8>>, PkiError> {
+    let src = source_dir(dir);
+    let mut files = std::collections::BTreeMap::new();
+    for name in [CA_CRT, CA_KEY, TLS_CRT, TLS_KEY] {
+        match read(&src, name) {
+            Ok(bytes) => {
+                files.insert(name.to_string(), bytes);
+            }
+            Err(PkiError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(files)
+}
+
+/// Writes a set given as files (the four names; keys written 0600), atomically.
+pub fn write_file_map(
+    dir: &Path,
+    files: &std::collections::BTreeMap<String, Vec<u8>>,
+) -> Result<(), PkiError> {
+    let list: Vec<(&str, &[u8], bool)> = [CA_CRT, CA_KEY, TLS_CRT, TLS_KEY]
+        .into_iter()
+        .filter_map(|name| {
+            files
+                .get(name)
+                .map(|b| (name, b.as_slice(), name.ends_with(".key")))
+        })
+        .collect();
+    write_set(dir, &list)
+}
+
 /// Loads the folder (`ca.key` is optional).
 pub fn load(dir: &Path) -> Result<CertSet, PkiError> {
     let src = source_dir(dir);

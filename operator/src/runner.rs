@@ -29,6 +29,7 @@ use crate::engine::{DecisionSink, Engine, LogSink};
 use crate::manifest::{self, Env};
 use crate::metrics::Metrics;
 use crate::pki::{PkiError, PkiOptions};
+use crate::secretstore::{SecretError, SecretStore};
 use crate::service;
 use crate::webhook::{self, Validator};
 
@@ -194,6 +195,32 @@ pub enum OperatorError {
     /// The cluster connection could not be made.
     #[error("the cluster")]
     Cluster(#[from] ClusterError),
+    /// The certificates' Secret could not be read or written.
+    #[error("the internal certificates' Secret")]
+    Secret(#[source] SecretError),
+}
+
+/// The first round with the certificates' Secret, retried for a while: serving a set of
+/// this replica's own while the Secret holds another would split the replicas' trust.
+async fn first_secret_round(
+    store: &SecretStore,
+    dir: &std::path::Path,
+    pki: &PkiOptions,
+) -> Result<(), OperatorError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.sync(dir, pki).await {
+            Ok(round) => {
+                tracing::info!(secret = %store.describe(), adopted = round.adopted, written = round.written, action = ?round.action, "internal certificates kept in their Secret");
+                return Ok(());
+            }
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::warn!(error = %trustscale::error::Chain(&e), "the certificates' Secret is not usable yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(OperatorError::Secret(e)),
+        }
+    }
 }
 
 /// How often the caBundle is checked again without a CA change (another writer may have
@@ -261,6 +288,24 @@ impl Operator {
         };
         let trust = TrustFactory::new(options)?;
         let metrics = Arc::new(Metrics::default());
+        let cluster = match config.cluster.clone() {
+            Some(options) => cluster::connect(options).await?,
+            None => None,
+        };
+        // With rotation in a cluster, the Secret is the truth: the folder starts as what
+        // it holds (or what this replica writes there first).
+        let secret = match (&cluster, config.cert_rotation) {
+            (Some(c), true) => c
+                .options
+                .cert_secret_name
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .map(|name| SecretStore::new(c, name)),
+            _ => None,
+        };
+        if let Some(store) = &secret {
+            first_secret_round(store, &config.cert_dir, &config.pki).await?;
+        }
         let certs = CertManager::start(
             config.cert_dir.clone(),
             config.cert_rotation,
@@ -355,20 +400,21 @@ impl Operator {
                 stop_rx.clone(),
             )));
         }
+        if let Some(store) = secret {
+            certs.use_secret(store);
+        }
         tasks.push(tokio::spawn(Arc::clone(&certs).run(stop_rx.clone())));
-        if let Some(options) = config.cluster.clone() {
-            match cluster::connect(options).await? {
-                Some(c) => tasks.push(tokio::spawn(cluster::follow_ca_bundle(
-                    c,
-                    certs.ca_bundle(),
-                    CA_BUNDLE_RESYNC,
-                    Arc::clone(&metrics),
-                    stop_rx.clone(),
-                ))),
-                None => tracing::info!(
-                    "no cluster (no --kubeconfig, KUBECONFIG or service account): file mode only"
-                ),
-            }
+        match cluster {
+            Some(c) => tasks.push(tokio::spawn(cluster::follow_ca_bundle(
+                c,
+                certs.ca_bundle(),
+                CA_BUNDLE_RESYNC,
+                Arc::clone(&metrics),
+                stop_rx.clone(),
+            ))),
+            None => tracing::info!(
+                "no cluster (no --kubeconfig, KUBECONFIG or service account): file mode only"
+            ),
         }
 
         // Manifests: loaded now, then again whenever they change.

@@ -221,6 +221,11 @@ impl TestCa {
         self.issue(&[], cn, ExtendedKeyUsagePurpose::ClientAuth, None)
     }
 
+    /// The CA's private key (PEM).
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
     pub fn write_pem(&self, path: &Path) {
         std::fs::write(path, &self.cert_pem).unwrap();
     }

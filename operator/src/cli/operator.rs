@@ -94,6 +94,11 @@ pub struct OperatorArgs {
     /// The ValidatingWebhookConfiguration whose caBundle is kept current.
     #[arg(long, value_name = "NAME", default_value = "trustscale-admission")]
     webhook_configuration_name: String,
+    /// With rotation in a cluster, the Secret (in the operator's namespace) every replica
+    /// keeps the internal certificates in; --cert-dir is then its working copy and must
+    /// be writable. Empty: the folder alone (one replica).
+    #[arg(long, value_name = "NAME", default_value = "kedaorg-certs")]
+    cert_secret_name: String,
     /// DNS names for the generated serving certificate (repeatable; localhost,
     /// 127.0.0.1 and ::1 are always included).
     #[arg(long = "service-dns-name", value_name = "NAME")]
@@ -211,6 +216,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
             service_name: args.service_name,
             apiservice_name: args.apiservice_name,
             webhook_configuration_name: args.webhook_configuration_name,
+            cert_secret_name: Some(args.cert_secret_name).filter(|n| !n.is_empty()),
         }))
         .env(Env::process());
     let operator = Operator::start(config, builtins::registry()).await?;

@@ -130,7 +130,7 @@ struct Store {
     objects: BTreeMap<Key, Value>,
     history: VecDeque<Event>,
     /// Objects a concurrent writer changes right before their next writes.
-    interfere: HashMap<Key, usize>,
+    interfere: HashMap<Key, (usize, Option<Value>)>,
     /// (method, path and query) of every request, for assertions.
     requests: Vec<(String, String)>,
 }
@@ -381,7 +381,23 @@ impl TestApiServer {
     ) {
         lock(&self.shared).interfere.insert(
             (group.into(), plural.into(), namespace.into(), name.into()),
-            times,
+            (times, None),
+        );
+    }
+
+    /// Before the next write of this object, another writer's change lands first: the
+    /// JSON merge patch `change` (and an annotation).
+    pub fn interfere_before_write_with(
+        &self,
+        group: &str,
+        plural: &str,
+        namespace: &str,
+        name: &str,
+        change: Value,
+    ) {
+        lock(&self.shared).interfere.insert(
+            (group.into(), plural.into(), namespace.into(), name.into()),
+            (1, Some(change)),
         );
     }
 
@@ -996,10 +1012,13 @@ fn replace(
         .cloned()
         .ok_or_else(|| not_found(t.res, name))?;
     // Another writer's update lands first.
-    if let Some(n) = store.interfere.get_mut(&k)
+    if let Some((n, change)) = store.interfere.get_mut(&k)
         && *n > 0
     {
         *n -= 1;
+        if let Some(change) = change.clone() {
+            merge_patch(&mut current, &change);
+        }
         let rv = store.next_rv();
         current["metadata"]["resourceVersion"] = rv.to_string().into();
         current["metadata"]["annotations"]["test-apiserver/concurrent-writer"] =
