@@ -566,3 +566,171 @@ fn a_damaged_leaf_in_the_secret_is_reissued_by_the_ca_it_holds() {
     assert_eq!(secret_file(&s, "ca.crt").unwrap(), ca, "the CA stays");
     assert_eq!(served_ca(second.path()), ca);
 }
+
+fn auth_configmap(ca_pem: &str, allowed: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "extension-apiserver-authentication", "namespace": "kube-system"},
+        "data": {
+            "client-ca-file": "not used by trustscale",
+            "requestheader-client-ca-file": ca_pem,
+            "requestheader-allowed-names": allowed,
+            "requestheader-username-headers": "[\"X-Remote-User\"]",
+            "requestheader-group-headers": "[\"X-Remote-Group\"]",
+            "requestheader-extra-headers-prefix": "[\"X-Remote-Extra-\"]",
+        }
+    })
+}
+
+/// curl as the aggregation layer: (HTTP status; 0 when the handshake was refused).
+fn as_aggregator(api: u16, certs: &Path, leaf: &support::Leaf, dir: &Path) -> u16 {
+    let (cert, key) = (dir.join("front.crt"), dir.join("front.key"));
+    std::fs::write(&cert, &leaf.cert_pem).unwrap();
+    std::fs::write(&key, &leaf.key_pem).unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg("--cacert")
+        .arg(certs.join("ca.crt"))
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .args([
+            "-H",
+            "X-Remote-User: system:serviceaccount:kube-system:horizontal-pod-autoscaler",
+        ])
+        .arg(format!(
+            "https://localhost:{api}/apis/external.metrics.k8s.io/v1beta1"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_clusters_request_header_settings_are_read_and_followed() {
+    let s = cluster();
+    let front = TestCa::new("front-proxy-ca");
+    s.create(auth_configmap(&front.cert_pem, "[\"front-proxy-client\"]"));
+    let certs = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (op, api) = with_api(&s, certs.path());
+    let proxy = front.client("front-proxy-client");
+    wait_for(
+        "the front proxy is authenticated",
+        Duration::from_secs(30),
+        || as_aggregator(api, certs.path(), &proxy, work.path()) == 200,
+    );
+
+    // The allowed names change: the same certificate is no longer believed.
+    s.modify(
+        "",
+        "configmaps",
+        "kube-system",
+        "extension-apiserver-authentication",
+        |cm| {
+            cm["data"]["requestheader-allowed-names"] = "[\"someone-else\"]".into();
+        },
+    );
+    wait_for(
+        "the new allowed names apply",
+        Duration::from_secs(15),
+        || as_aggregator(api, certs.path(), &proxy, work.path()) == 401,
+    );
+
+    // A ConfigMap that cannot be used is refused; the last good settings stay.
+    s.modify(
+        "",
+        "configmaps",
+        "kube-system",
+        "extension-apiserver-authentication",
+        |cm| {
+            cm["data"]["requestheader-username-headers"] = "X-Remote-User".into();
+        },
+    );
+    wait_for("the refusal is reported", Duration::from_secs(15), || {
+        op.stderr()
+            .contains("requestheader-username-headers: not a JSON list of strings")
+    });
+    assert_eq!(as_aggregator(api, certs.path(), &proxy, work.path()), 401);
+
+    // A new front-proxy CA: the old one's certificates are refused in the handshake.
+    let next = TestCa::new("front-proxy-ca-2");
+    s.modify(
+        "",
+        "configmaps",
+        "kube-system",
+        "extension-apiserver-authentication",
+        |cm| {
+            *cm = {
+                let mut fresh = auth_configmap(&next.cert_pem, "[]");
+                fresh["metadata"] = cm["metadata"].clone();
+                fresh
+            };
+        },
+    );
+    let next_proxy = next.client("any-name");
+    wait_for("the new CA applies", Duration::from_secs(15), || {
+        as_aggregator(api, certs.path(), &next_proxy, work.path()) == 200
+    });
+    assert_eq!(as_aggregator(api, certs.path(), &proxy, work.path()), 0);
+}
+
+#[test]
+fn without_the_configmap_or_with_the_lookup_skipped_no_front_proxy_is_accepted() {
+    let s = cluster();
+    let front = TestCa::new("front-proxy-ca");
+    let certs = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (_op, api) = with_api(&s, certs.path());
+    wait_for("the API answers", Duration::from_secs(30), || {
+        support::curl_api(api, certs.path(), "/healthz") == "ok"
+    });
+    assert_eq!(
+        as_aggregator(
+            api,
+            certs.path(),
+            &front.client("front-proxy-client"),
+            work.path()
+        ),
+        0
+    );
+
+    let s = cluster();
+    s.create(auth_configmap(&front.cert_pem, "[]"));
+    let certs = tempfile::tempdir().unwrap();
+    let api = support::free_port();
+    let _op = start(
+        &s,
+        certs.path(),
+        &[
+            "--listen",
+            &format!("127.0.0.1:{api}"),
+            "--authentication-skip-lookup",
+        ],
+    );
+    wait_for("the API answers", Duration::from_secs(30), || {
+        support::curl_api(api, certs.path(), "/healthz") == "ok"
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        as_aggregator(
+            api,
+            certs.path(),
+            &front.client("front-proxy-client"),
+            work.path()
+        ),
+        0
+    );
+}

@@ -119,9 +119,16 @@ pub enum Refusal {
     Untrusted,
 }
 
+struct Front {
+    options: RequestHeaderOptions,
+    cas: Vec<CertificateDer<'static>>,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
 struct Verifiers {
     internal: Arc<dyn ClientCertVerifier>,
-    front_proxy: Option<Arc<dyn ClientCertVerifier>>,
+    internal_cas: Vec<CertificateDer<'static>>,
+    front: Option<Front>,
 }
 
 fn verifier(cas: &[CertificateDer<'static>]) -> Result<Arc<dyn ClientCertVerifier>, String> {
@@ -139,57 +146,108 @@ fn verifier(cas: &[CertificateDer<'static>]) -> Result<Arc<dyn ClientCertVerifie
     .map_err(|e| e.to_string())
 }
 
-/// Tells who a request comes from; its CAs are replaced as they change.
+/// Tells who a request comes from; its CAs (and the request-header settings) are replaced
+/// as they change.
 pub struct Authenticator {
-    request_header: Option<RequestHeaderOptions>,
+    /// Request-header authentication from a file (`--requestheader-client-ca-file`), if
+    /// that is where it comes from; otherwise [`Authenticator::set_front`] sets it (from
+    /// the cluster's `extension-apiserver-authentication` ConfigMap).
+    file: Option<RequestHeaderOptions>,
     verifiers: ArcSwap<Verifiers>,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
-            .field("request_header", &self.request_header)
+            .field("file", &self.file)
             .finish_non_exhaustive()
     }
 }
 
 impl Authenticator {
-    /// An authenticator for the internal CA and, with `request_header`, the front proxy.
+    /// An authenticator for the internal CA and, with `file`, the front proxy whose CA
+    /// bundle `front_proxy_ca` was read from that file.
     pub fn new(
-        request_header: Option<RequestHeaderOptions>,
+        file: Option<RequestHeaderOptions>,
         internal_ca: &[CertificateDer<'static>],
         front_proxy_ca: &[CertificateDer<'static>],
     ) -> Result<Self, String> {
         let a = Authenticator {
-            request_header,
+            file,
             verifiers: ArcSwap::from_pointee(Verifiers {
                 internal: verifier(internal_ca)?,
-                front_proxy: None,
+                internal_cas: internal_ca.to_vec(),
+                front: None,
             }),
         };
         a.update(internal_ca, front_proxy_ca)?;
         Ok(a)
     }
 
-    /// The request-header options, if request-header authentication is on.
+    /// The request-header options read from a file, if that is their source.
     #[must_use]
     pub fn request_header(&self) -> Option<&RequestHeaderOptions> {
-        self.request_header.as_ref()
+        self.file.as_ref()
     }
 
-    /// Publishes new CAs (checked first: on error nothing changes).
+    /// The request-header CAs now trusted (none: request-header authentication is off).
+    #[must_use]
+    pub fn front_proxy_cas(&self) -> Vec<CertificateDer<'static>> {
+        self.verifiers
+            .load()
+            .front
+            .as_ref()
+            .map(|f| f.cas.clone())
+            .unwrap_or_default()
+    }
+
+    /// Publishes new internal CAs and, when the request-header settings come from a file,
+    /// the CAs read from it (checked first: on error nothing changes).
     pub fn update(
         &self,
         internal_ca: &[CertificateDer<'static>],
         front_proxy_ca: &[CertificateDer<'static>],
     ) -> Result<(), String> {
-        let front_proxy = match &self.request_header {
-            Some(_) => Some(verifier(front_proxy_ca)?),
-            None => None,
+        let current = self.verifiers.load();
+        let front = match &self.file {
+            Some(options) => Some(Front {
+                options: options.clone(),
+                cas: front_proxy_ca.to_vec(),
+                verifier: verifier(front_proxy_ca)?,
+            }),
+            None => current.front.as_ref().map(|f| Front {
+                options: f.options.clone(),
+                cas: f.cas.clone(),
+                verifier: Arc::clone(&f.verifier),
+            }),
         };
         self.verifiers.store(Arc::new(Verifiers {
             internal: verifier(internal_ca)?,
-            front_proxy,
+            internal_cas: internal_ca.to_vec(),
+            front,
+        }));
+        Ok(())
+    }
+
+    /// Sets (or, with `None`, turns off) request-header authentication: the settings and
+    /// the CAs of the front proxy (checked first: on error nothing changes).
+    pub fn set_front(
+        &self,
+        front: Option<(RequestHeaderOptions, Vec<CertificateDer<'static>>)>,
+    ) -> Result<(), String> {
+        let front = match front {
+            Some((options, cas)) => Some(Front {
+                verifier: verifier(&cas)?,
+                options,
+                cas,
+            }),
+            None => None,
+        };
+        let current = self.verifiers.load();
+        self.verifiers.store(Arc::new(Verifiers {
+            internal: Arc::clone(&current.internal),
+            internal_cas: current.internal_cas.clone(),
+            front,
         }));
         Ok(())
     }
@@ -216,10 +274,10 @@ impl Authenticator {
                 .is_ok()
         };
         let internal = verifies(&v.internal);
-        if let (Some(opts), Some(front)) = (&self.request_header, &v.front_proxy)
-            && verifies(front)
+        if let Some(front) = &v.front
+            && verifies(&front.verifier)
         {
-            match front_proxy_user(opts, &leaf, headers) {
+            match front_proxy_user(&front.options, &leaf, headers) {
                 Ok(user) => return Ok(Caller::User(user)),
                 // A certificate both CAs verify is still an internal client.
                 Err(_) if internal => return Ok(Caller::Internal),

@@ -34,6 +34,12 @@ pub struct CertManager {
     ca_bundle: tokio::sync::watch::Sender<String>,
     /// With rotation, the Secret every replica shares (the folder is then its copy).
     secret: std::sync::OnceLock<SecretStore>,
+    /// The identity and internal CAs served now (to rebuild the server configuration
+    /// when only the request-header CAs change).
+    current: Mutex<(
+        trustscale::trust::ServerIdentity,
+        Vec<rustls_pki_types::CertificateDer<'static>>,
+    )>,
     metrics: Arc<Metrics>,
     /// The folder's [`stamp`] when it was last read, valid or not.
     seen: Mutex<u64>,
@@ -69,6 +75,7 @@ impl CertManager {
         let front = front_proxy_ca(request_header.as_ref())?;
         let (identity, ca) = pki::identity(&set);
         let webhook = Arc::new(trust.server_tls_no_client_auth(identity.clone())?);
+        let identity_copy = identity.clone();
         let server = Arc::new(trust.server_tls(identity, &client_cas(&ca, &front))?);
         let authn = Arc::new(
             Authenticator::new(request_header, &ca, &front)
@@ -87,8 +94,31 @@ impl CertManager {
                 &ca,
             )),
             secret: std::sync::OnceLock::new(),
+            current: Mutex::new((identity_copy, ca)),
             metrics,
         }))
+    }
+
+    /// Sets the request-header settings and CAs (from the cluster) and serves them: new
+    /// handshakes accept the front proxy's certificate, or no longer do.
+    pub fn set_front_proxy(
+        &self,
+        front: Option<(
+            RequestHeaderOptions,
+            Vec<rustls_pki_types::CertificateDer<'static>>,
+        )>,
+    ) -> Result<(), PkiError> {
+        self.authn
+            .set_front(front)
+            .map_err(|reason| PkiError::RequestHeaderCa { reason })?;
+        let (identity, ca) = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        self.server
+            .update(identity, &client_cas(&ca, &self.authn.front_proxy_cas()))?;
+        Ok(())
     }
 
     /// The webhook's server configuration: the same identity, no client certificate.
@@ -143,14 +173,24 @@ impl CertManager {
         }
         let result = pki::load(&self.dir).and_then(|set| {
             let leaf = pki::validate(&self.dir, &set, SystemTime::now())?;
-            let front = front_proxy_ca(self.authn.request_header())?;
+            let file_front = front_proxy_ca(self.authn.request_header())?;
             let (identity, ca) = pki::identity(&set);
+            // The request-header CAs come from their file, or stay as the cluster set them.
+            let front = if self.authn.request_header().is_some() {
+                file_front.clone()
+            } else {
+                self.authn.front_proxy_cas()
+            };
             self.server
                 .update(identity.clone(), &client_cas(&ca, &front))?;
-            self.webhook.update(identity, &[])?;
+            self.webhook.update(identity.clone(), &[])?;
             self.authn
-                .update(&ca, &front)
+                .update(&ca, &file_front)
                 .map_err(|reason| PkiError::RequestHeaderCa { reason })?;
+            *self
+                .current
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = (identity, ca.clone());
             let pem = trustscale::trust::material::certs_to_pem(&ca);
             self.ca_bundle.send_if_modified(|current| {
                 let changed = *current != pem;

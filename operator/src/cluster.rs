@@ -480,3 +480,222 @@ pub async fn follow_ca_bundle(
         }
     }
 }
+
+/// The ConfigMap the kube-apiserver publishes its request-header settings in.
+pub const EXTENSION_APISERVER_AUTHENTICATION: (&str, &str) =
+    ("kube-system", "extension-apiserver-authentication");
+
+/// Request-header authentication from the `extension-apiserver-authentication` ConfigMap's
+/// data: `None` when it holds no `requestheader-client-ca-file` (request-header
+/// authentication is not configured in this cluster).
+pub fn request_header_from_configmap(
+    data: &std::collections::BTreeMap<String, String>,
+) -> Result<
+    Option<(
+        crate::authn::RequestHeaderOptions,
+        Vec<rustls_pki_types::CertificateDer<'static>>,
+    )>,
+    String,
+> {
+    let Some(ca) = data
+        .get("requestheader-client-ca-file")
+        .filter(|v| !v.trim().is_empty())
+    else {
+        return Ok(None);
+    };
+    let cas = material::certificates_for("requestheader-client-ca-file", ca.as_bytes())
+        .map_err(|e| format!("requestheader-client-ca-file: {e}"))?;
+    let list = |key: &str, default: &[&str], headers: bool| -> Result<Vec<String>, String> {
+        let Some(text) = data.get(key) else {
+            return Ok(default.iter().map(|s| (*s).to_string()).collect());
+        };
+        let values: Vec<String> =
+            serde_json::from_str(text).map_err(|_| format!("{key}: not a JSON list of strings"))?;
+        if headers
+            && let Some(bad) = values
+                .iter()
+                .find(|v| hyper::header::HeaderName::from_bytes(v.as_bytes()).is_err())
+        {
+            return Err(format!("{key}: {bad:?} is not a header name"));
+        }
+        Ok(values)
+    };
+    let mut options = crate::authn::RequestHeaderOptions::new(format!(
+        "configmap {}/{}",
+        EXTENSION_APISERVER_AUTHENTICATION.0, EXTENSION_APISERVER_AUTHENTICATION.1
+    ));
+    options.allowed_names = list("requestheader-allowed-names", &[], false)?;
+    options.username_headers = list(
+        "requestheader-username-headers",
+        crate::authn::DEFAULT_USERNAME_HEADERS,
+        true,
+    )?;
+    options.group_headers = list(
+        "requestheader-group-headers",
+        crate::authn::DEFAULT_GROUP_HEADERS,
+        true,
+    )?;
+    options.extra_headers_prefixes = list(
+        "requestheader-extra-headers-prefix",
+        crate::authn::DEFAULT_EXTRA_HEADERS_PREFIXES,
+        true,
+    )?;
+    if options.username_headers.is_empty() {
+        return Err("requestheader-username-headers: empty".into());
+    }
+    Ok(Some((options, cas)))
+}
+
+/// Follows the `extension-apiserver-authentication` ConfigMap into the API's
+/// request-header authentication until `stop`. A ConfigMap that cannot be used is
+/// reported and the last good settings stay.
+pub async fn follow_request_header(
+    cluster: Cluster,
+    certs: std::sync::Arc<crate::certs::CertManager>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use futures_util::StreamExt as _;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::runtime::WatchStreamExt as _;
+    use kube::runtime::watcher::Event;
+    let (ns, name) = EXTENSION_APISERVER_AUTHENTICATION;
+    let api: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), ns);
+    let events = kube::runtime::watcher::watcher(
+        api,
+        kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}")),
+    )
+    .default_backoff();
+    tokio::pin!(events);
+    let mut last: Option<String> = None;
+    loop {
+        let event = tokio::select! {
+            e = events.next() => match e { Some(e) => e, None => return },
+            _ = stop.changed() => return,
+        };
+        let cm = match event {
+            Ok(Event::Apply(cm) | Event::InitApply(cm)) => cm,
+            Ok(Event::Delete(_)) => {
+                tracing::warn!(configmap = %format!("{ns}/{name}"), "deleted; the request-header settings read last stay");
+                continue;
+            }
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(configmap = %format!("{ns}/{name}"), error = %e, "cannot watch it (RBAC: the Role extension-apiserver-authentication-reader in kube-system); retrying");
+                continue;
+            }
+        };
+        let data = cm.data.unwrap_or_default();
+        let digest = format!("{data:?}");
+        if last.as_deref() == Some(digest.as_str()) {
+            continue;
+        }
+        match request_header_from_configmap(&data) {
+            Ok(front) => {
+                let on = front.is_some();
+                match certs.set_front_proxy(front) {
+                    Ok(()) => {
+                        last = Some(digest);
+                        if on {
+                            tracing::info!(configmap = %format!("{ns}/{name}"), "request-header authentication of the aggregation layer follows the cluster's settings");
+                        } else {
+                            tracing::warn!(configmap = %format!("{ns}/{name}"), "it holds no requestheader-client-ca-file: the aggregation layer cannot authenticate to the API");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(configmap = %format!("{ns}/{name}"), error = %trustscale::error::Chain(&e), "refused; the last good request-header settings stay")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(configmap = %format!("{ns}/{name}"), error = %e, "refused; the last good request-header settings stay");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn ca_pem() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_authentication_configmap_is_read_as_the_kube_apiserver_writes_it() {
+        let ca = ca_pem();
+        let (opts, cas) = request_header_from_configmap(&data(&[
+            ("requestheader-client-ca-file", &ca),
+            ("requestheader-allowed-names", "[\"front-proxy-client\"]"),
+            ("requestheader-username-headers", "[\"X-Remote-User\"]"),
+            ("requestheader-group-headers", "[\"X-Remote-Group\"]"),
+            (
+                "requestheader-extra-headers-prefix",
+                "[\"X-Remote-Extra-\"]",
+            ),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(cas.len(), 1);
+        assert_eq!(opts.allowed_names, ["front-proxy-client"]);
+        assert_eq!(opts.username_headers, ["X-Remote-User"]);
+        // Only the CA: the aggregator's usual headers, any name.
+        let (opts, _) =
+            request_header_from_configmap(&data(&[("requestheader-client-ca-file", &ca)]))
+                .unwrap()
+                .unwrap();
+        assert!(opts.allowed_names.is_empty());
+        assert_eq!(opts.group_headers, ["X-Remote-Group"]);
+        // No CA: request-header authentication is off.
+        assert!(
+            request_header_from_configmap(&data(&[("client-ca-file", &ca)]))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_configmap_that_cannot_be_used_is_refused_naming_the_key() {
+        let ca = ca_pem();
+        for (key, value, says) in [
+            (
+                "requestheader-client-ca-file",
+                "not a certificate",
+                "requestheader-client-ca-file",
+            ),
+            (
+                "requestheader-allowed-names",
+                "front-proxy-client",
+                "not a JSON list",
+            ),
+            ("requestheader-allowed-names", "[1, 2]", "not a JSON list"),
+            ("requestheader-username-headers", "[]", "empty"),
+            (
+                "requestheader-group-headers",
+                "[\"X Remote\"]",
+                "not a header name",
+            ),
+            (
+                "requestheader-extra-headers-prefix",
+                "{\"a\": 1}",
+                "not a JSON list",
+            ),
+        ] {
+            let mut d = data(&[("requestheader-client-ca-file", &ca)]);
+            d.insert(key.into(), value.into());
+            let e = request_header_from_configmap(&d).unwrap_err();
+            assert!(e.contains(key) && e.contains(says), "{key}={value}: {e}");
+        }
+    }
+}

@@ -63,6 +63,10 @@ pub struct OperatorConfig {
     pub allow_file_params: Vec<PathBuf>,
     /// Request-header authentication of the kube-apiserver's aggregation layer, if on.
     pub request_header: Option<RequestHeaderOptions>,
+    /// In a cluster without [`OperatorConfig::request_header`], do not read the
+    /// request-header settings from ConfigMap `kube-system/extension-apiserver-authentication`
+    /// (the generic API server's `--authentication-skip-lookup`).
+    pub authentication_skip_lookup: bool,
     /// How to reach the cluster, when there is one ([`crate::cluster::connect`]); `None`:
     /// never.
     pub cluster: Option<ClusterOptions>,
@@ -92,7 +96,14 @@ impl OperatorConfig {
             allow_file_params: Vec::new(),
             request_header: None,
             cluster: Some(ClusterOptions::new()),
+            authentication_skip_lookup: false,
         }
+    }
+
+    /// Turns off reading the cluster's request-header settings (see the field).
+    pub fn authentication_skip_lookup(mut self, skip: bool) -> Self {
+        self.authentication_skip_lookup = skip;
+        self
     }
 
     /// Sets how to reach the cluster (`None`: never, whatever the environment says).
@@ -405,13 +416,22 @@ impl Operator {
         }
         tasks.push(tokio::spawn(Arc::clone(&certs).run(stop_rx.clone())));
         match cluster {
-            Some(c) => tasks.push(tokio::spawn(cluster::follow_ca_bundle(
-                c,
-                certs.ca_bundle(),
-                CA_BUNDLE_RESYNC,
-                Arc::clone(&metrics),
-                stop_rx.clone(),
-            ))),
+            Some(c) => {
+                if config.request_header.is_none() && !config.authentication_skip_lookup {
+                    tasks.push(tokio::spawn(cluster::follow_request_header(
+                        c.clone(),
+                        Arc::clone(&certs),
+                        stop_rx.clone(),
+                    )));
+                }
+                tasks.push(tokio::spawn(cluster::follow_ca_bundle(
+                    c,
+                    certs.ca_bundle(),
+                    CA_BUNDLE_RESYNC,
+                    Arc::clone(&metrics),
+                    stop_rx.clone(),
+                )));
+            }
             None => tracing::info!(
                 "no cluster (no --kubeconfig, KUBECONFIG or service account): file mode only"
             ),

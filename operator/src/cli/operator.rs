@@ -76,6 +76,11 @@ pub struct OperatorArgs {
     /// Prefixes of headers with extra user attributes [default: X-Remote-Extra-].
     #[arg(long, value_name = "PREFIXES", value_delimiter = ',', requires = "requestheader_client_ca_file", value_parser = header_name)]
     requestheader_extra_headers_prefix: Vec<String>,
+    /// In a cluster, do not read the request-header settings from ConfigMap
+    /// kube-system/extension-apiserver-authentication (without --requestheader-client-ca-file
+    /// they are read and followed).
+    #[arg(long)]
+    authentication_skip_lookup: bool,
     /// The kubeconfig to reach the cluster with (else KUBECONFIG, else the pod's service
     /// account; without any of them the operator runs in file mode only).
     #[arg(long, value_name = "FILE")]
@@ -210,6 +215,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         .webhook_listen(webhook_listen)
         .allow_file_params(args.allow_file_params)
         .request_header(request_header)
+        .authentication_skip_lookup(args.authentication_skip_lookup)
         .cluster(Some(ClusterOptions {
             kubeconfig: args.kubeconfig,
             namespace: None,
