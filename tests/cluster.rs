@@ -734,3 +734,127 @@ fn without_the_configmap_or_with_the_lookup_skipped_no_front_proxy_is_accepted()
         0
     );
 }
+
+/// curl as the aggregation layer for `user`, on `path`: (HTTP status, body).
+fn as_user(
+    api: u16,
+    certs: &Path,
+    leaf: &support::Leaf,
+    dir: &Path,
+    user: &str,
+    path: &str,
+) -> (u16, String) {
+    let (cert, key) = (dir.join("front.crt"), dir.join("front.key"));
+    std::fs::write(&cert, &leaf.cert_pem).unwrap();
+    std::fs::write(&key, &leaf.key_pem).unwrap();
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "5", "-w", "\n%{http_code}"])
+        .arg("--cacert")
+        .arg(certs.join("ca.crt"))
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .args(["-H", &format!("X-Remote-User: {user}")])
+        .args(["-H", "X-Remote-Group: system:authenticated"])
+        .arg(format!("https://localhost:{api}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn in_a_cluster_each_user_is_authorized_with_a_subject_access_review() {
+    let s = cluster();
+    let front = TestCa::new("front-proxy-ca");
+    s.create(auth_configmap(&front.cert_pem, "[]"));
+    let hpa = "system:serviceaccount:kube-system:horizontal-pod-autoscaler";
+    s.grant_external_metrics(hpa, "shop");
+    // A ScaledObject in shop whose source is a plain-HTTP file served by python.
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("stats.json"), r#"{"queue":{"depth":7}}"#).unwrap();
+    let port = support::free_port();
+    let _source = Child(
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(data.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let manifests = s.dir().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("so.yaml"),
+        format!("kind: ScaledObject\nmetadata: {{name: web, namespace: shop}}\nspec:\n  pollingInterval: 1\n  triggers:\n    - type: metrics-api\n      metadata: {{url: \"http://127.0.0.1:{port}/stats.json\", valueLocation: queue.depth, targetValue: \"5\"}}\n"),
+    )
+    .unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (_op, api) = with_api(&s, certs.path());
+    let proxy = front.client("front-proxy-client");
+    let metric = "/apis/external.metrics.k8s.io/v1beta1/namespaces/shop/s0-metric-api-queue-depth?labelSelector=scaledobject.keda.sh%2Fname%3Dweb";
+    wait_for(
+        "the HPA's user reads the metric",
+        Duration::from_secs(30),
+        || {
+            let (code, body) = as_user(api, certs.path(), &proxy, work.path(), hpa, metric);
+            code == 200 && body.contains("\"value\":\"7\"")
+        },
+    );
+    let reviews = || {
+        s.requests()
+            .iter()
+            .filter(|(m, p)| m == "POST" && p.contains("/subjectaccessreviews"))
+            .count()
+    };
+    let before = reviews();
+    for _ in 0..5 {
+        assert_eq!(
+            as_user(api, certs.path(), &proxy, work.path(), hpa, metric).0,
+            200
+        );
+    }
+    assert_eq!(
+        reviews(),
+        before,
+        "answers are cached, not asked again per request"
+    );
+
+    // Another user; the same user in a namespace it was not granted.
+    let (code, body) = as_user(api, certs.path(), &proxy, work.path(), "mallory", metric);
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("\"reason\":\"Forbidden\"") && body.contains("mallory"),
+        "{body}"
+    );
+    let elsewhere = metric.replace("/namespaces/shop/", "/namespaces/other/");
+    assert_eq!(
+        as_user(api, certs.path(), &proxy, work.path(), hpa, &elsewhere).0,
+        403
+    );
+    // Discovery needs no review.
+    assert_eq!(
+        as_user(
+            api,
+            certs.path(),
+            &proxy,
+            work.path(),
+            "mallory",
+            "/apis/external.metrics.k8s.io/v1beta1"
+        )
+        .0,
+        200
+    );
+    // Internal clients are not reviewed.
+    assert!(support::curl_api(api, certs.path(), metric).contains("\"value\":\"7\""));
+}

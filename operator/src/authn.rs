@@ -146,6 +146,101 @@ fn verifier(cas: &[CertificateDer<'static>]) -> Result<Arc<dyn ClientCertVerifie
     .map_err(|e| e.to_string())
 }
 
+/// How long a SubjectAccessReview's answer is reused (Kubernetes' delegated authorizer
+/// keeps both answers 10 s by default).
+const REVIEW_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// Answers kept at most; when full, the cache starts again.
+const REVIEW_CACHE: usize = 4096;
+
+type ReviewKey = (String, Vec<String>, String, String);
+
+/// Authorizes a user the aggregation layer names: a SubjectAccessReview (`get`
+/// `externalmetrics` of `external.metrics.k8s.io` in the namespace), its answer cached
+/// for [`REVIEW_TTL`].
+pub struct Reviewer {
+    client: kube::Client,
+    cache: std::sync::Mutex<std::collections::HashMap<ReviewKey, (bool, std::time::Instant)>>,
+}
+
+impl std::fmt::Debug for Reviewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reviewer").finish_non_exhaustive()
+    }
+}
+
+impl Reviewer {
+    /// A reviewer that asks the cluster `client` reaches.
+    #[must_use]
+    pub fn new(client: kube::Client) -> Self {
+        Reviewer {
+            client,
+            cache: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Whether `user` may get external metric `metric` in `namespace`.
+    pub async fn allowed(
+        &self,
+        user: &User,
+        namespace: &str,
+        metric: &str,
+    ) -> Result<bool, String> {
+        use k8s_openapi::api::authorization::v1::{
+            ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+        };
+        let key = (
+            user.name.clone(),
+            user.groups.clone(),
+            namespace.to_string(),
+            metric.to_string(),
+        );
+        let now = std::time::Instant::now();
+        if let Some((answer, at)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            && now.duration_since(*at) < REVIEW_TTL
+        {
+            return Ok(*answer);
+        }
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(user.name.clone()),
+                groups: Some(user.groups.clone()),
+                extra: (!user.extra.is_empty()).then(|| user.extra.clone()),
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some("external.metrics.k8s.io".into()),
+                    version: Some("v1beta1".into()),
+                    resource: Some("externalmetrics".into()),
+                    namespace: Some(namespace.to_string()),
+                    name: Some(metric.to_string()),
+                    verb: Some("get".into()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SubjectAccessReviewSpec::default()
+            },
+            ..SubjectAccessReview::default()
+        };
+        let api: kube::Api<SubjectAccessReview> = kube::Api::all(self.client.clone());
+        let answer = api
+            .create(&kube::api::PostParams::default(), &review)
+            .await
+            .map_err(|e| format!("SubjectAccessReview: {e}"))?
+            .status
+            .is_some_and(|s| s.allowed);
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() >= REVIEW_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, (answer, now));
+        Ok(answer)
+    }
+}
+
 /// Tells who a request comes from; its CAs (and the request-header settings) are replaced
 /// as they change.
 pub struct Authenticator {
@@ -154,6 +249,9 @@ pub struct Authenticator {
     /// the cluster's `extension-apiserver-authentication` ConfigMap).
     file: Option<RequestHeaderOptions>,
     verifiers: ArcSwap<Verifiers>,
+    /// In a cluster: who may read what (without one, a user the aggregation layer names
+    /// may read every external metric: the kube-apiserver authorized it for the path).
+    reviewer: std::sync::OnceLock<Reviewer>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -173,6 +271,7 @@ impl Authenticator {
         front_proxy_ca: &[CertificateDer<'static>],
     ) -> Result<Self, String> {
         let a = Authenticator {
+            reviewer: std::sync::OnceLock::new(),
             file,
             verifiers: ArcSwap::from_pointee(Verifiers {
                 internal: verifier(internal_ca)?,
@@ -182,6 +281,24 @@ impl Authenticator {
         };
         a.update(internal_ca, front_proxy_ca)?;
         Ok(a)
+    }
+
+    /// Authorizes users with `reviewer` from now on (once; later calls are ignored).
+    pub fn use_reviewer(&self, reviewer: Reviewer) {
+        let _ = self.reviewer.set(reviewer);
+    }
+
+    /// Whether `caller` may get external metric `metric` in `namespace`.
+    pub async fn authorize(
+        &self,
+        caller: &Caller,
+        namespace: &str,
+        metric: &str,
+    ) -> Result<bool, String> {
+        match (caller, self.reviewer.get()) {
+            (Caller::Internal, _) | (Caller::User(_), None) => Ok(true),
+            (Caller::User(user), Some(r)) => r.allowed(user, namespace, metric).await,
+        }
     }
 
     /// The request-header options read from a file, if that is their source.

@@ -417,6 +417,9 @@ impl Operator {
         tasks.push(tokio::spawn(Arc::clone(&certs).run(stop_rx.clone())));
         match cluster {
             Some(c) => {
+                certs
+                    .authenticator()
+                    .use_reviewer(crate::authn::Reviewer::new(c.client.clone()));
                 if config.request_header.is_none() && !config.authentication_skip_lookup {
                     tasks.push(tokio::spawn(cluster::follow_request_header(
                         c.clone(),

@@ -124,6 +124,13 @@ pub(crate) fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The namespace and metric a metric path names.
+fn metric_target(path: &str) -> Option<(&str, &str)> {
+    path.strip_prefix("/apis/external.metrics.k8s.io/v1beta1/namespaces/")?
+        .split_once('/')
+        .filter(|(ns, m)| !ns.is_empty() && !m.is_empty() && !m.contains('/'))
+}
+
 /// Answers one API request from `caller`.
 ///
 /// Authorization: an internal client may read everything; a user the aggregation layer
@@ -459,20 +466,49 @@ pub async fn serve_api(
         let authn = Arc::clone(&authn);
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let caller = authn.caller(chain.as_deref(), req.headers());
-            let resp = match caller {
-                Ok(caller) => api_response(
+            let engine = engine.clone();
+            let authn = Arc::clone(&authn);
+            async move {
+                let caller = match caller {
+                    Ok(caller) => caller,
+                    Err(refusal) => {
+                        tracing::debug!(%peer, %refusal, "request not authenticated");
+                        return Ok::<_, Infallible>(status_error(
+                            StatusCode::UNAUTHORIZED,
+                            &refusal.to_string(),
+                        ));
+                    }
+                };
+                if let Some((ns, metric)) = metric_target(req.uri().path()) {
+                    match authn.authorize(&caller, ns, metric).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            let who = match &caller {
+                                Caller::User(u) => u.name.clone(),
+                                Caller::Internal => "internal".into(),
+                            };
+                            return Ok(status_error(
+                                StatusCode::FORBIDDEN,
+                                &format!("externalmetrics.external.metrics.k8s.io \"{metric}\" is forbidden: User \"{who}\" cannot get resource \"externalmetrics\" in API group \"external.metrics.k8s.io\" in the namespace \"{ns}\""),
+                            ));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "authorization check failed");
+                            return Ok(status_error(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "the authorization check could not be made; retry",
+                            ));
+                        }
+                    }
+                }
+                Ok(api_response(
                     &engine,
                     &caller,
                     req.method(),
                     req.uri().path(),
                     req.uri().query().unwrap_or(""),
-                ),
-                Err(refusal) => {
-                    tracing::debug!(%peer, %refusal, "request not authenticated");
-                    status_error(StatusCode::UNAUTHORIZED, &refusal.to_string())
-                }
-            };
-            std::future::ready(Ok::<_, Infallible>(resp))
+                ))
+            }
         })
     })
     .await;

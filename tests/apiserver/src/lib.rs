@@ -21,7 +21,9 @@
 //! - the `status` subresource (writes change `.status` only; writes to the main
 //!   resource leave `.status` alone) and the `scale` subresource of Deployments and
 //!   StatefulSets (`autoscaling/v1` `Scale`);
-//! - `Status` bodies for every failure; bearer-token authentication (401 without it).
+//! - `Status` bodies for every failure; bearer-token authentication (401 without it);
+//! - SubjectAccessReviews for external metrics, answered from grants a test makes
+//!   ([`TestApiServer::grant_external_metrics`]); no other authorization.
 //!
 //! Left out: authorization (RBAC), admission (webhooks are not called), server-side
 //! apply's field management and conflicts, strategic merge patch (refused with 415, as
@@ -91,6 +93,7 @@ const RESOURCES: &[Resource] = &[
     r("apps", "v1", "statefulsets", "StatefulSet", true, true, true),
     r("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", true, true, false),
     r("coordination.k8s.io", "v1", "leases", "Lease", true, false, false),
+    r("authorization.k8s.io", "v1", "subjectaccessreviews", "SubjectAccessReview", false, false, false),
     r("apiregistration.k8s.io", "v1", "apiservices", "APIService", false, true, false),
     r("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations", "ValidatingWebhookConfiguration", false, false, false),
     r("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject", true, true, false),
@@ -133,6 +136,8 @@ struct Store {
     interfere: HashMap<Key, (usize, Option<Value>)>,
     /// (method, path and query) of every request, for assertions.
     requests: Vec<(String, String)>,
+    /// Who may read external metrics where: (user or group, namespace or `*`).
+    grants: Vec<(String, String)>,
 }
 
 impl Store {
@@ -399,6 +404,14 @@ impl TestApiServer {
             (group.into(), plural.into(), namespace.into(), name.into()),
             (1, Some(change)),
         );
+    }
+
+    /// Lets `subject` (a user or a group) get external metrics in `namespace` (`*`: all),
+    /// as SubjectAccessReviews answer.
+    pub fn grant_external_metrics(&self, subject: &str, namespace: &str) {
+        lock(&self.shared)
+            .grants
+            .push((subject.to_string(), namespace.to_string()));
     }
 
     /// Every request so far: (method, path with query).
@@ -722,6 +735,29 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
     };
     let params = query(&q);
     let method = req.method().clone();
+    if target.res.plural == "subjectaccessreviews" {
+        if method != Method::POST {
+            let (c, s) = status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "subjectaccessreviews can only be created",
+                None,
+            );
+            return json_response(c, &s);
+        }
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return match parse_body(&body, "json") {
+            Ok(review) => {
+                json_response(StatusCode::CREATED, &subject_access_review(shared, review))
+            }
+            Err((c, s)) => json_response(c, &s),
+        };
+    }
     let content_type = req
         .headers()
         .get("content-type")
@@ -760,6 +796,41 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
         Ok((code, v)) => json_response(code, &v),
         Err((code, s)) => json_response(code, &s),
     }
+}
+
+/// Answers a SubjectAccessReview from the grants: `get` of `externalmetrics` in
+/// `external.metrics.k8s.io` for a granted user or group, in a granted namespace.
+fn subject_access_review(shared: &Shared, mut review: Value) -> Value {
+    let spec = &review["spec"];
+    let attrs = &spec["resourceAttributes"];
+    let namespace = attrs["namespace"].as_str().unwrap_or("");
+    let mut subjects: Vec<String> = spec["user"]
+        .as_str()
+        .map(String::from)
+        .into_iter()
+        .collect();
+    subjects.extend(
+        spec["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g.as_str().map(String::from)),
+    );
+    let wanted = attrs["group"] == "external.metrics.k8s.io"
+        && attrs["resource"] == "externalmetrics"
+        && attrs["verb"] == "get";
+    let allowed = wanted
+        && lock(shared)
+            .grants
+            .iter()
+            .any(|(who, ns)| subjects.contains(who) && (ns == "*" || ns == namespace));
+    review["status"] = if allowed {
+        json!({"allowed": true, "reason": "granted by the test server"})
+    } else {
+        json!({"allowed": false})
+    };
+    review["metadata"] = json!({"creationTimestamp": null});
+    review
 }
 
 fn parse_body(body: &[u8], content_type: &str) -> Result<Value, Failure> {
