@@ -858,3 +858,27 @@ fn in_a_cluster_each_user_is_authorized_with_a_subject_access_review() {
     // Internal clients are not reviewed.
     assert!(support::curl_api(api, certs.path(), metric).contains("\"value\":\"7\""));
 }
+
+#[test]
+fn a_secret_of_garbage_is_replaced_by_a_usable_set_and_the_operator_serves_it() {
+    let s = cluster();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    s.create(serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "kedaorg-certs", "namespace": "keda"},
+        "data": {"ca.crt": b64(b"not a certificate"), "ca.key": b64(&[0xff, 0xfe, 0x00]),
+                 "tls.crt": b64(&vec![b'A'; 200_000]), "tls.key": b64(b""),
+                 "unrelated": b64(b"kept as it is")}}));
+    let certs = tempfile::tempdir().unwrap();
+    let (op, api) = with_api(&s, certs.path());
+    wait_for("a usable set is served", Duration::from_secs(30), || {
+        support::curl_api(api, certs.path(), "/healthz") == "ok"
+    });
+    assert_eq!(secret_file(&s, "ca.crt").unwrap(), served_ca(certs.path()));
+    assert_eq!(secret_file(&s, "unrelated").unwrap(), b"kept as it is");
+    let log = op.stderr();
+    assert!(log.contains("replaced"), "{log}");
+    assert!(
+        !log.contains("AAAAAAAA"),
+        "Secret contents never reach the log"
+    );
+}

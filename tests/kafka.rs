@@ -446,3 +446,40 @@ async fn librdkafka_gets_the_same_tls12_cipher_list_in_openssl_names() {
         None
     );
 }
+
+/// Building a trigger connects nowhere (the admission webhook builds triggers whose
+/// credentials must not travel to whatever `bootstrapServers` a review names); the first
+/// poll does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn building_connects_nowhere_polling_does() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let boot = listener.local_addr().unwrap().to_string();
+    let builder = KafkaBuilder::default();
+    let scaler = builder
+        .build(
+            &spec(&[
+                ("bootstrapServers", boot.as_str()),
+                ("consumerGroup", "g"),
+                ("topic", "t"),
+                ("sasl", "plaintext"),
+                ("username", "u"),
+                ("password", "not-for-strangers"),
+            ]),
+            &ctx(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(
+        listener.accept().is_err(),
+        "nothing may connect before the first poll"
+    );
+    assert_eq!(builder.clusters()[0].clients_created(), 0);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), scaler.poll()).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while listener.accept().is_err() {
+        assert!(std::time::Instant::now() < deadline, "the poll connects");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -331,7 +331,7 @@ fn client_cas(
 }
 
 /// Says what rotation did: at info when it was due, at warn when something was broken.
-fn report(dir: &std::path::Path, action: &pki::Action, metrics: &Metrics) {
+pub(crate) fn report(dir: &std::path::Path, action: &pki::Action, metrics: &Metrics) {
     let dir = dir.display();
     match action {
         pki::Action::Kept => {}

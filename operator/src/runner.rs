@@ -217,12 +217,14 @@ async fn first_secret_round(
     store: &SecretStore,
     dir: &std::path::Path,
     pki: &PkiOptions,
+    metrics: &Metrics,
 ) -> Result<(), OperatorError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         match store.sync(dir, pki).await {
             Ok(round) => {
-                tracing::info!(secret = %store.describe(), adopted = round.adopted, written = round.written, action = ?round.action, "internal certificates kept in their Secret");
+                crate::certs::report(dir, &round.action, metrics);
+                tracing::info!(secret = %store.describe(), adopted = round.adopted, written = round.written, "internal certificates kept in their Secret");
                 return Ok(());
             }
             Err(e) if std::time::Instant::now() < deadline => {
@@ -315,7 +317,7 @@ impl Operator {
             _ => None,
         };
         if let Some(store) = &secret {
-            first_secret_round(store, &config.cert_dir, &config.pki).await?;
+            first_secret_round(store, &config.cert_dir, &config.pki, &metrics).await?;
         }
         let certs = CertManager::start(
             config.cert_dir.clone(),

@@ -155,7 +155,9 @@ type GroupReaders = HashMap<String, Arc<BaseConsumer<KafkaContext>>>;
 pub struct KafkaCluster {
     config: ClientConfig,
     context: KafkaContext,
-    client: BaseConsumer<KafkaContext>,
+    /// The metadata client, created on first use: building a trigger connects nowhere
+    /// (an admission webhook builds triggers it must not run).
+    client: Mutex<Option<Arc<BaseConsumer<KafkaContext>>>>,
     groups: Mutex<GroupReaders>,
     created: AtomicU64,
     /// Partitions of the topics asked for, with when they were fetched.
@@ -169,6 +171,21 @@ impl KafkaCluster {
     /// committed-offset reader per consumer group.
     pub fn clients_created(&self) -> u64 {
         self.created.load(Ordering::Relaxed)
+    }
+
+    /// The metadata client (created on first use).
+    fn client(&self) -> Result<Arc<BaseConsumer<KafkaContext>>, KafkaError> {
+        let mut client = self
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = client.as_ref() {
+            return Ok(Arc::clone(c));
+        }
+        let c = Arc::new(self.config.create_with_context(self.context.clone())?);
+        self.created.fetch_add(1, Ordering::Relaxed);
+        *client = Some(Arc::clone(&c));
+        Ok(c)
     }
 
     /// The committed-offset reader of `group` (created on first use).
@@ -204,7 +221,8 @@ impl KafkaCluster {
             return Ok(p);
         }
         let md = self
-            .client
+            .client()
+            .map_err(|e| rd_error(label, self, &e, "creating the Kafka client"))?
             .fetch_metadata(Some(topic), TIMEOUT)
             .map_err(|e| rd_error(label, self, &e, "fetching metadata"))?;
         let mut ids = Vec::new();
@@ -239,7 +257,14 @@ impl KafkaCluster {
                 let _ = c.poll(Duration::ZERO);
             }
         }
-        serve(&self.client);
+        let client = self
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(c) = client {
+            serve(&c);
+        }
         let readers: Vec<_> = self
             .groups
             .lock()
@@ -529,14 +554,12 @@ impl ScalerBuilder for KafkaBuilder {
             };
             clusters
                 .try_get_or_insert_with(&key, || {
-                    let context = KafkaContext::default();
-                    let client = config.create_with_context(context.clone())?;
                     Ok::<_, KafkaError>(KafkaCluster {
                         config: config.clone(),
-                        context,
-                        client,
+                        context: KafkaContext::default(),
+                        client: Mutex::new(None),
                         groups: Mutex::new(HashMap::new()),
-                        created: AtomicU64::new(1),
+                        created: AtomicU64::new(0),
                         partitions: Mutex::new(HashMap::new()),
                         _ca_dir: ca_dir.clone(),
                     })
@@ -666,7 +689,8 @@ fn group_topics(
     committed: &mut HashMap<(String, i32), i64>,
 ) -> Result<Vec<String>, ScalerError> {
     let md = cluster
-        .client
+        .client()
+        .map_err(|e| rd_error(label, cluster, &e, "creating the Kafka client"))?
         .fetch_metadata(None, TIMEOUT)
         .map_err(|e| rd_error(label, cluster, &e, "fetching metadata"))?;
     let mut tpl = TopicPartitionList::new();
@@ -737,7 +761,8 @@ fn read_offsets(
             .map_err(|e| rd_error(label, cluster, &e, "preparing the offset request"))?;
     }
     let newest = cluster
-        .client
+        .client()
+        .map_err(|e| rd_error(label, cluster, &e, "creating the Kafka client"))?
         .offsets_for_times(latest, TIMEOUT)
         .map_err(|e| rd_error(label, cluster, &e, "reading the newest offsets"))?;
     let mut out = Vec::with_capacity(newest.count());
