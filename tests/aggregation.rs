@@ -330,6 +330,41 @@ fn a_new_request_header_ca_is_followed_and_the_old_one_is_shut_out() {
         METRIC,
     );
     assert_eq!(code, 200, "{body}");
+    // A connection opened now, kept alive across the change (python's http.client).
+    let go = op.work.path().join("go");
+    let first = op.work.path().join("first-done");
+    let script = format!(
+        r#"
+import http.client, os, ssl, time
+ctx = ssl.create_default_context(cafile={ca:?})
+ctx.load_cert_chain({crt:?}, {key:?})
+ctx.set_alpn_protocols(["http/1.1"])
+c = http.client.HTTPSConnection("localhost", {port}, context=ctx, timeout=10)
+hdrs = {{"X-Remote-User": "hpa"}}
+c.request("GET", {path:?}, headers=hdrs); r = c.getresponse(); r.read(); print(r.status, flush=True)
+open({first:?}, "w").close()
+while not os.path.exists({go:?}): time.sleep(0.05)
+c.request("GET", {path:?}, headers=hdrs); r = c.getresponse(); print(r.status, r.read().decode(), flush=True)
+"#,
+        ca = op.ca(),
+        crt = old_cert,
+        key = old_key,
+        port = op.api,
+        path = METRIC,
+        first = first,
+        go = go,
+    );
+    let kept = Command::new("python3")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the kept connection's first request",
+        Duration::from_secs(10),
+        || first.exists(),
+    );
 
     // The kube-apiserver's front-proxy CA is replaced (written aside, then renamed, as a
     // ConfigMap update is).
@@ -362,6 +397,22 @@ fn a_new_request_header_ca_is_followed_and_the_old_one_is_shut_out() {
     assert!(
         !ok && code == 0,
         "the old CA's front proxy must be refused now: {code} {body}"
+    );
+    // The connection opened before the change is shut out too.
+    std::fs::write(&go, "").unwrap();
+    let out = kept.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines[0], "200", "{text}");
+    assert!(
+        lines[1].starts_with("401 ") && lines[1].contains("not trusted"),
+        "{text}"
     );
 
     // A broken replacement is refused; the current CA keeps working.
@@ -637,6 +688,7 @@ fn gos_standard_library_client_reads_discovery_and_the_metric_over_http2() {
     );
     // Negative controls with the same client: a name not allowed, another CA.
     let text = run(&front.client("kube-apiserver"), "not-allowed");
+    assert_eq!(text.lines().count(), 2, "{text}");
     assert!(
         text.lines().all(|l| l.starts_with("HTTP/2.0 401 ")),
         "{text}"
@@ -645,5 +697,6 @@ fn gos_standard_library_client_reads_discovery_and_the_metric_over_http2() {
         &TestCa::new("other").client("front-proxy-client"),
         "stranger",
     );
+    assert_eq!(text.lines().count(), 2, "{text}");
     assert!(text.lines().all(|l| l.starts_with("ERROR ")), "{text}");
 }

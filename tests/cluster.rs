@@ -711,7 +711,7 @@ fn without_the_configmap_or_with_the_lookup_skipped_no_front_proxy_is_accepted()
     s.create(auth_configmap(&front.cert_pem, "[]"));
     let certs = tempfile::tempdir().unwrap();
     let api = support::free_port();
-    let _op = start(
+    let op = start(
         &s,
         certs.path(),
         &[
@@ -720,10 +720,19 @@ fn without_the_configmap_or_with_the_lookup_skipped_no_front_proxy_is_accepted()
             "--authentication-skip-lookup",
         ],
     );
-    wait_for("the API answers", Duration::from_secs(30), || {
+    // The cluster tasks ran (the caBundle follower says the objects are missing), and
+    // none of them read the ConfigMap.
+    wait_for("the cluster tasks run", Duration::from_secs(30), || {
         support::curl_api(api, certs.path(), "/healthz") == "ok"
+            && op
+                .stderr()
+                .contains("its caBundle is published once it exists")
     });
-    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !op.stderr().contains("follows the cluster's settings"),
+        "{}",
+        op.stderr()
+    );
     assert_eq!(
         as_aggregator(
             api,
@@ -880,5 +889,110 @@ fn a_secret_of_garbage_is_replaced_by_a_usable_set_and_the_operator_serves_it() 
     assert!(
         !log.contains("AAAAAAAA"),
         "Secret contents never reach the log"
+    );
+}
+
+#[test]
+fn another_writer_that_keeps_putting_its_bundle_back_is_answered_at_a_bounded_rate() {
+    let s = cluster();
+    s.create(apiservice("keda", "trustscale", serde_json::json!({})));
+    let certs = tempfile::tempdir().unwrap();
+    let op = start(&s, certs.path(), &[]);
+    wait_for("the caBundle is published", Duration::from_secs(30), || {
+        certs.path().join("ca.crt").exists()
+            && kubectl_get(&s, "apiservice", APISERVICE, "{.spec.caBundle}")
+                == bundle_of(certs.path())
+    });
+    let puts = || {
+        s.requests()
+            .iter()
+            .filter(|(m, p)| m == "PUT" && p.contains("/apiservices/"))
+            .count()
+    };
+    let before = puts();
+    // Another writer puts its own bundle back every 200 ms for 5 s.
+    for _ in 0..25 {
+        s.modify(
+            "apiregistration.k8s.io",
+            "apiservices",
+            "",
+            APISERVICE,
+            |a| {
+                a["spec"]["caBundle"] = "Zm9yZWlnbg==".into();
+            },
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let answered = puts() - before;
+    assert!(
+        (1..=3).contains(&answered),
+        "answered {answered} times in 5 s: at least once, at most every 10 s"
+    );
+    wait_for("the fight is reported", Duration::from_secs(30), || {
+        op.stderr()
+            .contains("another writer keeps changing the caBundle back")
+    });
+    // Left alone, it is put right.
+    wait_for("the bundle is ours again", Duration::from_secs(30), || {
+        kubectl_get(&s, "apiservice", APISERVICE, "{.spec.caBundle}") == bundle_of(certs.path())
+    });
+}
+
+#[test]
+fn relative_paths_in_a_kubeconfig_resolve_against_its_folder() {
+    let s = cluster();
+    s.create(apiservice("keda", "trustscale", serde_json::json!({})));
+    // The same kubeconfig, its CA as a file named relative to the kubeconfig's folder.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("pki")).unwrap();
+    std::fs::write(dir.path().join("pki/ca.pem"), s.ca_pem()).unwrap();
+    let text = std::fs::read_to_string(s.kubeconfig()).unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("certificate-authority-data:") {
+                "    certificate-authority: pki/ca.pem".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let kubeconfig = dir.path().join("config");
+    std::fs::write(&kubeconfig, text).unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let manifests = tempfile::tempdir().unwrap();
+    let _op = Child(
+        Command::new(env!("CARGO_BIN_EXE_trustscale"))
+            .arg("operator")
+            .arg("--manifests")
+            .arg(manifests.path())
+            .arg("--cert-dir")
+            .arg(certs.path())
+            .args(["--ca-dir", "/nonexistent", "--listen", "127.0.0.1:0"])
+            .args([
+                "--metrics-bind-address",
+                "",
+                "--health-probe-bind-address",
+                "",
+            ])
+            .args(["--webhook-bind-address", ""])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .env("POD_NAMESPACE", "keda")
+            .current_dir("/")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(
+        "the APIService gets the caBundle",
+        Duration::from_secs(30),
+        || {
+            certs.path().join("ca.crt").exists()
+                && kubectl_get(&s, "apiservice", APISERVICE, "{.spec.caBundle}")
+                    == bundle_of(certs.path())
+        },
     );
 }

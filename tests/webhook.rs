@@ -60,6 +60,8 @@ impl Operator {
                 .args(["--webhook-bind-address", &format!("127.0.0.1:{webhook}")])
                 .args(extra)
                 .env("RUST_LOG", "warn")
+                // A value of the operator's own environment no review may ever see.
+                .env("TRUSTSCALE_TEST_SECRET", "hunter2-from-the-operators-env")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -416,4 +418,95 @@ fn the_webhook_serves_a_new_certificate_without_a_restart() {
     );
     let (code, _) = op.post_trusting(&first_pem, SO_PATH, body.as_bytes(), &[]);
     assert_eq!(code, 0, "the old CA no longer verifies the webhook");
+}
+
+/// An AdmissionReview of `object` with `operation` in `namespace` (None: no namespace).
+fn review_in(
+    op: &Operator,
+    operation: &str,
+    namespace: Option<&str>,
+    object: serde_json::Value,
+) -> serde_json::Value {
+    let mut request = serde_json::json!({
+        "uid": "u-ns", "kind": {"group": "keda.sh", "version": "v1alpha1", "kind": "ScaledObject"},
+        "operation": operation, "object": object,
+    });
+    if let Some(ns) = namespace {
+        request["namespace"] = ns.into();
+    }
+    let review = serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request});
+    let (code, body) = op.post(SO_PATH, review.to_string().as_bytes(), &[]);
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["response"].clone()
+}
+
+#[test]
+fn a_review_resolves_in_the_requests_namespace_and_never_sees_the_operators_environment() {
+    let op = Operator::start(None, &[]);
+    let with_auth = |ns: &str| {
+        let mut so = scaled_object(serde_json::json!({
+            "triggers": [{"type": "metrics-api", "metadata": good_meta(),
+                          "authenticationRef": {"name": "api-ta"}}],
+        }));
+        so["metadata"]["namespace"] = ns.into();
+        so
+    };
+    // The TriggerAuthentication is in shop: reviewed in shop, it resolves.
+    let r = review_in(&op, "CREATE", Some("shop"), with_auth("shop"));
+    assert_eq!(r["allowed"], true, "{r}");
+    assert!(r.get("warnings").is_none(), "{r}");
+    // A body that names shop while the request is in another namespace is denied; in its
+    // own namespace, shop's TriggerAuthentication is not found.
+    let r = review_in(&op, "CREATE", Some("other"), with_auth("shop"));
+    assert_eq!(r["allowed"], false, "{r}");
+    assert!(message(&r).contains("not the request's namespace"), "{r}");
+    let r = review_in(&op, "CREATE", Some("other"), with_auth("other"));
+    assert_eq!(r["allowed"], true, "{r}");
+    assert!(warnings(&r).contains("not found"), "{r}");
+    // No namespace at all.
+    let r = review_in(&op, "CREATE", None, with_auth("shop"));
+    assert_eq!(r["allowed"], false, "{r}");
+
+    // A parameter from the environment: a warning, and the operator's own variable is
+    // never read for it.
+    let mut meta = good_meta();
+    meta.as_object_mut().unwrap().remove("targetValue");
+    meta["targetValueFromEnv"] = "TRUSTSCALE_TEST_SECRET".into();
+    let r = review_in(&op, "CREATE", Some("shop"), metrics_api(meta));
+    assert_eq!(r["allowed"], true, "{r}");
+    assert!(warnings(&r).contains("targetValue"), "{r}");
+    assert!(!r.to_string().contains("hunter2"), "{r}");
+}
+
+#[test]
+fn an_object_being_deleted_is_never_held_and_oversized_reviews_are_bounded() {
+    let op = Operator::start(None, &[]);
+    let mut dying = scaled_object(
+        serde_json::json!({"triggers": [{"type": "no-such-scaler", "metadata": {}}]}),
+    );
+    dying["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z".into();
+    dying["metadata"]["finalizers"] = serde_json::json!([]);
+    let r = review_in(&op, "UPDATE", Some("shop"), dying.clone());
+    assert_eq!(r["allowed"], true, "finalizer removal is never denied: {r}");
+    // The same object, not being deleted: denied.
+    dying["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("deletionTimestamp");
+    assert_eq!(
+        review_in(&op, "UPDATE", Some("shop"), dying)["allowed"],
+        false
+    );
+    // More triggers than a review checks.
+    let many: Vec<serde_json::Value> = (0..101)
+        .map(|_| serde_json::json!({"type": "metrics-api", "metadata": good_meta()}))
+        .collect();
+    let r = review_in(
+        &op,
+        "CREATE",
+        Some("shop"),
+        scaled_object(serde_json::json!({"triggers": many})),
+    );
+    assert_eq!(r["allowed"], false, "{r}");
+    assert!(message(&r).contains("at most 100"), "{r}");
 }

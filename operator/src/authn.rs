@@ -119,6 +119,7 @@ pub enum Refusal {
     Untrusted,
 }
 
+#[derive(Clone)]
 struct Front {
     options: RequestHeaderOptions,
     cas: Vec<CertificateDer<'static>>,
@@ -279,7 +280,7 @@ impl Authenticator {
                 front: None,
             }),
         };
-        a.update(internal_ca, front_proxy_ca)?;
+        a.update(internal_ca, Some(front_proxy_ca))?;
         Ok(a)
     }
 
@@ -319,30 +320,27 @@ impl Authenticator {
     }
 
     /// Publishes new internal CAs and, when the request-header settings come from a file,
-    /// the CAs read from it (checked first: on error nothing changes).
+    /// the CAs read from it (`None`: the request-header CAs stay as they are). Checked
+    /// first: on error nothing changes. Concurrent updates never lose each other's part.
     pub fn update(
         &self,
         internal_ca: &[CertificateDer<'static>],
-        front_proxy_ca: &[CertificateDer<'static>],
+        front_proxy_ca: Option<&[CertificateDer<'static>]>,
     ) -> Result<(), String> {
-        let current = self.verifiers.load();
-        let front = match &self.file {
-            Some(options) => Some(Front {
+        let internal = verifier(internal_ca)?;
+        let from_file = match (&self.file, front_proxy_ca) {
+            (Some(options), Some(cas)) => Some(Front {
                 options: options.clone(),
-                cas: front_proxy_ca.to_vec(),
-                verifier: verifier(front_proxy_ca)?,
+                cas: cas.to_vec(),
+                verifier: verifier(cas)?,
             }),
-            None => current.front.as_ref().map(|f| Front {
-                options: f.options.clone(),
-                cas: f.cas.clone(),
-                verifier: Arc::clone(&f.verifier),
-            }),
+            _ => None,
         };
-        self.verifiers.store(Arc::new(Verifiers {
-            internal: verifier(internal_ca)?,
+        self.verifiers.rcu(|current| Verifiers {
+            internal: Arc::clone(&internal),
             internal_cas: internal_ca.to_vec(),
-            front,
-        }));
+            front: from_file.clone().or_else(|| current.front.clone()),
+        });
         Ok(())
     }
 
@@ -360,12 +358,11 @@ impl Authenticator {
             }),
             None => None,
         };
-        let current = self.verifiers.load();
-        self.verifiers.store(Arc::new(Verifiers {
+        self.verifiers.rcu(|current| Verifiers {
             internal: Arc::clone(&current.internal),
             internal_cas: current.internal_cas.clone(),
-            front,
-        }));
+            front: front.clone(),
+        });
         Ok(())
     }
 
@@ -582,7 +579,7 @@ mod tests {
         // The front-proxy CA taken away: its clients are refused on open connections too.
         a.update(
             std::slice::from_ref(&internal.der),
-            std::slice::from_ref(&ca("new").der),
+            Some(std::slice::from_ref(&ca("new").der)),
         )
         .unwrap();
         assert_eq!(a.caller(Some(&proxy), &h2), Err(Refusal::Untrusted));

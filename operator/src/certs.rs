@@ -108,14 +108,15 @@ impl CertManager {
             Vec<rustls_pki_types::CertificateDer<'static>>,
         )>,
     ) -> Result<(), PkiError> {
+        // Held while both configurations change, so a reload cannot interleave.
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.authn
             .set_front(front)
             .map_err(|reason| PkiError::RequestHeaderCa { reason })?;
-        let (identity, ca) = self
-            .current
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let (identity, ca) = current.clone();
         self.server
             .update(identity, &client_cas(&ca, &self.authn.front_proxy_cas()))?;
         Ok(())
@@ -173,24 +174,37 @@ impl CertManager {
         }
         let result = pki::load(&self.dir).and_then(|set| {
             let leaf = pki::validate(&self.dir, &set, SystemTime::now())?;
-            let file_front = front_proxy_ca(self.authn.request_header())?;
-            let (identity, ca) = pki::identity(&set);
-            // The request-header CAs come from their file, or stay as the cluster set them.
-            let front = if self.authn.request_header().is_some() {
-                file_front.clone()
-            } else {
-                self.authn.front_proxy_cas()
+            // A request-header CA file that cannot be used keeps the last good CAs; it
+            // never holds back the internal certificates.
+            let file_front = match front_proxy_ca(self.authn.request_header()) {
+                Ok(f) if self.authn.request_header().is_some() => Some(f),
+                Ok(_) => None,
+                Err(e) => {
+                    self.metrics.reloaded("requestheader_ca", false);
+                    tracing::error!(error = %e, "the request-header CA file is refused; the last good one stays");
+                    None
+                }
             };
-            self.server
-                .update(identity.clone(), &client_cas(&ca, &front))?;
-            self.webhook.update(identity.clone(), &[])?;
-            self.authn
-                .update(&ca, &file_front)
-                .map_err(|reason| PkiError::RequestHeaderCa { reason })?;
-            *self
+            let (identity, ca) = pki::identity(&set);
+            let mut current = self
                 .current
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = (identity, ca.clone());
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // The folder changed but not the set (a staged round of the Secret's, say).
+            if file_front.is_none() && current.0.chain == identity.chain && current.1 == ca {
+                return Ok(None);
+            }
+            self.authn
+                .update(&ca, file_front.as_deref())
+                .map_err(|reason| PkiError::RequestHeaderCa { reason })?;
+            self.server.update(
+                identity.clone(),
+                &client_cas(&ca, &self.authn.front_proxy_cas()),
+            )?;
+            self.webhook.update(identity.clone(), &[])?;
+            *current = (identity, ca.clone());
+            drop(current);
+            let leaf = Some(leaf);
             let pem = trustscale::trust::material::certs_to_pem(&ca);
             self.ca_bundle.send_if_modified(|current| {
                 let changed = *current != pem;
@@ -202,7 +216,8 @@ impl CertManager {
             Ok(leaf)
         });
         match result {
-            Ok(leaf) => {
+            Ok(None) => Ok(false),
+            Ok(Some(leaf)) => {
                 self.metrics
                     .cert_expiry_seconds
                     .set(expiry_in(leaf.not_after));

@@ -26,6 +26,8 @@ pub const CERT_MANAGER_ANNOTATIONS: &[&str] = &[
     "cert-manager.io/inject-ca-from-secret",
     "cert-manager.io/inject-apiserver-ca",
 ];
+/// How soon a caBundle another writer changed is published again after the last time.
+const WATCH_REPUBLISH: Duration = Duration::from_secs(10);
 /// How many times a conflicting update is read again and retried.
 const CONFLICT_RETRIES: usize = 5;
 /// The largest kubeconfig read.
@@ -116,10 +118,13 @@ fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, ClusterError> {
         path: path.to_path_buf(),
         reason,
     };
+    // Checked first the one way the project reads a file a user names (a regular file,
+    // bounded: never a FIFO or /dev/zero), then read by kube-rs, which resolves the
+    // relative paths inside against the file's folder as kubectl does.
     let bytes =
         material::read_capped(path, MAX_KUBECONFIG_BYTES).map_err(|e| error(e.to_string()))?;
-    let text = String::from_utf8(bytes).map_err(|_| error("not UTF-8 text".into()))?;
-    Kubeconfig::from_yaml(&text).map_err(|e| error(e.to_string()))
+    std::str::from_utf8(&bytes).map_err(|_| error("not UTF-8 text".into()))?;
+    Kubeconfig::read_from(path).map_err(|e| error(e.to_string()))
 }
 
 /// Connects: `--kubeconfig`, else `KUBECONFIG` (every file it lists, merged as kubectl
@@ -428,6 +433,11 @@ pub async fn follow_ca_bundle(
     let mut last_report: Option<(Outcome, Outcome)> = None;
     let changes = watch_objects(&cluster);
     tokio::pin!(changes);
+    // When the last publication that a change of the objects (not of our CA) set off
+    // patched something: another writer that keeps putting its own bundle back (a
+    // replica serving other certificates) is answered at most every WATCH_REPUBLISH.
+    let mut last_watch_patch: Option<tokio::time::Instant> = None;
+    let mut by_watch = false;
     loop {
         let pem = bundles.borrow_and_update().clone();
         let mut wait = resync;
@@ -447,6 +457,16 @@ pub async fn follow_ca_bundle(
                             (if what == "APIService" { &l.0 } else { &l.1 }) == outcome
                         });
                         match outcome {
+                            Outcome::Patched if by_watch => {
+                                if last_watch_patch
+                                    .is_some_and(|t| t.elapsed() < 6 * WATCH_REPUBLISH)
+                                {
+                                    tracing::warn!(kind = what, %name, "another writer keeps changing the caBundle back (another replica serving other certificates, or another operator?); published again");
+                                } else {
+                                    tracing::info!(kind = what, %name, "caBundle published again after another writer changed it");
+                                }
+                                last_watch_patch = Some(tokio::time::Instant::now());
+                            }
                             Outcome::Patched => {
                                 tracing::info!(kind = what, %name, "caBundle published")
                             }
@@ -469,12 +489,22 @@ pub async fn follow_ca_bundle(
                 }
             }
         }
+        by_watch = false;
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             r = bundles.changed() => if r.is_err() { return },
             Some(()) = changes.next() => {
-                // A burst of events (ours included) is one publication.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // A burst of events (ours included) is one publication, and one that
+                // answers another writer waits its turn.
+                let not_before = last_watch_patch
+                    .map_or_else(tokio::time::Instant::now, |t| t + WATCH_REPUBLISH)
+                    .max(tokio::time::Instant::now() + Duration::from_millis(200));
+                tokio::select! {
+                    _ = tokio::time::sleep_until(not_before) => by_watch = true,
+                    // Our own CA changed meanwhile: published at once.
+                    r = bundles.changed() => if r.is_err() { return },
+                    _ = stop.changed() => return,
+                }
             }
             _ = stop.changed() => return,
         }

@@ -334,10 +334,12 @@ impl Operator {
         let ctx = BuildContext {
             trust: trust.clone(),
         };
+        // A review comes from any tenant: it never sees the operator's own environment
+        // (its `...FromEnv` parameters are checked when the trigger runs).
         let validator = Arc::new(Validator::new(
             registry.clone(),
             ctx.clone(),
-            config.env.clone(),
+            Env::from_pairs(std::iter::empty::<(String, String)>()),
         ));
         let engine = Engine::new(registry, ctx, Arc::clone(&metrics), sink);
         let (stop, stop_rx) = tokio::sync::watch::channel(false);

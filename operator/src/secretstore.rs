@@ -55,7 +55,7 @@ pub enum SecretError {
 /// What a round did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Round {
-    /// The Secret held a set that the folder did not, and the folder took it.
+    /// The folder took a set it did not hold (the Secret's, or the one just written).
     pub adopted: bool,
     /// What rotation did in the folder.
     pub action: Action,
@@ -193,44 +193,54 @@ impl SecretStore {
 
     /// One round (see the module's documentation): adopt, rotate, write back.
     pub async fn sync(&self, dir: &Path, opts: &PkiOptions) -> Result<Round, SecretError> {
-        let mut adopted = false;
+        // Rotation works on a staged copy: the served folder only ever takes a set the
+        // Secret holds (read, or just written), so a replica that loses a race never serves
+        // a CA of its own, even for a moment.
+        let staging = dir.join(format!("..round-{}", std::process::id()));
         for round in 0..ROUNDS {
             let current = self.read().await?;
             let local = pki::read_files(dir).unwrap_or_default();
-            if let Some((_, files)) = &current
-                && !files.is_empty()
-                && *files != local
-            {
-                // Even a damaged set is taken: rotation repairs it keeping its CA, as it
-                // does in a folder, instead of starting a second one.
-                pki::write_file_map(dir, files)?;
-                adopted = true;
-            }
-            let (action, next) = pki::ensure(dir, opts, SystemTime::now())?;
-            let local = pki::read_files(dir)?;
+            // The starting point: what the Secret holds, even damaged (rotation repairs it
+            // keeping its CA, as in a folder, instead of starting a second one); else what
+            // the folder holds.
+            let start = match &current {
+                Some((_, files)) if !files.is_empty() => files.clone(),
+                _ => local.clone(),
+            };
+            let _ = std::fs::remove_dir_all(&staging);
+            let staged = (|| {
+                if !start.is_empty() {
+                    pki::write_file_map(&staging, &start)?;
+                }
+                let (action, next) = pki::ensure(&staging, opts, SystemTime::now())?;
+                Ok::<_, PkiError>((action, next, pki::read_files(&staging)?))
+            })();
+            let _ = std::fs::remove_dir_all(&staging);
+            let (action, next, candidate) = staged?;
             let held = current.as_ref().map(|(_, f)| f);
-            if held == Some(&local) {
-                return Ok(Round {
-                    adopted,
-                    action,
-                    written: false,
-                    next,
-                });
+            let written = if held == Some(&candidate) {
+                false
+            } else if self.write(current.map(|(rv, _)| rv), &candidate).await? {
+                true
+            } else {
+                tracing::info!(
+                    secret = %self.describe(),
+                    round,
+                    "another replica wrote the certificates first; adopting what it wrote"
+                );
+                tokio::time::sleep(Duration::from_millis(50 * (round as u64 + 1))).await;
+                continue;
+            };
+            let adopted = candidate != local;
+            if adopted {
+                pki::write_file_map(dir, &candidate)?;
             }
-            if self.write(current.map(|(rv, _)| rv), &local).await? {
-                return Ok(Round {
-                    adopted,
-                    action,
-                    written: true,
-                    next,
-                });
-            }
-            tracing::info!(
-                secret = %self.describe(),
-                round,
-                "another replica wrote the certificates first; adopting what it wrote"
-            );
-            tokio::time::sleep(Duration::from_millis(50 * (round as u64 + 1))).await;
+            return Ok(Round {
+                adopted,
+                action,
+                written,
+                next,
+            });
         }
         Err(SecretError::Contended {
             namespace: self.namespace.clone(),

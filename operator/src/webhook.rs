@@ -39,8 +39,11 @@ pub const CLUSTER_TRIGGER_AUTHENTICATION_PATH: &str =
     "/validate-keda-sh-v1alpha1-clustertriggerauthentication";
 /// The largest review read (the kube-apiserver's own request limit is 3 MiB).
 pub const MAX_REVIEW_BYTES: usize = 4 * 1024 * 1024;
-/// How long a client may take to send the body, and a review to be decided.
-const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send the body, and a review to be decided (the
+/// kube-apiserver waits 10 s by default).
+const REVIEW_TIMEOUT: Duration = Duration::from_secs(8);
+/// Triggers one ScaledObject may have for a review.
+pub const MAX_TRIGGERS: usize = 100;
 /// Warnings returned at most (the kube-apiserver may truncate many).
 const MAX_WARNINGS: usize = 32;
 
@@ -108,6 +111,14 @@ impl Validator {
                 .denied
                 .push("spec.triggers: at least one trigger is required".into());
         }
+        if so.triggers.len() > MAX_TRIGGERS {
+            verdict.denied.push(format!(
+                "spec.triggers: {} triggers; at most {MAX_TRIGGERS} are checked",
+                so.triggers.len()
+            ));
+            return verdict;
+        }
+        let deadline = tokio::time::Instant::now() + REVIEW_TIMEOUT;
         let mut names = std::collections::HashSet::new();
         for (trigger, type_name) in so.triggers.iter().zip(&so.trigger_types) {
             let spec = match trigger {
@@ -147,13 +158,32 @@ impl Validator {
                     unknown.join(", ")
                 ));
             }
-            match tokio::time::timeout(REVIEW_TIMEOUT, self.registry.build(spec, &self.ctx)).await {
+            match tokio::time::timeout_at(deadline, self.registry.build(spec, &self.ctx)).await {
                 Ok(Ok(scaler)) => scaler.close().await,
+                // A parameter the trigger takes from the environment of the scale target's
+                // containers cannot be checked here (the webhook never reads the
+                // operator's own environment for a tenant).
+                Ok(Err(e))
+                    if e.parameter
+                        .as_ref()
+                        .is_some_and(|p| spec.metadata.contains_key(&format!("{p}FromEnv"))) =>
+                {
+                    verdict.warnings.push(format!(
+                        "{}: parameter {} comes from the scale target's environment, checked when the trigger runs",
+                        spec.label,
+                        e.parameter.as_deref().unwrap_or_default()
+                    ));
+                }
                 Ok(Err(e)) => verdict.denied.push(e.to_string()),
-                Err(_) => verdict.denied.push(format!(
-                    "{}: building the trigger took longer than {REVIEW_TIMEOUT:?}",
-                    spec.label
-                )),
+                Err(_) => {
+                    // Allowed, as the kube-apiserver's own timeout with failurePolicy
+                    // Ignore would allow it, but said.
+                    verdict.warnings.push(format!(
+                        "{}: not checked: the review took longer than {REVIEW_TIMEOUT:?}",
+                        spec.label
+                    ));
+                    break;
+                }
             }
         }
         verdict
@@ -213,6 +243,41 @@ impl Validator {
                 denied(uid, &["request.object is missing".into()], &[]),
             );
         };
+        // An object being deleted only loses its finalizers: never hold it Terminating.
+        if operation == "UPDATE" && object["metadata"].get("deletionTimestamp").is_some() {
+            return (StatusCode::OK, allowed(uid, &[]));
+        }
+        // References resolve in the request's namespace, the one the kube-apiserver
+        // vouches for, never in one the object's body names.
+        let mut object = object.clone();
+        if expected != "ClusterTriggerAuthentication" {
+            let Some(ns) = request
+                .get("namespace")
+                .and_then(serde_json::Value::as_str)
+                .filter(|n| !n.is_empty())
+            else {
+                return (
+                    StatusCode::OK,
+                    denied(uid, &["request.namespace is missing".into()], &[]),
+                );
+            };
+            match object["metadata"]["namespace"].as_str() {
+                Some(own) if own != ns => {
+                    return (
+                        StatusCode::OK,
+                        denied(
+                            uid,
+                            &[format!(
+                                "metadata.namespace {own:?} is not the request's namespace {ns:?}"
+                            )],
+                            &[],
+                        ),
+                    );
+                }
+                _ => object["metadata"]["namespace"] = ns.into(),
+            }
+        }
+        let object = &object;
         let kind = object
             .get("kind")
             .and_then(serde_json::Value::as_str)
@@ -362,18 +427,8 @@ async fn answer(
         .headers()
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let essence = content_type.split(';').next().unwrap_or_default().trim();
-    if !essence.eq_ignore_ascii_case("application/json") {
-        return reply(
-            StatusCode::BAD_REQUEST,
-            &review_error(
-                "",
-                400,
-                &format!("content type {content_type:?}; expected application/json"),
-            ),
-        );
-    }
+        .unwrap_or_default()
+        .to_string();
     let body = Limited::new(req.into_body(), MAX_REVIEW_BYTES);
     let bytes = match tokio::time::timeout(REVIEW_TIMEOUT, body.collect()).await {
         Ok(Ok(b)) => b.to_bytes(),
@@ -404,6 +459,19 @@ async fn answer(
             );
         }
     };
+    // Checked after the body is read: a reply before the request is complete makes
+    // HTTP/2 clients see the stream reset.
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            &review_error(
+                "",
+                400,
+                &format!("content type {content_type:?}; expected application/json"),
+            ),
+        );
+    }
     let (status, body) = validator.review(&path, &bytes).await;
     reply(status, &body)
 }

@@ -215,6 +215,21 @@ impl<'a> Params<'a> {
         .or_else(env)
     }
 
+    /// `value` of `name` as an error message may show it: quoted when it was written in
+    /// the trigger's metadata (or is the default) of a parameter that is not a secret;
+    /// otherwise it came from a TriggerAuthentication or the environment and is never
+    /// echoed.
+    fn shown(&self, name: &str, value: &str) -> String {
+        let d = self.declaration(name);
+        let from_metadata = self.spec.metadata.get(name).is_some_and(|v| v == value)
+            || (d.default == Some(value) && !self.is_set(name));
+        if from_metadata && d.order != Order::Secret {
+            format!("{value:?}")
+        } else {
+            "the value given (from a TriggerAuthentication, the environment or a secret parameter; not shown)".into()
+        }
+    }
+
     /// Whether `name` was given (its default does not count).
     #[must_use]
     pub fn is_set(&self, name: &str) -> bool {
@@ -255,7 +270,14 @@ impl<'a> Params<'a> {
         self.get(name)
             .map(|v| {
                 v.trim().parse().map_err(|e| {
-                    ScalerError::config(self.trigger(), name, format!("{v:?} is invalid: {e}"))
+                    let shown = self.shown(name, &v);
+                    // The parser's own message may quote the value too.
+                    let reason = if shown.starts_with('"') {
+                        format!("{shown} is invalid: {e}")
+                    } else {
+                        format!("{shown} is invalid")
+                    };
+                    ScalerError::config(self.trigger(), name, reason)
                 })
             })
             .transpose()
@@ -276,16 +298,35 @@ impl<'a> Params<'a> {
     pub fn flag(&self, name: &str) -> Result<bool, ScalerError> {
         match self.get(name) {
             None => Ok(false),
-            Some(v) => {
-                parse_go_bool(name, &v).map_err(|e| ScalerError::config(self.trigger(), name, e))
-            }
+            Some(v) => parse_go_bool(name, &v).map_err(|e| {
+                let shown = self.shown(name, &v);
+                if shown.starts_with('"') {
+                    ScalerError::config(self.trigger(), name, e)
+                } else {
+                    ScalerError::config(
+                        self.trigger(),
+                        name,
+                        format!("{shown} is not a boolean (true, false, 1, 0, t, f)"),
+                    )
+                }
+            }),
         }
     }
 
     /// A Kubernetes quantity (`5`, `1.5k`, `250m`); `None` when unset with no default.
     pub fn quantity(&self, name: &str) -> Result<Option<f64>, ScalerError> {
         self.get(name)
-            .map(|v| parse_quantity(&v).map_err(|e| ScalerError::config(self.trigger(), name, e)))
+            .map(|v| {
+                parse_quantity(&v).map_err(|e| {
+                    let shown = self.shown(name, &v);
+                    let reason = if shown.starts_with('"') {
+                        e
+                    } else {
+                        format!("{shown} is not a quantity")
+                    };
+                    ScalerError::config(self.trigger(), name, reason)
+                })
+            })
             .transpose()
     }
 
@@ -305,7 +346,11 @@ impl<'a> Params<'a> {
             Err(ScalerError::config(
                 self.trigger(),
                 name,
-                format!("{v:?} is not one of: {}", d.allowed.join(", ")),
+                format!(
+                    "{} is not one of: {}",
+                    self.shown(name, &v),
+                    d.allowed.join(", ")
+                ),
             ))
         }
     }
@@ -427,6 +472,34 @@ mod tests {
             err.contains("ns/so#0 (t)") && err.contains("listName"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn values_from_auth_or_the_environment_are_never_echoed() {
+        let written = spec(&[("listLength", "lots"), ("format", "csv")]);
+        let p = Params::new(&written, DECLARED);
+        assert!(
+            p.quantity_value("listLength")
+                .unwrap_err()
+                .to_string()
+                .contains("lots")
+        );
+        assert!(p.choice("format").unwrap_err().to_string().contains("csv"));
+        let mut hidden = spec(&[]).with_auth("listLength", "s3cr3t-from-a-secret");
+        hidden.metadata.insert("formatFromEnv".into(), "FMT".into());
+        hidden
+            .resolved_env
+            .insert("FMT".into(), "env-s3cr3t".into());
+        let p = Params::new(&hidden, DECLARED);
+        for e in [
+            p.quantity_value("listLength").unwrap_err().to_string(),
+            p.parse::<u32>("listLength").unwrap_err().to_string(),
+            p.choice("format").unwrap_err().to_string(),
+            p.flag("format").unwrap_err().to_string(),
+        ] {
+            assert!(!e.contains("s3cr3t"), "{e}");
+            assert!(e.contains("not shown"), "{e}");
+        }
     }
 
     #[test]

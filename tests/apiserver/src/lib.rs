@@ -28,8 +28,10 @@
 //! Left out: authorization (RBAC), admission (webhooks are not called), server-side
 //! apply's field management and conflicts, strategic merge patch (refused with 415, as
 //! the real server refuses it for custom resources), protobuf and `Table` output,
-//! `generateName`, `dryRun`, garbage collection of owned objects, and schema
-//! validation. Tests can make a concurrent writer change an object right before a write
+//! `generateName`, `dryRun`, garbage collection of owned objects, schema validation,
+//! watch events for an object that starts or stops matching a selector (the real server
+//! sends ADDED/DELETED; here only objects that match are sent, as they change), and the
+//! refusal of a resourceVersion newer than the server's. Tests can make a concurrent writer change an object right before a write
 //! ([`TestApiServer::interfere_before_write`]), which gives a write based on an earlier
 //! read a genuine 409.
 
