@@ -510,3 +510,76 @@ fn an_object_being_deleted_is_never_held_and_oversized_reviews_are_bounded() {
     assert_eq!(r["allowed"], false, "{r}");
     assert!(message(&r).contains("at most 100"), "{r}");
 }
+
+/// Values planted in the corpora that must never come back.
+const PLANTED: &[&str] = &[
+    "HUNTER2PASS",
+    "QUERYSECRET",
+    "S3CR3TKEYMATERIAL",
+    "JUSTASECRETVALUE",
+    "ODDPLACESECRET",
+];
+
+#[test]
+fn the_bad_input_corpora_get_answers_never_secrets_and_the_webhook_keeps_serving() {
+    let op = Operator::start(None, &[]);
+    let corpus = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/corpus"));
+    let check = |what: &str, code: u16, body: &str| {
+        assert!(code == 200 || code == 400, "{what}: {code} {body}");
+        let answer: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {body}"));
+        assert_eq!(answer["kind"], "AdmissionReview", "{what}: {body}");
+        assert!(answer["response"]["allowed"].is_boolean(), "{what}: {body}");
+        for s in PLANTED {
+            assert!(!body.contains(s), "{what}: {s} came back: {body}");
+        }
+    };
+    // Raw review bodies.
+    let mut bodies = 0;
+    for entry in std::fs::read_dir(corpus.join("admission")).unwrap() {
+        let path = entry.unwrap().path();
+        let (code, body) = op.post(SO_PATH, &std::fs::read(&path).unwrap(), &[]);
+        check(&path.display().to_string(), code, &body);
+        bodies += 1;
+    }
+    assert!(bodies >= 9, "the admission corpus is there");
+    // Every ScaledObject and TriggerAuthentication of the manifest corpus, as the
+    // kube-apiserver would send it.
+    let mut reviewed = 0;
+    for entry in std::fs::read_dir(corpus.join("manifests")).unwrap() {
+        let entry = entry.unwrap();
+        if !entry.file_type().unwrap().is_file() {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let Ok(value) = <serde_json::Value as serde::Deserialize>::deserialize(doc) else {
+                continue;
+            };
+            let path = match value["kind"].as_str() {
+                Some("ScaledObject") => SO_PATH,
+                Some("TriggerAuthentication") => TA_PATH,
+                _ => continue,
+            };
+            let ns = value["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string();
+            let review = serde_json::json!({
+                "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {"uid": "corpus", "operation": "CREATE", "namespace": ns, "object": value},
+            });
+            let (code, body) = op.post(path, review.to_string().as_bytes(), &[]);
+            check(&entry.path().display().to_string(), code, &body);
+            reviewed += 1;
+        }
+    }
+    assert!(
+        reviewed >= 5,
+        "the manifest corpus was reviewed: {reviewed}"
+    );
+    let r = op.review(SO_PATH, metrics_api(good_meta()));
+    assert_eq!(r["allowed"], true, "{r}");
+}
