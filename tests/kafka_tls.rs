@@ -213,6 +213,77 @@ async fn a_listener_that_requires_a_client_certificate_gets_the_triggers_identit
         Some(FailureKind::ClientCertRequired),
         "{err}"
     );
+    // A client certificate from a CA the broker does not trust.
+    let foreign = support::TestCa::new("foreign-client-ca").client("scaler");
+    let err = poll(
+        &ctx,
+        &meta,
+        &[("cert", &foreign.chain_pem), ("key", &foreign.key_pem)],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        tls_kind(&err),
+        Some(FailureKind::ClientCertRejected),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_certificate_for_another_host_or_expired_is_refused_and_named() {
+    let ca = support::TestCa::new("kafka-own-broker-ca");
+    let anchors = tempfile::tempdir().unwrap();
+    ca.write_pem(&anchors.path().join("ca.crt"));
+    let ctx = factory(vec![anchors.path().to_path_buf()]);
+    for (leaf, want) in [
+        (
+            ca.server_for(&["kafka.other.example"]),
+            FailureKind::HostnameMismatch,
+        ),
+        (ca.expired_server(), FailureKind::Expired),
+    ] {
+        let broker = OwnBroker::with_certs(
+            support::free_port(),
+            support::free_port(),
+            Some((&leaf.chain_pem, &leaf.key_pem)),
+        );
+        let boot = broker.bootstrap();
+        let err = poll(
+            &ctx,
+            &[
+                ("bootstrapServers", boot.as_str()),
+                ("consumerGroup", "g"),
+                ("topic", "t"),
+                ("tls", "enable"),
+            ],
+            &[],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(tls_kind(&err), Some(want), "{err}");
+    }
+    // Control: the same broker with a good certificate is reached (the TLS handshake
+    // succeeds; the topic it is asked for does not exist there).
+    let good = ca.server();
+    let broker = OwnBroker::with_certs(
+        support::free_port(),
+        support::free_port(),
+        Some((&good.chain_pem, &good.key_pem)),
+    );
+    let boot = broker.bootstrap();
+    let err = poll(
+        &ctx,
+        &[
+            ("bootstrapServers", boot.as_str()),
+            ("consumerGroup", "own-group"),
+            ("topic", "own-topic"),
+            ("tls", "enable"),
+        ],
+        &[],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Source, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,15 +330,36 @@ struct OwnBroker {
     dir: tempfile::TempDir,
     tls_port: u16,
     plain_port: u16,
+    /// The TLS front's chain and key (the fixture's when not given).
+    cert: PathBuf,
+    key: PathBuf,
     children: Vec<Child>,
 }
 
 impl OwnBroker {
     fn new(tls_port: u16, plain_port: u16) -> OwnBroker {
+        Self::with_certs(tls_port, plain_port, None)
+    }
+
+    /// A broker whose TLS front serves `chain` and `key` (PEM).
+    fn with_certs(tls_port: u16, plain_port: u16, certs: Option<(&str, &str)>) -> OwnBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let fx = Fixtures::get();
+        let (cert, key) = match certs {
+            Some((chain, key)) => {
+                let (c, k) = (dir.path().join("front.crt"), dir.path().join("front.key"));
+                std::fs::write(&c, chain).unwrap();
+                std::fs::write(&k, key).unwrap();
+                (c, k)
+            }
+            None => (fx.pki("server-chain.crt"), fx.pki("server.key")),
+        };
         let mut b = OwnBroker {
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             tls_port,
             plain_port,
+            cert,
+            key,
             children: Vec::new(),
         };
         b.start();
@@ -293,8 +385,8 @@ impl OwnBroker {
                 "foreground = yes\npid =\nsyslog = no\ndebug = notice\n[kafka]\naccept = 127.0.0.1:{}\nconnect = 127.0.0.1:{}\ncert = {}\nkey = {}\n",
                 self.tls_port,
                 self.plain_port,
-                fx.pki("server-chain.crt").display(),
-                fx.pki("server.key").display()
+                self.cert.display(),
+                self.key.display()
             ),
         )
         .unwrap();

@@ -103,6 +103,20 @@ struct Running {
     addr: std::net::SocketAddr,
     stop: tokio::sync::watch::Sender<bool>,
     certs: Arc<CertManager>,
+    metrics: Arc<Metrics>,
+}
+
+impl Running {
+    /// Certificate reloads refused so far.
+    fn refused_reloads(&self) -> u64 {
+        self.metrics
+            .reloads
+            .get_or_create(&trustscale_operator::metrics::ReloadLabels {
+                what: "certs".into(),
+                result: "failed".into(),
+            })
+            .get()
+    }
 }
 
 async fn start_operator(dir: &Path, rotation: bool, opts: PkiOptions) -> Running {
@@ -120,7 +134,7 @@ async fn start_operator(dir: &Path, rotation: bool, opts: PkiOptions) -> Running
     let engine = Engine::new(
         trustscale_operator::builtins::registry(),
         BuildContext { trust },
-        metrics,
+        Arc::clone(&metrics),
         Arc::new(LogSink),
     );
     let (stop, rx) = tokio::sync::watch::channel(false);
@@ -134,7 +148,12 @@ async fn start_operator(dir: &Path, rotation: bool, opts: PkiOptions) -> Running
         rx.clone(),
     ));
     tokio::spawn(Arc::clone(&certs).run(rx));
-    Running { addr, stop, certs }
+    Running {
+        addr,
+        stop,
+        certs,
+        metrics,
+    }
 }
 
 fn identity(dir: &Path) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
@@ -392,8 +411,17 @@ async fn bring_your_own_files_switch_without_restart_and_a_bad_pair_is_refused()
     }
     // A mismatched pair (third certificate, second key) is refused; the second keeps serving.
     let third = ca.server();
+    let refused = op.refused_reloads();
     user_set(dir.path(), &ca, &third.chain, &second.key_pem);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Waits for the refusal itself, not for a time.
+    let start = Instant::now();
+    while op.refused_reloads() == refused {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the mismatched pair was never read"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(served().await, serial(&second.cert_der));
     let err = pki::validate(
         dir.path(),

@@ -350,25 +350,25 @@ async fn configuration_source_and_auth_errors_are_classified() {
     let cases: Vec<(&str, TriggerSpec, ErrorKind, &str)> = vec![
         (
             "missing queue over AMQP",
-            spec("rmq", &[("host", &amqps()), ("queueName", "no-such-queue")]),
+            spec("rmq", &[("host", &amqps()), ("queueName", absent())]),
             ErrorKind::Source,
             "does not exist",
         ),
         (
             "missing queue over HTTP",
-            spec("rmq", &[("host", &https()), ("queueName", "no-such-queue")]),
+            spec("rmq", &[("host", &https()), ("queueName", absent())]),
             ErrorKind::Source,
             "does not exist",
         ),
         (
             "wrong password over AMQP",
-            spec("rmq", &[("host", &wrong_pw), ("queueName", "q")]),
+            spec("rmq", &[("host", &wrong_pw), ("queueName", absent())]),
             ErrorKind::Auth,
             "refused",
         ),
         (
             "wrong password over HTTP",
-            spec("rmq", &[("host", &wrong_pw_http), ("queueName", "q")]),
+            spec("rmq", &[("host", &wrong_pw_http), ("queueName", absent())]),
             ErrorKind::Auth,
             "401",
         ),
@@ -378,7 +378,7 @@ async fn configuration_source_and_auth_errors_are_classified() {
                 "rmq",
                 &[
                     ("host", &amqps()),
-                    ("queueName", "q"),
+                    ("queueName", absent()),
                     ("mode", "MessageRate"),
                     ("value", "1"),
                 ],
@@ -392,7 +392,7 @@ async fn configuration_source_and_auth_errors_are_classified() {
                 "rmq",
                 &[
                     ("host", &amqps()),
-                    ("queueName", "q"),
+                    ("queueName", absent()),
                     ("excludeUnacknowledged", "true"),
                 ],
             ),
@@ -405,7 +405,7 @@ async fn configuration_source_and_auth_errors_are_classified() {
                 "rmq",
                 &[
                     ("host", &amqps()),
-                    ("queueName", "q"),
+                    ("queueName", absent()),
                     ("queueLength", "5"),
                     ("mode", "QueueLength"),
                 ],
@@ -419,7 +419,7 @@ async fn configuration_source_and_auth_errors_are_classified() {
                 "rmq",
                 &[
                     ("host", &amqps()),
-                    ("queueName", "q"),
+                    ("queueName", absent()),
                     ("mode", "Fastest"),
                     ("value", "1"),
                 ],
@@ -429,7 +429,7 @@ async fn configuration_source_and_auth_errors_are_classified() {
         ),
         (
             "no host",
-            spec("rmq", &[("queueName", "q")]),
+            spec("rmq", &[("queueName", absent())]),
             ErrorKind::Config,
             "host",
         ),
@@ -549,7 +549,7 @@ spec:
 async fn amqp_on_a_current_thread_runtime_is_a_clear_config_error_not_a_hang() {
     let err = poll(
         &trusted(),
-        spec("rmq", &[("host", &amqps()), ("queueName", "q")]),
+        spec("rmq", &[("host", &amqps()), ("queueName", absent())]),
     )
     .await
     .unwrap_err();
@@ -612,4 +612,10 @@ async fn a_plain_http_management_host_is_read() {
     .await
     .unwrap_err();
     assert_eq!(missing.kind, ErrorKind::Source, "{missing}");
+}
+
+/// A queue no test declares (unique to this run).
+fn absent() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| support::unique("absent-queue"))
 }

@@ -59,6 +59,12 @@ async fn admin(port: u16) -> redis::aio::MultiplexedConnection {
     conn
 }
 
+/// A key no test writes (unique to this run, so that another run's data cannot meet it).
+fn absent() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| unique("absent-list"))
+}
+
 fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
@@ -245,7 +251,7 @@ async fn a_server_from_an_unknown_ca_is_rejected_and_unsafe_ssl_reaches_it_with_
         let addr = format!("localhost:{port}");
         let mut m = vec![
             ("address", addr.as_str()),
-            ("listName", "x"),
+            ("listName", absent()),
             ("enableTLS", "true"),
         ];
         m.extend_from_slice(extra);
@@ -285,7 +291,11 @@ async fn expired_and_wrong_host_certificates_are_classified() {
             spec(
                 "redis",
                 0,
-                &[("address", &addr), ("listName", "x"), ("enableTLS", "true")],
+                &[
+                    ("address", &addr),
+                    ("listName", absent()),
+                    ("enableTLS", "true"),
+                ],
             ),
         )
         .await
@@ -303,7 +313,11 @@ async fn a_tls13_minimum_refuses_the_tls12_only_server() {
         spec(
             "redis",
             0,
-            &[("address", &addr), ("listName", "x"), ("enableTLS", "true")],
+            &[
+                ("address", &addr),
+                ("listName", absent()),
+                ("enableTLS", "true"),
+            ],
         )
     };
     let strict = trust_with(
@@ -324,7 +338,7 @@ async fn a_tls13_minimum_refuses_the_tls12_only_server() {
                 0,
                 &[
                     ("address", &addr13),
-                    ("listName", "x"),
+                    ("listName", absent()),
                     ("enableTLS", "true")
                 ]
             )
@@ -346,7 +360,7 @@ async fn a_client_certificate_is_required_given_and_the_acl_user_authenticates()
             0,
             &[
                 ("address", &addr),
-                ("listName", "x"),
+                ("listName", absent()),
                 ("username", "scaler"),
             ],
         )
@@ -370,6 +384,19 @@ async fn a_client_certificate_is_required_given_and_the_acl_user_authenticates()
     assert_eq!(p.metrics[0].value, 0.0);
     let err = poll(&ctx, with_cert("wrong")).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Auth, "{err}");
+    // A client certificate from a CA the server does not trust.
+    let foreign = support::TestCa::new("foreign-client-ca").client("scaler");
+    let err = poll(
+        &ctx,
+        base()
+            .with_auth("tls", "enable")
+            .with_auth("cert", foreign.chain_pem.as_str())
+            .with_auth("key", foreign.key_pem.as_str())
+            .with_auth("password", "scalerpass"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind.as_str(), "client_cert_rejected", "{err}");
 }
 
 #[tokio::test]
@@ -380,7 +407,7 @@ async fn tls_and_enable_tls_together_are_a_config_error() {
         0,
         &[
             ("address", "localhost:1"),
-            ("listName", "x"),
+            ("listName", absent()),
             ("enableTLS", "true"),
         ],
     )
@@ -437,7 +464,7 @@ async fn triggers_with_the_same_settings_share_one_connection() {
             0,
             &[
                 ("address", &addr),
-                ("listName", "x"),
+                ("listName", absent()),
                 ("enableTLS", "true"),
                 ("databaseIndex", "1"),
             ],
