@@ -236,3 +236,87 @@ spec:
     let reached = wait_all("the CA removed, unknown_issuer again", &failing);
     eprintln!("a CA removed from the folder reached each running client after: {reached:?}");
 }
+
+/// A trigger's own `ca` file (under --allow-file-params), replaced on disk while the
+/// operator runs: the running client follows it both ways, with no restart and no change
+/// to the ScaledObject.
+#[test]
+fn a_triggers_own_ca_file_replaced_on_disk_reaches_its_running_client() {
+    let fx = Fixtures::get();
+    let (_source, port, _data) = python_https(r#"{"queue":{"depth":6}}"#);
+    let work = tempfile::tempdir().unwrap();
+    let (allowed, certs, mdir, empty) = (
+        work.path().join("allowed"),
+        work.path().join("certs"),
+        work.path().join("m"),
+        work.path().join("no-cas"),
+    );
+    for d in [&allowed, &mdir, &empty] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let ca_file = allowed.join("trigger-ca.pem");
+    let stranger = support::TestCa::new("not-the-sources-ca");
+    let replace = |pem: &[u8]| {
+        let staged = allowed.join(".staged");
+        std::fs::write(&staged, pem).unwrap();
+        std::fs::rename(&staged, &ca_file).unwrap();
+    };
+    replace(stranger.cert_pem.as_bytes());
+    std::fs::write(
+        mdir.join("own-ca.yaml"),
+        format!(
+            "kind: ScaledObject\nmetadata: {{name: own-ca, namespace: follow}}\nspec:\n  pollingInterval: 1\n  triggers:\n    - type: metrics-api\n      metadata: {{url: \"https://localhost:{port}/stats.json\", valueLocation: queue.depth, targetValue: \"2\", ca: \"{}\"}}\n",
+            ca_file.display()
+        ),
+    )
+    .unwrap();
+    let api = free_port();
+    let _operator = Child(
+        Command::new(env!("CARGO_BIN_EXE_trustscale"))
+            .arg("operator")
+            .arg("--ca-dir")
+            .arg(&empty)
+            .arg("--no-system-roots")
+            .arg("--allow-file-params")
+            .arg(&allowed)
+            .arg("--manifests")
+            .arg(&mdir)
+            .arg("--cert-dir")
+            .arg(&certs)
+            .args(["--listen", &format!("127.0.0.1:{api}")])
+            .args([
+                "--metrics-bind-address",
+                "",
+                "--health-probe-bind-address",
+                "",
+            ])
+            .args(["--webhook-bind-address", ""])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let wait = |what: &str, check: &dyn Fn(&State) -> bool| {
+        let start = Instant::now();
+        loop {
+            let now = states(api, &certs);
+            if now.iter().any(|s| s.0 == "follow/own-ca" && check(s)) {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{what}: {now:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait("a CA that is not the source's: unknown_issuer", &|s| {
+        s.1.as_deref() == Some("unknown_issuer")
+    });
+    replace(&std::fs::read(fx.pki("ca.crt")).unwrap());
+    wait("the source's CA: the value", &|s| {
+        s.1.is_none() && s.2 == Some(6.0)
+    });
+    replace(stranger.cert_pem.as_bytes());
+    wait("the stranger again: unknown_issuer", &|s| {
+        s.1.as_deref() == Some("unknown_issuer")
+    });
+}

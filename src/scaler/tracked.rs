@@ -24,6 +24,9 @@ pub type MakeClient<C> =
 
 struct State<C> {
     generation: u64,
+    /// The trigger's own `ca`, `cert` and `key` files as they were when the client was
+    /// made (empty when they are inline or unset).
+    stamps: Vec<crate::trust::FileStamp>,
     client: Arc<C>,
     tls: Option<TlsContext>,
 }
@@ -57,6 +60,7 @@ impl<C> Tracked<C> {
         trigger: &str,
         make: MakeClient<C>,
     ) -> Result<Self, ScalerError> {
+        let stamps = crate::trust::file_stamps(settings);
         let client = make(tls.as_ref())?;
         let generation = tls.as_ref().map_or(0, TlsContext::generation);
         Ok(Tracked {
@@ -65,6 +69,7 @@ impl<C> Tracked<C> {
             trigger: trigger.to_string(),
             state: ArcSwap::from_pointee(State {
                 generation,
+                stamps,
                 client,
                 tls,
             }),
@@ -78,8 +83,16 @@ impl<C> Tracked<C> {
     pub fn current(&self) -> Result<(Arc<C>, Option<TlsContext>), ScalerError> {
         let state = self.state.load();
         let stale = |s: &State<C>| match &s.tls {
-            // Plaintext, or verification off: the anchors play no part.
+            // Plaintext: nothing to follow.
             None => false,
+            // The trigger's own files changed (a few stats, and only when it names files).
+            Some(_)
+                if !s.stamps.is_empty()
+                    && crate::trust::file_stamps(&self.settings) != s.stamps =>
+            {
+                true
+            }
+            // Verification off: the anchors play no part.
             Some(tls) if tls.is_unsafe() => false,
             Some(_) => s.generation != self.trust.anchors().generation(),
         };
@@ -94,14 +107,16 @@ impl<C> Tracked<C> {
         if !stale(&state) {
             return Ok((Arc::clone(&state.client), state.tls.clone()));
         }
+        let stamps = crate::trust::file_stamps(&self.settings);
         let tls = self
             .trust
             .context(&self.settings, &self.trigger)
             .map_err(|e| ScalerError::from_trust(&self.trigger, e))?;
         let client = (self.make)(Some(&tls))?;
-        tracing::debug!(trigger = %self.trigger, generation = tls.generation(), "client rebuilt for new trust anchors");
+        tracing::debug!(trigger = %self.trigger, generation = tls.generation(), "client rebuilt for new trust anchors or changed trigger files");
         self.state.store(Arc::new(State {
             generation: tls.generation(),
+            stamps,
             client: Arc::clone(&client),
             tls: Some(tls.clone()),
         }));

@@ -180,7 +180,7 @@ struct Counters {
 struct CacheKey {
     settings: TlsSettings,
     /// (length, modification time) of every file named by the settings.
-    stamps: Vec<(u64, Option<SystemTime>)>,
+    stamps: Vec<FileStamp>,
     generation: u64,
 }
 
@@ -682,7 +682,10 @@ impl Inner {
     }
 }
 
-fn file_stamps(settings: &TlsSettings) -> Vec<(u64, Option<SystemTime>)> {
+/// The state of the files a trigger's `ca`, `cert` and `key` name (inline PEM has none):
+/// size, modification time and inode of each, so that a changed or replaced file is seen.
+#[must_use]
+pub fn file_stamps(settings: &TlsSettings) -> Vec<FileStamp> {
     let values = [
         settings.ca.as_deref(),
         settings.cert.as_deref(),
@@ -693,8 +696,14 @@ fn file_stamps(settings: &TlsSettings) -> Vec<(u64, Option<SystemTime>)> {
         .flatten()
         .filter(|v| !material::is_inline(v))
         .map(|path| match std::fs::metadata(path.trim()) {
-            Ok(m) => (m.len(), m.modified().ok()),
-            Err(_) => (u64::MAX, None),
+            Ok(m) => {
+                use std::os::unix::fs::MetadataExt as _;
+                (m.len(), m.modified().ok(), m.ino())
+            }
+            Err(_) => (u64::MAX, None, 0),
         })
         .collect()
 }
+
+/// See [`file_stamps`].
+pub type FileStamp = (u64, Option<SystemTime>, u64);

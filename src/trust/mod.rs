@@ -27,7 +27,9 @@ pub use ciphers::{
 pub use classify::{FailureKind, HandshakeFailure, classify, classify_rustls, find_rustls_error};
 pub use context::{Fingerprint, IdentityPem, TlsContext};
 pub use error::{Result, TrustError};
-pub use factory::{CA_FILES_LOG_TARGET, TrustFactory, TrustOptions, TrustStats};
+pub use factory::{
+    CA_FILES_LOG_TARGET, FileStamp, TrustFactory, TrustOptions, TrustStats, file_stamps,
+};
 pub use server::{ServerIdentity, ServerTls};
 pub use settings::{Secret, TlsMode, TlsSettings, UnsafeSslPolicy, parse_go_bool};
 pub use version::{CLIENT_MIN_TLS_ENV, SERVICE_MIN_TLS_ENV, TlsVersion};
