@@ -488,6 +488,30 @@ fn documents(text: &str) -> Vec<(usize, String)> {
     for line in text.split_inclusive('\n') {
         let bare = line.trim_end_matches(['\n', '\r']);
         if is_marker(bare, "---") {
+            // `%YAML` and `%TAG` directives belong to the document their `---` opens.
+            let directive = |l: &str| {
+                let mut words = l.split_whitespace();
+                match (words.next(), words.next(), words.next(), words.next()) {
+                    (Some("%YAML"), Some(v), None, None) => v
+                        .strip_prefix("1.")
+                        .is_some_and(|m| m.parse::<u8>().is_ok()),
+                    (Some("%TAG"), Some(h), Some(_), None) => {
+                        h.starts_with('!') && h.ends_with('!')
+                    }
+                    _ => false,
+                }
+            };
+            let directives_only = current.lines().any(directive)
+                && current.lines().all(|l| {
+                    let t = l.trim();
+                    t.is_empty() || t.starts_with('#') || directive(l)
+                });
+            if directives_only {
+                current.push_str(bare);
+                current.push('\n');
+                started = true;
+                continue;
+            }
             if started || !current.trim().is_empty() {
                 docs.push(std::mem::take(&mut current));
             }
@@ -1391,6 +1415,17 @@ spec:
             docs[1].1.contains("  ---"),
             "an indented --- is block-scalar text"
         );
+    }
+
+    #[test]
+    fn directives_stay_with_the_document_they_open() {
+        let text = "%YAML 1.2\n%TAG !k! tag:keda.sh,2024:\n---\nkind: ConfigMap\nmetadata: {name: a, namespace: d}\n---\nkind: ConfigMap\nmetadata: {name: b, namespace: d}\n";
+        let docs = documents(text);
+        assert_eq!(docs.len(), 2, "{docs:?}");
+        let mut set = ManifestSet::default();
+        set.add_text(Path::new("directives.yaml"), text);
+        assert!(set.problems.is_empty(), "{:?}", set.problems);
+        assert_eq!(set.config_maps.len(), 2);
     }
 }
 
