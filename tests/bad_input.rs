@@ -400,3 +400,158 @@ fn a_running_operator_reports_every_bad_input_keeps_serving_and_stops_on_sigterm
         "failing triggers are logged at warn:\n{logged}"
     );
 }
+
+/// The inotify watches a running operator holds (from /proc: every inotify descriptor's
+/// `wd:` lines).
+fn inotify_watches(pid: u32) -> usize {
+    let mut n = 0;
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        if std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:inotify")
+        {
+            let info = std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            n += info
+                .lines()
+                .filter(|l| l.starts_with("inotify wd:"))
+                .count();
+        }
+    }
+    n
+}
+
+#[test]
+fn a_ca_folder_that_links_to_usr_costs_no_more_watches_than_an_empty_one() {
+    let work = tempfile::tempdir().unwrap();
+    let (ca, m, certs) = (
+        work.path().join("ca"),
+        work.path().join("m"),
+        work.path().join("certs"),
+    );
+    std::fs::create_dir_all(&ca).unwrap();
+    std::fs::create_dir_all(&m).unwrap();
+    std::os::unix::fs::symlink("/usr", ca.join("usr-link")).unwrap();
+    std::os::unix::fs::symlink("/", ca.join("root-link")).unwrap();
+    let health = free_port();
+    let child = support::Child(
+        Command::new(env!("CARGO_BIN_EXE_trustscale"))
+            .arg("operator")
+            .arg("--manifests")
+            .arg(&m)
+            .arg("--cert-dir")
+            .arg(&certs)
+            .arg("--ca-dir")
+            .arg(&ca)
+            .args(["--listen", "127.0.0.1:0", "--metrics-bind-address", ""])
+            .args([
+                "--health-probe-bind-address",
+                &format!("127.0.0.1:{health}"),
+            ])
+            .args(["--webhook-bind-address", ""])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    support::wait_for("ready", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", health)).is_ok()
+    });
+    // One each: the CA folder, the manifests, the certificate folder. The links are not
+    // followed into /usr or /.
+    let watches = inotify_watches(child.0.id());
+    assert!((1..=4).contains(&watches), "{watches} inotify watches");
+}
+
+#[test]
+fn a_manifest_folder_that_cannot_be_listed_keeps_the_running_scaled_objects() {
+    // As an unprivileged user, so that taking away the folder's permissions is real.
+    let source = support::python_http(&[("stats.json", r#"{"queue":{"depth":5}}"#)]);
+    let work = tempfile::tempdir().unwrap();
+    let (m, certs) = (work.path().join("m"), work.path().join("certs"));
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::write(
+        m.join("so.yaml"),
+        format!(
+            "kind: ScaledObject\nmetadata: {{name: kept, namespace: listing}}\nspec:\n  pollingInterval: 1\n  triggers:\n    - type: metrics-api\n      metadata: {{url: \"http://127.0.0.1:{}/stats.json\", valueLocation: queue.depth, targetValue: \"1\"}}\n",
+            source.port
+        ),
+    )
+    .unwrap();
+    let chown = |p: &Path| {
+        assert!(
+            Command::new("chown")
+                .args(["-R", "65532:65532"])
+                .arg(p)
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    chown(&m);
+    std::fs::create_dir_all(&certs).unwrap();
+    chown(&certs);
+    let api = free_port();
+    let log = work.path().join("operator.log");
+    let _op = support::Child(
+        Command::new("setpriv")
+            .args(["--reuid=65532", "--regid=65532", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_trustscale"))
+            .arg("operator")
+            .arg("--manifests")
+            .arg(&m)
+            .arg("--cert-dir")
+            .arg(&certs)
+            .args(["--ca-dir", "/nonexistent"])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{api}"),
+                "--metrics-bind-address",
+                "",
+            ])
+            .args([
+                "--health-probe-bind-address",
+                "",
+                "--webhook-bind-address",
+                "",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("setpriv (util-linux) runs"),
+    );
+    let served = || -> bool {
+        serde_json::from_str::<serde_json::Value>(&support::curl_api(api, &certs, "/scaledobjects"))
+            .is_ok_and(|json| {
+                json["scaledObjects"][0]["scaledObject"] == "listing/kept"
+                    && json["scaledObjects"][0]["triggers"][0]["value"].as_f64() == Some(5.0)
+            })
+    };
+    support::wait_for("the ScaledObject polls", Duration::from_secs(30), served);
+    // The folder can no longer be listed (the operator is not root): it says so, and the
+    // ScaledObject it runs stays.
+    std::fs::set_permissions(&m, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    support::wait_for(
+        "the failed listing is reported",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&log)
+                .is_ok_and(|l| l.contains("the last good ones keep running"))
+        },
+    );
+    assert!(
+        served(),
+        "the ScaledObject is still served after the listing failed"
+    );
+    std::fs::set_permissions(&m, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}

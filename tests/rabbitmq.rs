@@ -333,6 +333,19 @@ async fn a_client_certificate_without_a_password_authenticates_with_sasl_externa
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Auth, "{err}");
+    // Negative control: a client certificate from a CA the broker does not trust is
+    // refused in the handshake (verify_peer).
+    let foreign = support::TestCa::new("foreign-client-ca").client("scaler");
+    let err = poll(
+        &ctx,
+        spec("rmq", &[("host", &host), ("queueName", &q)])
+            .with_auth("tls", "enable")
+            .with_auth("cert", foreign.chain_pem.as_str())
+            .with_auth("key", foreign.key_pem.as_str()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind.as_str(), "client_cert_rejected", "{err}");
     mgmt.delete_queue(&q).await;
 }
 
@@ -618,4 +631,75 @@ async fn a_plain_http_management_host_is_read() {
 fn absent() -> &'static str {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     NAME.get_or_init(|| support::unique("absent-queue"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_certificate_for_another_host_or_expired_is_named_for_amqps_and_management() {
+    let ca = support::TestCa::new("rabbit-test-ca");
+    let anchors = tempfile::tempdir().unwrap();
+    ca.write_pem(&anchors.path().join("ca.crt"));
+    let ctx = BuildContext {
+        trust: TrustFactory::new(
+            TrustOptions::default()
+                .ca_dirs([anchors.path()])
+                .system_roots(false),
+        )
+        .unwrap(),
+    };
+    for (leaf, want) in [
+        (
+            ca.server_for(&["rabbit.other.example"]),
+            "hostname_mismatch",
+        ),
+        (ca.expired_server(), "expired"),
+    ] {
+        let server = support::TestServer::start(support::server_config(
+            &leaf,
+            support::Versions::Both,
+            None,
+        ))
+        .await;
+        for host in [
+            format!("amqps://localhost:{}/", server.addr.port()),
+            format!("https://localhost:{}", server.addr.port()),
+        ] {
+            let err = poll(
+                &ctx,
+                spec("rmq", &[("host", &host), ("queueName", absent())]),
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(err.kind.as_str(), want, "{host}: {err}");
+        }
+    }
+    // Control: a good certificate from the same CA passes the handshake (the server then
+    // speaks neither AMQP nor HTTP, which is a different failure).
+    let server = support::TestServer::start(support::server_config(
+        &ca.server(),
+        support::Versions::Both,
+        None,
+    ))
+    .await;
+    let err = poll(
+        &ctx,
+        spec(
+            "rmq",
+            &[
+                (
+                    "host",
+                    &format!("amqps://localhost:{}/", server.addr.port()),
+                ),
+                ("queueName", absent()),
+            ],
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        !matches!(
+            err.kind.as_str(),
+            "hostname_mismatch" | "expired" | "unknown_issuer"
+        ),
+        "{err}"
+    );
 }
