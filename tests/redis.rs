@@ -43,13 +43,18 @@ async fn poll(ctx: &BuildContext, spec: TriggerSpec) -> Result<Poll, ScalerError
 
 /// A plain (non-scaler) client over TLS for setting up data, trusting the fixture CA.
 async fn admin(port: u16) -> redis::aio::MultiplexedConnection {
-    let f = TrustFactory::new(TrustOptions::default().ca_dirs([Fixtures::get().ca_dir().path()]))
-        .unwrap();
-    let ctx = f.context(&Default::default(), "admin").unwrap();
+    let connector =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(support::fixture_client_config()));
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let tls = ctx.connect("localhost", tcp).await.unwrap();
+    let tls = connector
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
     let info = redis::RedisConnectionInfo::default();
     let config = redis::AsyncConnectionConfig::new();
     let (conn, driver) = redis::aio::MultiplexedConnection::new_with_config(&info, tls, config)

@@ -453,3 +453,18 @@ pub fn curl_api(port: u16, certs: &Path, path: &str) -> String {
         .expect("curl runs");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A rustls client configuration trusting only the fixture CA, built with rustls alone:
+/// test setup (writing data into the brokers) never goes through the code under test.
+pub fn fixture_client_config() -> rustls::ClientConfig {
+    let pem = std::fs::read(fixtures::Fixtures::get().pki("ca.crt")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in <CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}

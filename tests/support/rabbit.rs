@@ -18,15 +18,9 @@ impl Mgmt {
         } else {
             "RABBITMQ_MGMT_PORT"
         });
-        let trust = trustscale::trust::TrustFactory::new(
-            trustscale::trust::TrustOptions::default()
-                .ca_dirs([fx.ca_dir().path()])
-                .system_roots(false),
-        )
-        .unwrap();
-        let tls = trust.context(&Default::default(), "test admin").unwrap();
+        // rustls alone, trusting the fixture CA: setup never goes through the code under test.
         let client = reqwest::Client::builder()
-            .tls_backend_preconfigured((*tls.rustls_config()).clone())
+            .tls_backend_preconfigured(super::fixture_client_config())
             .build()
             .unwrap();
         Mgmt {
