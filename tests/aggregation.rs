@@ -70,7 +70,7 @@ impl Operator {
                 .args(extra)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(std::fs::File::create(work.path().join("operator.log")).unwrap())
                 .spawn()
                 .unwrap(),
         );
@@ -417,7 +417,10 @@ c.request("GET", {path:?}, headers=hdrs); r = c.getresponse(); print(r.status, r
 
     // A broken replacement is refused; the current CA keeps working.
     std::fs::write(op.front_file(), "not a certificate").unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    wait_for("the refusal is logged", Duration::from_secs(15), || {
+        std::fs::read_to_string(op.work.path().join("operator.log"))
+            .is_ok_and(|l| l.contains("the request-header CA file is refused"))
+    });
     let (code, _, body, _) = curl(
         op.api,
         &op.ca(),
