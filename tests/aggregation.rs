@@ -456,44 +456,10 @@ fn an_unusable_request_header_ca_file_stops_the_start_naming_the_file_and_the_fl
     let missing = dir.path().join("missing.crt");
     let manifests = tempfile::tempdir().unwrap();
     for file in [&fifo, &zero, &folder, &empty, &key_only, &missing] {
-        let certs = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_trustscale"))
-            .arg("operator")
-            .arg("--manifests")
-            .arg(manifests.path())
-            .arg("--cert-dir")
-            .arg(certs.path())
-            .args(["--ca-dir", "/nonexistent", "--listen", "127.0.0.1:0"])
-            .args([
-                "--metrics-bind-address",
-                "",
-                "--health-probe-bind-address",
-                "",
-            ])
-            .args(["--webhook-bind-address", ""])
-            .arg("--requestheader-client-ca-file")
-            .arg(file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let start = std::time::Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if start.elapsed() > Duration::from_secs(20) {
-                let _ = child.kill();
-                panic!(
-                    "{}: the operator neither started nor stopped",
-                    file.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-        assert!(!status.success(), "{}: must not start", file.display());
+        let stderr = support::operator_refuses_to_start(
+            manifests.path(),
+            &["--requestheader-client-ca-file".as_ref(), file.as_os_str()],
+        );
         assert!(
             stderr.contains(&file.display().to_string())
                 && stderr.contains("--requestheader-client-ca-file"),

@@ -128,13 +128,6 @@ fn bundle_of(certs: &Path) -> String {
     base64::engine::general_purpose::STANDARD.encode(std::fs::read(certs.join("ca.crt")).unwrap())
 }
 
-fn write_set(dir: &Path, ca: &TestCa) {
-    let leaf = ca.server();
-    std::fs::write(dir.join("ca.crt"), &ca.cert_pem).unwrap();
-    std::fs::write(dir.join("tls.crt"), &leaf.cert_pem).unwrap();
-    std::fs::write(dir.join("tls.key"), &leaf.key_pem).unwrap();
-}
-
 #[test]
 fn rotation_publishes_the_ca_bundle_into_the_apiservice_and_our_webhooks_only() {
     let s = cluster();
@@ -194,7 +187,7 @@ fn bring_your_own_certificates_are_published_and_a_ca_change_is_published_again_
     s.create(apiservice("keda", "trustscale", serde_json::json!({})));
     s.create(webhooks(serde_json::json!({})));
     let certs = tempfile::tempdir().unwrap();
-    write_set(certs.path(), &TestCa::new("users-ca-1"));
+    support::write_cert_set(certs.path(), &TestCa::new("users-ca-1"));
     let _op = start(&s, certs.path(), &["--enable-cert-rotation=false"]);
     let first = bundle_of(certs.path());
     wait_for(
@@ -215,7 +208,7 @@ fn bring_your_own_certificates_are_published_and_a_ca_change_is_published_again_
     // a genuine 409, and it must read again and retry.
     s.interfere_before_write("apiregistration.k8s.io", "apiservices", "", APISERVICE, 1);
     let staged = tempfile::tempdir().unwrap();
-    write_set(staged.path(), &TestCa::new("users-ca-2"));
+    support::write_cert_set(staged.path(), &TestCa::new("users-ca-2"));
     for f in ["ca.crt", "tls.key", "tls.crt"] {
         std::fs::copy(staged.path().join(f), certs.path().join(f)).unwrap();
     }
@@ -367,43 +360,10 @@ fn an_unusable_kubeconfig_stops_the_start_naming_the_file() {
         &no_context,
         &dir.path().join("missing"),
     ] {
-        let certs = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_trustscale"))
-            .args(["operator", "--manifests"])
-            .arg(dir.path())
-            .arg("--cert-dir")
-            .arg(certs.path())
-            .args(["--ca-dir", "/nonexistent", "--listen", "127.0.0.1:0"])
-            .args([
-                "--metrics-bind-address",
-                "",
-                "--health-probe-bind-address",
-                "",
-            ])
-            .args(["--webhook-bind-address", ""])
-            .arg("--kubeconfig")
-            .arg(file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let start = std::time::Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if start.elapsed() > Duration::from_secs(20) {
-                let _ = child.kill();
-                panic!(
-                    "{}: the operator neither started nor stopped",
-                    file.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-        assert!(!status.success(), "{}: must not start", file.display());
+        let stderr = support::operator_refuses_to_start(
+            dir.path(),
+            &["--kubeconfig".as_ref(), file.as_os_str()],
+        );
         assert!(
             stderr.contains(&file.display().to_string()) && stderr.contains("kubeconfig"),
             "{}: {stderr}",
@@ -582,40 +542,29 @@ fn auth_configmap(ca_pem: &str, allowed: &str) -> serde_json::Value {
     })
 }
 
-/// curl as the aggregation layer: (HTTP status; 0 when the handshake was refused).
+/// Another writer (the kube-apiserver) changes the authentication ConfigMap.
+fn change_auth_configmap(s: &TestApiServer, change: impl FnOnce(&mut serde_json::Value)) {
+    s.modify(
+        "",
+        "configmaps",
+        "kube-system",
+        "extension-apiserver-authentication",
+        change,
+    );
+}
+
+/// curl as the aggregation layer reading discovery: the HTTP status (0 when the
+/// handshake was refused).
 fn as_aggregator(api: u16, certs: &Path, leaf: &support::Leaf, dir: &Path) -> u16 {
-    let (cert, key) = (dir.join("front.crt"), dir.join("front.key"));
-    std::fs::write(&cert, &leaf.cert_pem).unwrap();
-    std::fs::write(&key, &leaf.key_pem).unwrap();
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "--max-time",
-            "5",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ])
-        .arg("--cacert")
-        .arg(certs.join("ca.crt"))
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .args([
-            "-H",
-            "X-Remote-User: system:serviceaccount:kube-system:horizontal-pod-autoscaler",
-        ])
-        .arg(format!(
-            "https://localhost:{api}/apis/external.metrics.k8s.io/v1beta1"
-        ))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
+    as_user(
+        api,
+        certs,
+        leaf,
+        dir,
+        "system:serviceaccount:kube-system:horizontal-pod-autoscaler",
+        "/apis/external.metrics.k8s.io/v1beta1",
+    )
+    .0
 }
 
 #[test]
@@ -634,15 +583,9 @@ fn the_clusters_request_header_settings_are_read_and_followed() {
     );
 
     // The allowed names change: the same certificate is no longer believed.
-    s.modify(
-        "",
-        "configmaps",
-        "kube-system",
-        "extension-apiserver-authentication",
-        |cm| {
-            cm["data"]["requestheader-allowed-names"] = "[\"someone-else\"]".into();
-        },
-    );
+    change_auth_configmap(&s, |cm| {
+        cm["data"]["requestheader-allowed-names"] = "[\"someone-else\"]".into();
+    });
     wait_for(
         "the new allowed names apply",
         Duration::from_secs(15),
@@ -650,15 +593,9 @@ fn the_clusters_request_header_settings_are_read_and_followed() {
     );
 
     // A ConfigMap that cannot be used is refused; the last good settings stay.
-    s.modify(
-        "",
-        "configmaps",
-        "kube-system",
-        "extension-apiserver-authentication",
-        |cm| {
-            cm["data"]["requestheader-username-headers"] = "X-Remote-User".into();
-        },
-    );
+    change_auth_configmap(&s, |cm| {
+        cm["data"]["requestheader-username-headers"] = "X-Remote-User".into();
+    });
     wait_for("the refusal is reported", Duration::from_secs(15), || {
         op.stderr()
             .contains("requestheader-username-headers: not a JSON list of strings")
@@ -667,19 +604,13 @@ fn the_clusters_request_header_settings_are_read_and_followed() {
 
     // A new front-proxy CA: the old one's certificates are refused in the handshake.
     let next = TestCa::new("front-proxy-ca-2");
-    s.modify(
-        "",
-        "configmaps",
-        "kube-system",
-        "extension-apiserver-authentication",
-        |cm| {
-            *cm = {
-                let mut fresh = auth_configmap(&next.cert_pem, "[]");
-                fresh["metadata"] = cm["metadata"].clone();
-                fresh
-            };
-        },
-    );
+    change_auth_configmap(&s, |cm| {
+        *cm = {
+            let mut fresh = auth_configmap(&next.cert_pem, "[]");
+            fresh["metadata"] = cm["metadata"].clone();
+            fresh
+        };
+    });
     let next_proxy = next.client("any-name");
     wait_for("the new CA applies", Duration::from_secs(15), || {
         as_aggregator(api, certs.path(), &next_proxy, work.path()) == 200

@@ -374,18 +374,11 @@ fn bad_reviews_get_clear_errors_and_the_listener_serves_only_the_webhook() {
     assert_eq!(r["allowed"], true, "{r}");
 }
 
-fn write_set(dir: &Path, ca: &TestCa) {
-    let leaf = ca.server();
-    std::fs::write(dir.join("ca.crt"), &ca.cert_pem).unwrap();
-    std::fs::write(dir.join("tls.crt"), &leaf.cert_pem).unwrap();
-    std::fs::write(dir.join("tls.key"), &leaf.key_pem).unwrap();
-}
-
 #[test]
 fn the_webhook_serves_a_new_certificate_without_a_restart() {
     let certs = tempfile::tempdir().unwrap();
     let first = TestCa::new("first-ca");
-    write_set(certs.path(), &first);
+    support::write_cert_set(certs.path(), &first);
     let op = Operator::start(Some(certs.path()), &["--enable-cert-rotation=false"]);
     let pems = tempfile::tempdir().unwrap();
     let first_pem = pems.path().join("first.pem");
@@ -401,7 +394,7 @@ fn the_webhook_serves_a_new_certificate_without_a_restart() {
     // The user's certificates are replaced (cert-manager renewing with a new CA).
     let second = TestCa::new("second-ca");
     let staged = tempfile::tempdir_in(certs.path().parent().unwrap()).unwrap();
-    write_set(staged.path(), &second);
+    support::write_cert_set(staged.path(), &second);
     for f in ["ca.crt", "tls.key", "tls.crt"] {
         std::fs::rename(staged.path().join(f), certs.path().join(f)).unwrap();
     }

@@ -468,3 +468,53 @@ pub fn fixture_client_config() -> rustls::ClientConfig {
         .with_root_certificates(roots)
         .with_no_client_auth()
 }
+
+/// Runs `trustscale operator` with quiet listeners on `manifests` and a fresh certificate
+/// folder, plus `extra`, expecting it to refuse to start: its stderr. Panics if it starts
+/// (or hangs) instead.
+pub fn operator_refuses_to_start(manifests: &Path, extra: &[&std::ffi::OsStr]) -> String {
+    let certs = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trustscale"))
+        .arg("operator")
+        .arg("--manifests")
+        .arg(manifests)
+        .arg("--cert-dir")
+        .arg(certs.path())
+        .args(["--ca-dir", "/nonexistent", "--listen", "127.0.0.1:0"])
+        .args([
+            "--metrics-bind-address",
+            "",
+            "--health-probe-bind-address",
+            "",
+        ])
+        .args(["--webhook-bind-address", ""])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("{extra:?}: the operator neither started nor stopped");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{extra:?}: must not start");
+    stderr
+}
+
+/// Writes a bring-your-own certificate set into `dir`: `ca.crt`, and a serving
+/// certificate for localhost issued by `ca` as `tls.crt` and `tls.key`.
+pub fn write_cert_set(dir: &Path, ca: &TestCa) {
+    let leaf = ca.server();
+    std::fs::write(dir.join("ca.crt"), &ca.cert_pem).unwrap();
+    std::fs::write(dir.join("tls.crt"), &leaf.cert_pem).unwrap();
+    std::fs::write(dir.join("tls.key"), &leaf.key_pem).unwrap();
+}
