@@ -5,6 +5,8 @@
 # fsGroup), serves the mutual-TLS API and its probes, and writes nothing.
 #   deploy/run-unprivileged.sh target/debug/trustscale
 set -euo pipefail
+# Never a cluster: this run is about the process, and must not touch one.
+unset KUBECONFIG KUBERNETES_SERVICE_HOST KUBERNETES_SERVICE_PORT
 bin=${1:?usage: deploy/run-unprivileged.sh PATH_TO_TRUSTSCALE}
 [[ $(id -u) == 0 ]] || { echo "run-unprivileged: needs root to switch users" >&2; exit 1; }
 work=$(mktemp -d)

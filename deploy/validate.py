@@ -26,11 +26,12 @@ BUILTIN_GROUPS = {"", "apps", "rbac.authorization.k8s.io", "apiregistration.k8s.
 OURS = {"cert-manager.io": ROOT / "deploy/schemas/cert-manager.json"}
 
 failures = []
+in_controls = False
 
 
 def fail(where, message):
     failures.append(f"{where}: {message}")
-    print(f"FAIL  {where}: {message}")
+    print(f"{'refused (as it must)' if in_controls else 'FAIL'}  {where}: {message}")
 
 
 def render(kustomization):
@@ -109,8 +110,8 @@ def promises(where, docs):
 
 def negative_controls():
     """The checks above must be able to fail: broken objects of each kind are refused."""
-    global failures
-    saved, failures = failures, []
+    global failures, in_controls
+    saved, failures, in_controls = failures, [], True
     validate("control", {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
                          "spec": {"replica": 1, "selector": {}, "template": {}}})
     validate("control", {"apiVersion": "cert-manager.io/v1", "kind": "Certificate",
@@ -119,9 +120,25 @@ def negative_controls():
     validate("control", {"apiVersion": "example.com/v1", "kind": "Thing", "metadata": {"name": "x"}})
     promises("control", [{"kind": "APIService", "metadata": {"name": "x"},
                           "spec": {"insecureSkipTLSVerify": True, "service": {"namespace": "a", "name": "b"}}}])
-    caught, failures = failures, saved
-    if len(caught) < 5:
-        fail("negative controls", f"only {len(caught)} of 5 broken objects were refused: {caught}")
+    promises("control", [
+        {"kind": "Service", "metadata": {"name": "s", "namespace": "keda"}, "spec": {"ports": [{"port": 443}]}},
+        {"kind": "ValidatingWebhookConfiguration", "metadata": {"name": "w"},
+         "webhooks": [{"name": "w1", "clientConfig": {"service": {"namespace": "keda", "name": "s", "port": 9443, "path": "/other"}}}]},
+        {"kind": "Deployment", "metadata": {"name": "d"}, "spec": {"template": {"spec": {
+            "containers": [{"name": "c", "securityContext": {}, "volumeMounts": []}]}}}},
+        {"kind": "RoleBinding", "metadata": {"name": "r", "namespace": "keda"},
+         "roleRef": {"name": "extension-apiserver-authentication-reader"}},
+    ])
+    caught, failures, in_controls = failures, saved, False
+    # Each check must have refused: 3 schemas, the APIService's two, the webhook's port and
+    # path, the pod's non-root, the container's read-only and probes, the mounts, the
+    # RoleBinding's namespace.
+    wanted = ["replica", "Issuer", "no schema", "insecureSkipTLSVerify", "not a Service",
+              "does not expose", "KEDA's paths", "non-root", "read-only", "livenessProbe",
+              "/certs is not mounted", "kube-system"]
+    missing = [w for w in wanted if not any(w in c for c in caught)]
+    if missing:
+        fail("negative controls", f"these checks never refused their broken object: {missing}; refused: {caught}")
     else:
         print(f"ok    negative controls: {len(caught)} broken objects refused")
 

@@ -477,10 +477,24 @@ fn an_object_being_deleted_is_never_held_and_oversized_reviews_are_bounded() {
     let mut dying = scaled_object(
         serde_json::json!({"triggers": [{"type": "no-such-scaler", "metadata": {}}]}),
     );
+    let mut before = dying.clone();
+    before["metadata"]["finalizers"] = serde_json::json!(["finalizer.keda.sh"]);
     dying["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z".into();
     dying["metadata"]["finalizers"] = serde_json::json!([]);
-    let r = review_in(&op, "UPDATE", Some("shop"), dying.clone());
+    let r = review_with_old(&op, dying.clone(), before.clone());
     assert_eq!(r["allowed"], true, "finalizer removal is never denied: {r}");
+    // Being deleted but its spec changed: checked, and denied.
+    let mut changed = dying.clone();
+    changed["spec"]["minReplicaCount"] = 1.into();
+    let r = review_with_old(&op, changed, before);
+    assert_eq!(r["allowed"], false, "{r}");
+    // Metadata that is not an object is denied, not a crash.
+    let mut odd = dying.clone();
+    odd["metadata"] = "x".into();
+    assert_eq!(
+        review_in(&op, "CREATE", Some("shop"), odd)["allowed"],
+        false
+    );
     // The same object, not being deleted: denied.
     dying["metadata"]
         .as_object_mut()
@@ -575,4 +589,18 @@ fn the_bad_input_corpora_get_answers_never_secrets_and_the_webhook_keeps_serving
     );
     let r = op.review(SO_PATH, metrics_api(good_meta()));
     assert_eq!(r["allowed"], true, "{r}");
+}
+
+/// An UPDATE review of `object` whose previous state was `old`, in namespace shop.
+fn review_with_old(
+    op: &Operator,
+    object: serde_json::Value,
+    old: serde_json::Value,
+) -> serde_json::Value {
+    let review = serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "u-old", "operation": "UPDATE", "namespace": "shop",
+                    "object": object, "oldObject": old}});
+    let (code, body) = op.post(SO_PATH, review.to_string().as_bytes(), &[]);
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["response"].clone()
 }

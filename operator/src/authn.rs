@@ -153,11 +153,19 @@ const REVIEW_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 /// Answers kept at most; when full, the cache starts again.
 const REVIEW_CACHE: usize = 4096;
 
-type ReviewKey = (String, Vec<String>, String, String);
+/// (user, groups, extra, namespace, metric): everything the review is asked about.
+type ReviewKey = (
+    String,
+    Vec<String>,
+    BTreeMap<String, Vec<String>>,
+    String,
+    String,
+);
 
-/// Authorizes a user the aggregation layer names: a SubjectAccessReview (`get`
-/// `externalmetrics` of `external.metrics.k8s.io` in the namespace), its answer cached
-/// for [`REVIEW_TTL`].
+/// Authorizes a user the aggregation layer names: a SubjectAccessReview asking what the
+/// kube-apiserver's own authorizer asks for that path (`list` of the resource named by
+/// the metric, in `external.metrics.k8s.io`, in the namespace: the grant the HPA
+/// controller holds), its answer cached for [`REVIEW_TTL`].
 pub struct Reviewer {
     client: kube::Client,
     cache: std::sync::Mutex<std::collections::HashMap<ReviewKey, (bool, std::time::Instant)>>,
@@ -192,6 +200,7 @@ impl Reviewer {
         let key = (
             user.name.clone(),
             user.groups.clone(),
+            user.extra.clone(),
             namespace.to_string(),
             metric.to_string(),
         );
@@ -213,10 +222,9 @@ impl Reviewer {
                 resource_attributes: Some(ResourceAttributes {
                     group: Some("external.metrics.k8s.io".into()),
                     version: Some("v1beta1".into()),
-                    resource: Some("externalmetrics".into()),
+                    resource: Some(metric.to_string()),
                     namespace: Some(namespace.to_string()),
-                    name: Some(metric.to_string()),
-                    verb: Some("get".into()),
+                    verb: Some("list".into()),
                     ..ResourceAttributes::default()
                 }),
                 ..SubjectAccessReviewSpec::default()

@@ -108,17 +108,18 @@ impl CertManager {
             Vec<rustls_pki_types::CertificateDer<'static>>,
         )>,
     ) -> Result<(), PkiError> {
-        // Held while both configurations change, so a reload cannot interleave.
+        // Held while both configurations change, so a reload cannot interleave. The
+        // server's configuration goes first: if it is refused, nothing changed.
         let current = self
             .current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (identity, ca) = current.clone();
+        let front_cas = front.as_ref().map(|(_, c)| c.clone()).unwrap_or_default();
+        self.server.update(identity, &client_cas(&ca, &front_cas))?;
         self.authn
             .set_front(front)
             .map_err(|reason| PkiError::RequestHeaderCa { reason })?;
-        let (identity, ca) = current.clone();
-        self.server
-            .update(identity, &client_cas(&ca, &self.authn.front_proxy_cas()))?;
         Ok(())
     }
 
@@ -267,9 +268,7 @@ impl CertManager {
         let mut next_sync = std::time::Instant::now();
         loop {
             let mut wait = CERT_RESCAN;
-            if self.rotation
-                && let Some(store) = &secret
-            {
+            if let Some(store) = &secret {
                 if std::time::Instant::now() >= next_sync {
                     next_sync = std::time::Instant::now() + SECRET_RETRY;
                     match store.sync(&self.dir, &self.opts).await {

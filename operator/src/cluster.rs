@@ -118,13 +118,51 @@ fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, ClusterError> {
         path: path.to_path_buf(),
         reason,
     };
-    // Checked first the one way the project reads a file a user names (a regular file,
-    // bounded: never a FIFO or /dev/zero), then read by kube-rs, which resolves the
-    // relative paths inside against the file's folder as kubectl does.
+    // Read once, the one way the project reads a file a user names (a regular file,
+    // bounded: never a FIFO or /dev/zero); the relative paths inside then resolve against
+    // the file's folder, as kubectl resolves them.
     let bytes =
         material::read_capped(path, MAX_KUBECONFIG_BYTES).map_err(|e| error(e.to_string()))?;
-    std::str::from_utf8(&bytes).map_err(|_| error("not UTF-8 text".into()))?;
-    Kubeconfig::read_from(path).map_err(|e| error(e.to_string()))
+    let text = std::str::from_utf8(&bytes).map_err(|_| error("not UTF-8 text".into()))?;
+    let mut kc = Kubeconfig::from_yaml(text).map_err(|e| error(e.to_string()))?;
+    if let Some(dir) = path.parent() {
+        absolutize(&mut kc, dir);
+    }
+    Ok(kc)
+}
+
+/// Makes the file references of a kubeconfig absolute against `dir` (certificate
+/// authority, client certificate and key, token file, and an exec command that holds a
+/// path separator: client-go's `GetAuthInfoFileReferences`).
+fn absolutize(kc: &mut Kubeconfig, dir: &Path) {
+    let fix = |value: &mut Option<String>| {
+        if let Some(v) = value.as_deref()
+            && Path::new(v).is_relative()
+            && let Some(abs) = dir.join(v).to_str()
+        {
+            *value = Some(abs.to_string());
+        }
+    };
+    for named in &mut kc.clusters {
+        if let Some(cluster) = &mut named.cluster {
+            fix(&mut cluster.certificate_authority);
+        }
+    }
+    for named in &mut kc.auth_infos {
+        if let Some(auth) = &mut named.auth_info {
+            fix(&mut auth.client_certificate);
+            fix(&mut auth.client_key);
+            fix(&mut auth.token_file);
+            if let Some(exec) = &mut auth.exec
+                && exec
+                    .command
+                    .as_deref()
+                    .is_some_and(|c| c.contains(std::path::MAIN_SEPARATOR))
+            {
+                fix(&mut exec.command);
+            }
+        }
+    }
 }
 
 /// Connects: `--kubeconfig`, else `KUBECONFIG` (every file it lists, merged as kubectl

@@ -319,9 +319,11 @@ impl Operator {
         if let Some(store) = &secret {
             first_secret_round(store, &config.cert_dir, &config.pki, &metrics).await?;
         }
+        // With the Secret, rotation happens in its rounds only: the folder holds nothing
+        // the Secret does not.
         let certs = CertManager::start(
             config.cert_dir.clone(),
-            config.cert_rotation,
+            config.cert_rotation && secret.is_none(),
             config.pki.clone(),
             &trust,
             config.request_header.clone(),
@@ -331,6 +333,12 @@ impl Operator {
             dir: config.cert_dir.clone(),
             source,
         })?;
+        // Before anything is served: in a cluster, no user is ever let in unreviewed.
+        if let Some(c) = &cluster {
+            certs
+                .authenticator()
+                .use_reviewer(crate::authn::Reviewer::new(c.client.clone()));
+        }
         let ctx = BuildContext {
             trust: trust.clone(),
         };
@@ -421,9 +429,6 @@ impl Operator {
         tasks.push(tokio::spawn(Arc::clone(&certs).run(stop_rx.clone())));
         match cluster {
             Some(c) => {
-                certs
-                    .authenticator()
-                    .use_reviewer(crate::authn::Reviewer::new(c.client.clone()));
                 if config.request_header.is_none() && !config.authentication_skip_lookup {
                     tasks.push(tokio::spawn(cluster::follow_request_header(
                         c.clone(),

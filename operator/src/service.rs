@@ -489,7 +489,7 @@ pub async fn serve_api(
                             };
                             return Ok(status_error(
                                 StatusCode::FORBIDDEN,
-                                &format!("externalmetrics.external.metrics.k8s.io \"{metric}\" is forbidden: User \"{who}\" cannot get resource \"externalmetrics\" in API group \"external.metrics.k8s.io\" in the namespace \"{ns}\""),
+                                &format!("{metric}.external.metrics.k8s.io is forbidden: User \"{who}\" cannot list resource \"{metric}\" in API group \"external.metrics.k8s.io\" in the namespace \"{ns}\""),
                             ));
                         }
                         Err(e) => {

@@ -89,7 +89,11 @@ impl Validator {
     }
 
     /// Validates a ScaledObject (as JSON, the way the kube-apiserver sends it).
-    pub async fn scaled_object(&self, object: &serde_json::Value) -> Verdict {
+    pub async fn scaled_object(
+        &self,
+        object: &serde_json::Value,
+        deadline: tokio::time::Instant,
+    ) -> Verdict {
         let mut verdict = Verdict::default();
         let value = match serde_yaml_ng::to_value(object) {
             Ok(v) => v,
@@ -118,7 +122,7 @@ impl Validator {
             ));
             return verdict;
         }
-        let deadline = tokio::time::Instant::now() + REVIEW_TIMEOUT;
+        let mut late = false;
         let mut names = std::collections::HashSet::new();
         for (trigger, type_name) in so.triggers.iter().zip(&so.trigger_types) {
             let spec = match trigger {
@@ -158,8 +162,18 @@ impl Validator {
                     unknown.join(", ")
                 ));
             }
-            match tokio::time::timeout_at(deadline, self.registry.build(spec, &self.ctx)).await {
-                Ok(Ok(scaler)) => scaler.close().await,
+            if late {
+                continue;
+            }
+            // Built and closed within the review's one deadline; the checks above run for
+            // every trigger whatever time is left.
+            let built = tokio::time::timeout_at(deadline, async {
+                let scaler = self.registry.build(spec, &self.ctx).await?;
+                scaler.close().await;
+                Ok::<(), trustscale::scaler::ScalerError>(())
+            });
+            match built.await {
+                Ok(Ok(())) => {}
                 // A parameter the trigger takes from the environment of the scale target's
                 // containers cannot be checked here (the webhook never reads the
                 // operator's own environment for a tenant).
@@ -176,13 +190,14 @@ impl Validator {
                 }
                 Ok(Err(e)) => verdict.denied.push(e.to_string()),
                 Err(_) => {
-                    // Allowed, as the kube-apiserver's own timeout with failurePolicy
-                    // Ignore would allow it, but said.
+                    // Not built, as the kube-apiserver's own timeout with failurePolicy
+                    // Ignore would not build it, but said; later triggers get the checks
+                    // above without a build.
                     verdict.warnings.push(format!(
-                        "{}: not checked: the review took longer than {REVIEW_TIMEOUT:?}",
+                        "{} and the triggers after it: not built: the review took longer than {REVIEW_TIMEOUT:?}",
                         spec.label
                     ));
-                    break;
+                    late = true;
                 }
             }
         }
@@ -208,7 +223,12 @@ impl Validator {
     }
 
     /// Answers one `AdmissionReview` posted to `path`: the HTTP status and the body.
-    pub async fn review(&self, path: &str, body: &[u8]) -> (StatusCode, serde_json::Value) {
+    pub async fn review(
+        &self,
+        path: &str,
+        body: &[u8],
+        deadline: tokio::time::Instant,
+    ) -> (StatusCode, serde_json::Value) {
         let expected = match path {
             SCALED_OBJECT_PATH => "ScaledObject",
             TRIGGER_AUTHENTICATION_PATH => "TriggerAuthentication",
@@ -243,8 +263,20 @@ impl Validator {
                 denied(uid, &["request.object is missing".into()], &[]),
             );
         };
-        // An object being deleted only loses its finalizers: never hold it Terminating.
-        if operation == "UPDATE" && object["metadata"].get("deletionTimestamp").is_some() {
+        if !object["metadata"].is_object() {
+            return (
+                StatusCode::OK,
+                denied(uid, &["object.metadata must be an object".into()], &[]),
+            );
+        }
+        // An object being deleted that only loses finalizers (its spec unchanged) is never
+        // held Terminating; a spec change is checked as any other.
+        if operation == "UPDATE"
+            && object["metadata"].get("deletionTimestamp").is_some()
+            && request
+                .get("oldObject")
+                .is_some_and(|old| old.get("spec") == object.get("spec"))
+        {
             return (StatusCode::OK, allowed(uid, &[]));
         }
         // References resolve in the request's namespace, the one the kube-apiserver
@@ -274,7 +306,11 @@ impl Validator {
                         ),
                     );
                 }
-                _ => object["metadata"]["namespace"] = ns.into(),
+                _ => {
+                    if let Some(meta) = object["metadata"].as_object_mut() {
+                        meta.insert("namespace".into(), ns.into());
+                    }
+                }
             }
         }
         let object = &object;
@@ -295,7 +331,7 @@ impl Validator {
             );
         }
         let verdict = match expected {
-            "ScaledObject" => self.scaled_object(object).await,
+            "ScaledObject" => self.scaled_object(object, deadline).await,
             "TriggerAuthentication" => self.trigger_authentication(false, object),
             _ => self.trigger_authentication(true, object),
         };
@@ -430,7 +466,9 @@ async fn answer(
         .unwrap_or_default()
         .to_string();
     let body = Limited::new(req.into_body(), MAX_REVIEW_BYTES);
-    let bytes = match tokio::time::timeout(REVIEW_TIMEOUT, body.collect()).await {
+    // One deadline for the whole review, the body's arrival included.
+    let deadline = tokio::time::Instant::now() + REVIEW_TIMEOUT;
+    let bytes = match tokio::time::timeout_at(deadline, body.collect()).await {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(e)) => {
             let too_large = e
@@ -472,7 +510,7 @@ async fn answer(
             ),
         );
     }
-    let (status, body) = validator.review(&path, &bytes).await;
+    let (status, body) = validator.review(&path, &bytes, deadline).await;
     reply(status, &body)
 }
 

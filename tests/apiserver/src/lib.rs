@@ -800,8 +800,9 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
     }
 }
 
-/// Answers a SubjectAccessReview from the grants: `get` of `externalmetrics` in
-/// `external.metrics.k8s.io` for a granted user or group, in a granted namespace.
+/// Answers a SubjectAccessReview from the grants: `list` of any resource (a metric) in
+/// `external.metrics.k8s.io`, as the HPA controller's role grants it, for a granted user
+/// or group, in a granted namespace.
 fn subject_access_review(shared: &Shared, mut review: Value) -> Value {
     let spec = &review["spec"];
     let attrs = &spec["resourceAttributes"];
@@ -819,8 +820,8 @@ fn subject_access_review(shared: &Shared, mut review: Value) -> Value {
             .filter_map(|g| g.as_str().map(String::from)),
     );
     let wanted = attrs["group"] == "external.metrics.k8s.io"
-        && attrs["resource"] == "externalmetrics"
-        && attrs["verb"] == "get";
+        && attrs["resource"].as_str().is_some_and(|r| !r.is_empty())
+        && attrs["verb"] == "list";
     let allowed = wanted
         && lock(shared)
             .grants
