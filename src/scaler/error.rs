@@ -126,3 +126,69 @@ impl ScalerError {
         ScalerError::new(ErrorKind::Transport(failure.kind), trigger, failure.message)
     }
 }
+
+/// How long the diagnostic handshake of [`refine_transport`] may take.
+const DIAGNOSTIC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Makes a transport failure precise with one TLS handshake of our own (rustls, the
+/// trigger's same context) against `target` (`host:port`), where the client library's
+/// own report cannot tell the causes apart:
+///
+/// - a general "certificate verify failed" (librdkafka's OpenSSL says it for an unknown
+///   issuer, a wrong host name and an expired certificate alike);
+/// - a connection reset right after a handshake in which the trigger sent a client
+///   certificate (a TLS 1.3 server that refuses the certificate may close before its
+///   alert is read).
+///
+/// And a server that asks for a client certificate the trigger did send refused it.
+/// Anything else is returned as it is.
+pub async fn refine_transport(
+    e: ScalerError,
+    tls: Option<&TlsContext>,
+    target: Option<&str>,
+) -> ScalerError {
+    let ErrorKind::Transport(kind) = e.kind else {
+        return e;
+    };
+    let Some(tls) = tls else { return e };
+    let sent_identity = tls.has_client_identity();
+    let worth_a_look = match kind {
+        FailureKind::UnknownIssuer | FailureKind::Tls => true,
+        FailureKind::Connection => {
+            sent_identity && e.message.to_ascii_lowercase().contains("reset")
+        }
+        _ => false,
+    };
+    let mut kind = kind;
+    let mut message = e.message.clone();
+    if worth_a_look && let Some(target) = target {
+        let report = crate::trust::inspect::handshake(tls, target, DIAGNOSTIC_TIMEOUT).await;
+        if let Some(f) = report.error.filter(|f| {
+            matches!(
+                f.kind,
+                FailureKind::UnknownIssuer
+                    | FailureKind::HostnameMismatch
+                    | FailureKind::Expired
+                    | FailureKind::ProtocolVersion
+                    | FailureKind::ClientCertRejected
+                    | FailureKind::ClientCertRequired
+            )
+        }) {
+            kind = f.kind;
+            message.push_str(&format!(
+                "; checked with a handshake of our own: {}",
+                f.message
+            ));
+        }
+    }
+    if kind == FailureKind::ClientCertRequired && sent_identity {
+        kind = FailureKind::ClientCertRejected;
+        message.push_str("; the trigger sent a client certificate: the server does not accept it");
+    }
+    if ErrorKind::Transport(kind) == e.kind && message == e.message {
+        return e;
+    }
+    let mut out = ScalerError::new(ErrorKind::Transport(kind), &e.trigger, message);
+    out.parameter = e.parameter.clone();
+    out
+}

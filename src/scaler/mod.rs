@@ -15,7 +15,7 @@ use std::fmt;
 use async_trait::async_trait;
 use serde::Serialize;
 
-pub use error::{ErrorKind, ScalerError};
+pub use error::{ErrorKind, ScalerError, refine_transport};
 pub use params::{Order, Param, Params, TLS_PARAMS};
 pub use quantity::{format_quantity, parse_quantity, sanitize};
 

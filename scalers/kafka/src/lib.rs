@@ -649,62 +649,6 @@ fn kafka_error(
     }
 }
 
-/// How long the diagnostic handshake of [`refine_tls_failure`] may take.
-const DIAGNOSTIC_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Makes a TLS failure librdkafka reports in general terms precise. OpenSSL through
-/// librdkafka says "certificate verify failed" for an unknown issuer, a wrong host name
-/// and an expired certificate alike: on that, one handshake of our own (rustls, the
-/// trigger's same context) against the first bootstrap server names the cause. And a
-/// broker that asks for a client certificate the trigger did send refused it.
-async fn refine_tls_failure(
-    e: ScalerError,
-    tls: Option<&TlsContext>,
-    bootstrap: Option<&str>,
-) -> ScalerError {
-    let ErrorKind::Transport(kind) = e.kind else {
-        return e;
-    };
-    let Some(tls) = tls else { return e };
-    let sent_identity = tls.has_client_identity();
-    let refined = match kind {
-        FailureKind::UnknownIssuer | FailureKind::Tls => match bootstrap {
-            Some(target) => {
-                let report =
-                    trustscale::trust::inspect::handshake(tls, target, DIAGNOSTIC_TIMEOUT).await;
-                report
-                    .error
-                    .filter(|f| {
-                        matches!(
-                            f.kind,
-                            FailureKind::UnknownIssuer
-                                | FailureKind::HostnameMismatch
-                                | FailureKind::Expired
-                                | FailureKind::ProtocolVersion
-                                | FailureKind::ClientCertRejected
-                                | FailureKind::ClientCertRequired
-                        )
-                    })
-                    .map(|f| (f.kind, Some(f.message)))
-            }
-            None => None,
-        },
-        _ => None,
-    };
-    let (mut kind, note) = refined.unwrap_or((kind, None));
-    let mut message = e.message.clone();
-    if let Some(note) = note {
-        message.push_str(&format!("; checked with a handshake of our own: {note}"));
-    }
-    if kind == FailureKind::ClientCertRequired && sent_identity {
-        kind = FailureKind::ClientCertRejected;
-        message.push_str("; the trigger sent a client certificate: the broker does not accept it");
-    }
-    let mut out = ScalerError::new(ErrorKind::Transport(kind), &e.trigger, message);
-    out.parameter = e.parameter.clone();
-    out
-}
-
 fn rd_error(label: &str, cluster: &KafkaCluster, e: &KafkaError, what: &str) -> ScalerError {
     kafka_error(label, cluster, e.rdkafka_error_code(), &e.to_string(), what)
 }
@@ -889,7 +833,15 @@ impl Scaler for KafkaScaler {
         })?;
         let parts = match parts {
             Ok(p) => p,
-            Err(e) => return Err(refine_tls_failure(e, tls.as_ref(), bootstrap.as_deref()).await),
+            // librdkafka's OpenSSL says "certificate verify failed" for every cause.
+            Err(e) => {
+                return Err(trustscale::scaler::refine_transport(
+                    e,
+                    tls.as_ref(),
+                    bootstrap.as_deref(),
+                )
+                .await);
+            }
         };
         let mut previous = self
             .previous

@@ -56,6 +56,12 @@ impl AmqpClient {
         format!("{}:{}", self.uri.authority.host, self.uri.authority.port)
     }
 
+    /// The broker's `host:port`.
+    #[must_use]
+    pub fn host_port(&self) -> String {
+        self.target()
+    }
+
     /// How many connections this client has opened.
     pub fn connects(&self) -> u64 {
         self.connects.load(Ordering::Relaxed)

@@ -551,8 +551,21 @@ impl RabbitMqScaler {
     async fn status(&self) -> Result<Status, ScalerError> {
         match &self.source {
             Source::Amqp { client } => {
-                let (client, _) = client.current()?;
-                let n = client.ready_messages(&self.label, &self.queue).await?;
+                let (client, tls) = client.current()?;
+                let n = match client.ready_messages(&self.label, &self.queue).await {
+                    Ok(n) => n,
+                    // A broker that refuses our client certificate after the TLS 1.3
+                    // handshake may reset the connection before its alert is read.
+                    Err(e) => {
+                        let target = client.host_port();
+                        return Err(trustscale::scaler::refine_transport(
+                            e,
+                            tls.as_ref(),
+                            Some(&target),
+                        )
+                        .await);
+                    }
+                };
                 Ok((f64::from(n), 0.0, 0.0))
             }
             Source::Http {
