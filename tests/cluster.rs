@@ -353,11 +353,32 @@ fn an_unusable_kubeconfig_stops_the_start_naming_the_file() {
     std::fs::write(&garbage, "clusters: [this is: not: a kubeconfig").unwrap();
     let no_context = dir.path().join("empty");
     std::fs::write(&no_context, "apiVersion: v1\nkind: Config\n").unwrap();
+    // A token next to a syntax error: the parser's message must not quote it.
+    let leaky = dir.path().join("leaky");
+    std::fs::write(
+        &leaky,
+        "apiVersion: v1\nkind: Config\nusers:\n- name: u\n  user:\n    token: KUBETOKENSECRET\n    oops: [unclosed\n",
+    )
+    .unwrap();
+    let huge = dir.path().join("huge");
+    std::fs::write(&huge, format!("a: \"{}\"\n", "x".repeat(5 << 20))).unwrap();
+    let deep = dir.path().join("deep");
+    std::fs::write(
+        &deep,
+        format!("a: {}{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+    )
+    .unwrap();
+    let folder = dir.path().join("folder-link");
+    std::os::unix::fs::symlink("/usr", &folder).unwrap();
     for file in [
         &fifo,
         &zero,
         &garbage,
         &no_context,
+        &leaky,
+        &huge,
+        &deep,
+        &folder,
         &dir.path().join("missing"),
     ] {
         let stderr = support::operator_refuses_to_start(
@@ -369,6 +390,8 @@ fn an_unusable_kubeconfig_stops_the_start_naming_the_file() {
             "{}: {stderr}",
             file.display()
         );
+        assert!(!stderr.contains("KUBETOKENSECRET"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
 

@@ -124,11 +124,24 @@ fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, ClusterError> {
     let bytes =
         material::read_capped(path, MAX_KUBECONFIG_BYTES).map_err(|e| error(e.to_string()))?;
     let text = std::str::from_utf8(&bytes).map_err(|_| error("not UTF-8 text".into()))?;
-    let mut kc = Kubeconfig::from_yaml(text).map_err(|e| error(e.to_string()))?;
+    // The parser's message quotes the lines around the error, which may hold a token or
+    // a key: only its first line (what and where) is kept.
+    let mut kc = Kubeconfig::from_yaml(text).map_err(|e| error(first_line(&e.to_string())))?;
     if let Some(dir) = path.parent() {
         absolutize(&mut kc, dir);
     }
     Ok(kc)
+}
+
+/// The first line of a library's message, which names what is wrong and where; what follows
+/// may quote the input.
+fn first_line(message: &str) -> String {
+    message
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end()
+        .to_string()
 }
 
 /// Makes the file references of a kubeconfig absolute against `dir` (certificate
@@ -178,7 +191,7 @@ pub async fn connect(options: ClusterOptions) -> Result<Option<Cluster>, Cluster
                 None => next,
                 Some(m) => m.merge(next).map_err(|e| ClusterError::Kubeconfig {
                     path: path.clone(),
-                    reason: e.to_string(),
+                    reason: first_line(&e.to_string()),
                 })?,
             });
         }
@@ -197,7 +210,7 @@ pub async fn connect(options: ClusterOptions) -> Result<Option<Cluster>, Cluster
             .await
             .map_err(|e| ClusterError::Kubeconfig {
                 path: path.clone(),
-                reason: e.to_string(),
+                reason: first_line(&e.to_string()),
             })?;
         (config, path.display().to_string())
     } else if !env_paths.is_empty() {
@@ -207,7 +220,7 @@ pub async fn connect(options: ClusterOptions) -> Result<Option<Cluster>, Cluster
             .await
             .map_err(|e| ClusterError::Kubeconfig {
                 path: first,
-                reason: e.to_string(),
+                reason: first_line(&e.to_string()),
             })?;
         (config, "KUBECONFIG".to_string())
     } else if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
