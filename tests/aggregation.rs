@@ -451,11 +451,16 @@ fn an_unusable_request_header_ca_file_stops_the_start_naming_the_file_and_the_fl
     std::fs::create_dir(&folder).unwrap();
     let empty = dir.path().join("empty.crt");
     std::fs::write(&empty, "").unwrap();
+    // A private key where the CA should be: refused, and never echoed.
+    let key_pem = TestCa::new("k").client("c").key_pem;
+    let key_body = key_pem.lines().nth(1).unwrap().to_string();
     let key_only = dir.path().join("key.crt");
-    std::fs::write(&key_only, TestCa::new("k").client("c").key_pem).unwrap();
+    std::fs::write(&key_only, &key_pem).unwrap();
+    let huge = dir.path().join("huge.crt");
+    std::fs::write(&huge, "A".repeat(5 << 20)).unwrap();
     let missing = dir.path().join("missing.crt");
     let manifests = tempfile::tempdir().unwrap();
-    for file in [&fifo, &zero, &folder, &empty, &key_only, &missing] {
+    for file in [&fifo, &zero, &folder, &empty, &key_only, &huge, &missing] {
         let stderr = support::operator_refuses_to_start(
             manifests.path(),
             &["--requestheader-client-ca-file".as_ref(), file.as_os_str()],
@@ -466,6 +471,7 @@ fn an_unusable_request_header_ca_file_stops_the_start_naming_the_file_and_the_fl
             "{}: {stderr}",
             file.display()
         );
+        assert!(!stderr.contains(&key_body), "{stderr}");
     }
     // A request-header flag without the CA file is a usage error.
     let out = Command::new(env!("CARGO_BIN_EXE_trustscale"))

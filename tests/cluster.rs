@@ -950,3 +950,63 @@ fn relative_paths_in_a_kubeconfig_resolve_against_its_folder() {
         },
     );
 }
+
+#[test]
+fn a_kubeconfig_that_trusts_another_ca_reaches_nothing_and_says_so() {
+    let s = cluster();
+    s.create(apiservice("keda", "trustscale", serde_json::json!({})));
+    let stranger = TestCa::new("not-the-api-servers-ca");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&stranger.cert_pem);
+    let text: String = std::fs::read_to_string(s.kubeconfig())
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("certificate-authority-data:") {
+                format!("    certificate-authority-data: {b64}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("config");
+    std::fs::write(&kubeconfig, text).unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    support::write_cert_set(certs.path(), &TestCa::new("users-ca"));
+    let manifests = tempfile::tempdir().unwrap();
+    let log = dir.path().join("operator.log");
+    let _op = Child(
+        Command::new(env!("CARGO_BIN_EXE_trustscale"))
+            .arg("operator")
+            .arg("--manifests")
+            .arg(manifests.path())
+            .arg("--cert-dir")
+            .arg(certs.path())
+            .args(["--enable-cert-rotation=false", "--ca-dir", "/nonexistent"])
+            .args(["--listen", "127.0.0.1:0", "--metrics-bind-address", ""])
+            .args([
+                "--health-probe-bind-address",
+                "",
+                "--webhook-bind-address",
+                "",
+            ])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .env("POD_NAMESPACE", "keda")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the failure is reported", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| {
+            l.contains("publishing the caBundle failed")
+                && l.to_ascii_lowercase().contains("certificate")
+        })
+    });
+    assert_eq!(
+        kubectl_get(&s, "apiservice", APISERVICE, "{.spec.caBundle}"),
+        ""
+    );
+}

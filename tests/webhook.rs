@@ -604,3 +604,72 @@ fn review_with_old(
     assert_eq!(code, 200, "{body}");
     serde_json::from_str::<serde_json::Value>(&body).unwrap()["response"].clone()
 }
+
+#[test]
+fn openssl_and_python_reach_the_webhook_and_tls12_is_refused() {
+    let op = Operator::start(None, &[]);
+    let ca = op.certs.join("ca.crt");
+    // openssl s_client: TLS 1.3, h2 by ALPN, the chain verified, no client certificate.
+    let s_client = |extra: &[&str]| {
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{}", op.webhook)])
+            .args(["-servername", "localhost", "-verify_hostname", "localhost"])
+            .arg("-CAfile")
+            .arg(&ca)
+            .args(["-alpn", "h2,http/1.1", "-verify_return_error"])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let text = s_client(&[]);
+    assert!(
+        text.contains("Verify return code: 0 (ok)")
+            && text.contains("ALPN protocol: h2")
+            && text.contains("TLSv1.3"),
+        "{text}"
+    );
+    // Negative controls: TLS 1.2 against the TLS 1.3 minimum; another CA.
+    let text = s_client(&["-tls1_2"]);
+    assert!(text.contains("alert protocol version"), "{text}");
+    let stranger = tempfile::NamedTempFile::new().unwrap();
+    support::TestCa::new("stranger").write_pem(stranger.path());
+    let (code, _) = op.post_trusting(stranger.path(), SO_PATH, b"{}", &[]);
+    assert_eq!(
+        code, 0,
+        "a server the stranger CA did not sign must be refused"
+    );
+
+    // python's urllib posts a review, as any HTTP/1.1 client would.
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "py", "operation": "CREATE", "namespace": "shop",
+                    "object": metrics_api(good_meta())}
+    });
+    let script = format!(
+        r#"
+import json, ssl, urllib.request
+ctx = ssl.create_default_context(cafile={ca:?})
+req = urllib.request.Request({url:?}, data={body:?}.encode(), headers={{"Content-Type": "application/json"}})
+print(json.load(urllib.request.urlopen(req, context=ctx, timeout=10))["response"]["allowed"])
+"#,
+        ca = ca.display().to_string(),
+        url = format!("https://localhost:{}{SO_PATH}", op.webhook),
+        body = review.to_string(),
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "True",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
