@@ -17,7 +17,7 @@ const METRIC: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/shop/s0-m
 
 struct Operator {
     _child: Child,
-    _source: Child,
+    _source: support::PythonHttp,
     certs: tempfile::TempDir,
     work: tempfile::TempDir,
     api: u16,
@@ -28,18 +28,8 @@ impl Operator {
     /// request-header authentication with `front_ca` and `extra` flags.
     fn start(front_ca: &TestCa, extra: &[&str]) -> Operator {
         let work = tempfile::tempdir().unwrap();
-        std::fs::write(work.path().join("stats.json"), r#"{"queue":{"depth":23}}"#).unwrap();
-        let source_port = free_port();
-        let source = Child(
-            Command::new("python3")
-                .args(["-m", "http.server", "--bind", "127.0.0.1"])
-                .arg(source_port.to_string())
-                .current_dir(work.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("python3 runs"),
-        );
+        let source = support::python_http(&[("stats.json", r#"{"queue":{"depth":23}}"#)]);
+        let source_port = source.port;
         let manifests = work.path().join("manifests");
         std::fs::create_dir(&manifests).unwrap();
         std::fs::write(
@@ -438,13 +428,7 @@ c.request("GET", {path:?}, headers=hdrs); r = c.getresponse(); print(r.status, r
 fn an_unusable_request_header_ca_file_stops_the_start_naming_the_file_and_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("fifo.crt");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    support::mkfifo(&fifo);
     let zero = dir.path().join("zero.crt");
     std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
     let folder = dir.path().join("folder.crt");

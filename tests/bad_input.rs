@@ -31,11 +31,6 @@ struct Corpus {
     _source: support::PythonHttp,
 }
 
-fn mkfifo(path: &Path) {
-    let ok = Command::new("mkfifo").arg(path).status().unwrap().success();
-    assert!(ok, "mkfifo {}", path.display());
-}
-
 /// The corpus in a folder of its own, with the source URL and the FIFO filled in.
 fn corpus() -> Corpus {
     let source = support::python_http(&[("stats.json", r#"{"queue":{"depth":4}}"#)]);
@@ -44,7 +39,7 @@ fn corpus() -> Corpus {
     let manifests = dir.path().join("manifests");
     std::fs::create_dir(&manifests).unwrap();
     let fifo = dir.path().join("ca-fifo");
-    mkfifo(&fifo);
+    support::mkfifo(&fifo);
     let committed = Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../tests/corpus/manifests"
@@ -66,7 +61,7 @@ fn corpus() -> Corpus {
         };
         std::fs::write(&to, bytes).unwrap();
     }
-    mkfifo(&manifests.join("fifo.yaml"));
+    support::mkfifo(&manifests.join("fifo.yaml"));
     let huge = format!(
         "kind: ConfigMap\nmetadata: {{name: huge}}\ndata:\n  a: \"{}\"\n",
         "x".repeat(5 << 20)

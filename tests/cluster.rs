@@ -340,13 +340,7 @@ fn objects_created_after_the_start_get_the_bundle_too() {
 fn an_unusable_kubeconfig_stops_the_start_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("fifo");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    support::mkfifo(&fifo);
     let zero = dir.path().join("zero");
     std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
     let garbage = dir.path().join("garbage");
@@ -736,24 +730,8 @@ fn in_a_cluster_each_user_is_authorized_with_a_subject_access_review() {
     let hpa = "system:serviceaccount:kube-system:horizontal-pod-autoscaler";
     s.grant_external_metrics(hpa, "shop");
     // A ScaledObject in shop whose source is a plain-HTTP file served by python.
-    let data = tempfile::tempdir().unwrap();
-    std::fs::write(data.path().join("stats.json"), r#"{"queue":{"depth":7}}"#).unwrap();
-    let port = support::free_port();
-    let _source = Child(
-        Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-            ])
-            .current_dir(data.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let source = support::python_http(&[("stats.json", r#"{"queue":{"depth":7}}"#)]);
+    let port = source.port;
     let manifests = s.dir().join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
     std::fs::write(

@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 
 type Body = Full<Bytes>;
 
-fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")

@@ -423,14 +423,6 @@ fn review_error(uid: &str, code: u16, message: &str) -> serde_json::Value {
     )
 }
 
-fn reply(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
-}
-
 async fn answer(
     validator: &Validator,
     health: &Health,
@@ -444,7 +436,7 @@ async fn answer(
         path.as_str(),
         SCALED_OBJECT_PATH | TRIGGER_AUTHENTICATION_PATH | CLUSTER_TRIGGER_AUTHENTICATION_PATH
     ) {
-        return reply(
+        return crate::service::json(
             StatusCode::NOT_FOUND,
             &review_error(
                 "",
@@ -454,7 +446,7 @@ async fn answer(
         );
     }
     if req.method() != hyper::Method::POST {
-        return reply(
+        return crate::service::json(
             StatusCode::METHOD_NOT_ALLOWED,
             &review_error("", 405, "POST an AdmissionReview"),
         );
@@ -475,7 +467,7 @@ async fn answer(
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some();
             return if too_large {
-                reply(
+                crate::service::json(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     &review_error(
                         "",
@@ -484,14 +476,14 @@ async fn answer(
                     ),
                 )
             } else {
-                reply(
+                crate::service::json(
                     StatusCode::BAD_REQUEST,
                     &review_error("", 400, "the body could not be read"),
                 )
             };
         }
         Err(_) => {
-            return reply(
+            return crate::service::json(
                 StatusCode::REQUEST_TIMEOUT,
                 &review_error("", 408, "the body did not arrive in time"),
             );
@@ -501,7 +493,7 @@ async fn answer(
     // HTTP/2 clients see the stream reset.
     let essence = content_type.split(';').next().unwrap_or_default().trim();
     if !essence.eq_ignore_ascii_case("application/json") {
-        return reply(
+        return crate::service::json(
             StatusCode::BAD_REQUEST,
             &review_error(
                 "",
@@ -511,7 +503,7 @@ async fn answer(
         );
     }
     let (status, body) = validator.review(&path, &bytes, deadline).await;
-    reply(status, &body)
+    crate::service::json(status, &body)
 }
 
 /// Serves the webhook (TLS, no client certificate) on `listener` until `stop`.

@@ -518,3 +518,13 @@ pub fn write_cert_set(dir: &Path, ca: &TestCa) {
     std::fs::write(dir.join("tls.crt"), &leaf.cert_pem).unwrap();
     std::fs::write(dir.join("tls.key"), &leaf.key_pem).unwrap();
 }
+
+/// Makes a FIFO at `path` (for the bad-input cases: a reader that opened it would block).
+pub fn mkfifo(path: &Path) {
+    let ok = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfifo {}", path.display());
+}

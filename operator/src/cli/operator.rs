@@ -116,6 +116,17 @@ pub struct OperatorArgs {
     cert_lifetime: Lifetime,
 }
 
+/// An address flag where empty turns the listener off.
+fn optional_addr(flag: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .with_context(|| format!("{flag} {value:?}"))
+}
+
 fn header_name(s: &str) -> Result<String, String> {
     let s = s.trim();
     hyper::header::HeaderName::from_bytes(s.as_bytes())
@@ -154,24 +165,12 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
             args.ca_lifetime.text
         );
     }
-    let metrics_listen =
-        if args.metrics_bind_address.is_empty() {
-            None
-        } else {
-            Some(args.metrics_bind_address.parse().with_context(|| {
-                format!("--metrics-bind-address {:?}", args.metrics_bind_address)
-            })?)
-        };
-    let health_listen = if args.health_probe_bind_address.is_empty() {
-        None
-    } else {
-        Some(args.health_probe_bind_address.parse().with_context(|| {
-            format!(
-                "--health-probe-bind-address {:?}",
-                args.health_probe_bind_address
-            )
-        })?)
-    };
+    let metrics_listen = optional_addr("--metrics-bind-address", &args.metrics_bind_address)?;
+    let health_listen = optional_addr(
+        "--health-probe-bind-address",
+        &args.health_probe_bind_address,
+    )?;
+    let webhook_listen = optional_addr("--webhook-bind-address", &args.webhook_bind_address)?;
     let request_header = args.requestheader_client_ca_file.map(|file| {
         let mut o = RequestHeaderOptions::new(file);
         o.allowed_names = args
@@ -193,14 +192,6 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         );
         o
     });
-    let webhook_listen =
-        if args.webhook_bind_address.is_empty() {
-            None
-        } else {
-            Some(args.webhook_bind_address.parse().with_context(|| {
-                format!("--webhook-bind-address {:?}", args.webhook_bind_address)
-            })?)
-        };
     let config = OperatorConfig::new(args.manifests, args.cert_dir)
         .trust(args.trust.options()?)
         .cert_rotation(args.enable_cert_rotation)

@@ -386,10 +386,7 @@ impl TestApiServer {
         name: &str,
         times: usize,
     ) {
-        lock(&self.shared).interfere.insert(
-            (group.into(), plural.into(), namespace.into(), name.into()),
-            (times, None),
-        );
+        self.interfere(group, plural, namespace, name, times, None);
     }
 
     /// Before the next write of this object, another writer's change lands first: the
@@ -402,9 +399,21 @@ impl TestApiServer {
         name: &str,
         change: Value,
     ) {
+        self.interfere(group, plural, namespace, name, 1, Some(change));
+    }
+
+    fn interfere(
+        &self,
+        group: &str,
+        plural: &str,
+        namespace: &str,
+        name: &str,
+        times: usize,
+        change: Option<Value>,
+    ) {
         lock(&self.shared).interfere.insert(
             (group.into(), plural.into(), namespace.into(), name.into()),
-            (1, Some(change)),
+            (times, change),
         );
     }
 
