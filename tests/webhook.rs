@@ -673,3 +673,20 @@ print(json.load(urllib.request.urlopen(req, context=ctx, timeout=10))["response"
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The README's example review, posted as the README shows.
+#[test]
+fn the_readmes_example_review_is_allowed_with_its_warning() {
+    let op = Operator::start(None, &[]);
+    let review = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/manifests/admission-review.json"
+    ))
+    .unwrap();
+    let (code, body) = op.post(SO_PATH, &review, &[]);
+    assert_eq!(code, 200, "{body}");
+    let r: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["response"]["allowed"], true, "{body}");
+    assert_eq!(r["response"]["uid"], "4b7c0b7e-0000-4000-8000-000000000001");
+    assert!(warnings(&r["response"]).contains("valueLocaton"), "{body}");
+}
