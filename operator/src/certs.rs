@@ -34,6 +34,8 @@ pub struct CertManager {
     ca_bundle: tokio::sync::watch::Sender<String>,
     /// With rotation, the Secret every replica shares (the folder is then its copy).
     secret: std::sync::OnceLock<SecretStore>,
+    /// With leader election, only the leader rotates the Secret's certificates.
+    leadership: std::sync::OnceLock<Arc<crate::leader::Leadership>>,
     /// The identity and internal CAs served now (to rebuild the server configuration
     /// when only the request-header CAs change).
     current: Mutex<(
@@ -94,6 +96,7 @@ impl CertManager {
                 &ca,
             )),
             secret: std::sync::OnceLock::new(),
+            leadership: std::sync::OnceLock::new(),
             current: Mutex::new((identity_copy, ca)),
             metrics,
         }))
@@ -127,6 +130,12 @@ impl CertManager {
     #[must_use]
     pub fn webhook_server(&self) -> Arc<ServerTls> {
         Arc::clone(&self.webhook)
+    }
+
+    /// With leader election: rotate the Secret's certificates only while leading. Once
+    /// only; later calls are ignored.
+    pub fn use_leadership(&self, leadership: Arc<crate::leader::Leadership>) {
+        let _ = self.leadership.set(leadership);
     }
 
     /// Keeps the certificates in `store` from now on (rotation on: the Secret is the truth
@@ -271,7 +280,8 @@ impl CertManager {
             if let Some(store) = &secret {
                 if std::time::Instant::now() >= next_sync {
                     next_sync = std::time::Instant::now() + SECRET_RETRY;
-                    match store.sync(&self.dir, &self.opts).await {
+                    let may_rotate = self.leadership.get().is_none_or(|l| l.leading());
+                    match store.sync(&self.dir, &self.opts, may_rotate).await {
                         Ok(round) => {
                             report(&self.dir, &round.action, &self.metrics);
                             if round.adopted {

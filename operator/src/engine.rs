@@ -298,6 +298,13 @@ impl Engine {
                 scaled_object: id.clone(),
                 metric: metric.to_string(),
             })?;
+        // In fallback the HPA is given the value that makes it choose the fallback
+        // replicas (KEDA: replicas × target, for AverageValue metrics).
+        if let (Some(d), Some(target)) = (&so.decision, t.target)
+            && d.reason.starts_with("fallback")
+        {
+            return Ok((f64::from(d.replicas) * target, SystemTime::now()));
+        }
         if let Some(e) = &t.error {
             return Err(MetricError::Failed {
                 metric: metric.to_string(),
@@ -535,7 +542,7 @@ impl ObjectRun {
         let mut outcomes = Vec::with_capacity(results.len());
         for (i, result) in results.into_iter().enumerate() {
             let mut ts = TriggerStatus {
-                index: i,
+                index: so.trigger_indexes.get(i).copied().unwrap_or(i),
                 type_name: so.trigger_type(i).to_string(),
                 metric: None,
                 target: None,
@@ -587,7 +594,32 @@ impl ObjectRun {
     ) {
         let changed = self.last.as_ref() != Some(&decision);
         inner.sink.decided(&self.id, &decision, changed);
+        let mut any_error = false;
         for ts in &statuses {
+            if let Some(metric) = &ts.metric {
+                let keda = crate::metrics::KedaScalerLabels {
+                    namespace: self.id.namespace.clone(),
+                    metric: metric.clone(),
+                    scaledObject: self.id.name.clone(),
+                    scaler: crate::metrics::keda_scaler_name(&ts.type_name),
+                    triggerIndex: ts.index.to_string(),
+                    r#type: "scaledobject".into(),
+                };
+                if let Some(value) = ts.value {
+                    inner.metrics.keda_values.get_or_create(&keda).set(value);
+                }
+                if let Some(active) = ts.active {
+                    inner
+                        .metrics
+                        .keda_active
+                        .get_or_create(&keda)
+                        .set(i64::from(active));
+                }
+                if ts.error.is_some() {
+                    inner.metrics.keda_errors.get_or_create(&keda).inc();
+                }
+            }
+            any_error |= ts.error.is_some();
             if let (Some(metric), Some(value)) = (&ts.metric, ts.value) {
                 inner
                     .metrics
@@ -598,6 +630,16 @@ impl ObjectRun {
                     })
                     .set(value);
             }
+        }
+        if any_error {
+            inner
+                .metrics
+                .keda_object_errors
+                .get_or_create(&crate::metrics::KedaObjectLabels {
+                    namespace: self.id.namespace.clone(),
+                    scaledObject: self.id.name.clone(),
+                })
+                .inc();
         }
         inner
             .metrics

@@ -139,6 +139,10 @@ struct ObjectMeta {
     name: String,
     #[serde(default)]
     namespace: Option<String>,
+    #[serde(default)]
+    uid: Option<String>,
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
 }
 
 /// `scaleTargetRef`.
@@ -153,6 +157,82 @@ pub struct ScaleTargetRef {
     /// Target API version.
     #[serde(default)]
     pub api_version: Option<String>,
+    /// The container of the target's pod template whose environment `...FromEnv`
+    /// parameters read (the first container when absent).
+    #[serde(default)]
+    pub env_source_container_name: Option<String>,
+}
+
+impl ScaleTargetRef {
+    /// The target's API version (`apps/v1` when absent).
+    #[must_use]
+    pub fn api_version(&self) -> &str {
+        self.api_version
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .unwrap_or("apps/v1")
+    }
+
+    /// The target's kind (`Deployment` when absent).
+    #[must_use]
+    pub fn kind(&self) -> &str {
+        self.kind
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .unwrap_or("Deployment")
+    }
+
+    /// Whether `other` names the same workload.
+    #[must_use]
+    pub fn same_target(&self, other: &ScaleTargetRef) -> bool {
+        self.name == other.name
+            && self.kind() == other.kind()
+            && self.api_version().split('/').next() == other.api_version().split('/').next()
+    }
+}
+
+/// `advanced`: what trustscale uses of it, and the rest kept as written.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Advanced {
+    /// Scale the target back to the replicas it had before the ScaledObject when the
+    /// ScaledObject is deleted.
+    #[serde(default)]
+    pub restore_to_original_replica_count: bool,
+    /// Passed into the HPA.
+    #[serde(default)]
+    pub horizontal_pod_autoscaler_config: Option<HpaConfig>,
+    /// The other fields of KEDA's schema (`scalingModifiers`, ...), kept, not used.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `advanced.horizontalPodAutoscalerConfig`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HpaConfig {
+    /// The HPA's name (`keda-hpa-{name}` when absent).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The HPA's `spec.behavior`, as written.
+    #[serde(default)]
+    pub behavior: Option<serde_json::Value>,
+}
+
+/// A `cpu` or `memory` trigger: it becomes an HPA Resource metric and is never polled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceTrigger {
+    /// Its position among the triggers.
+    pub index: usize,
+    /// `cpu` or `memory`.
+    pub resource: String,
+    /// `Utilization` or `AverageValue`.
+    pub metric_type: String,
+    /// The target, as written (a percentage or a quantity).
+    pub value: String,
+    /// The container it is measured on (a ContainerResource metric), if set.
+    pub container_name: Option<String>,
 }
 
 /// `fallback`.
@@ -211,7 +291,12 @@ struct ScaledObjectSpec {
     idle_replica_count: Option<serde_yaml_ng::Value>,
     #[serde(default)]
     fallback: Option<RawFallback>,
+    #[serde(default)]
+    advanced: Option<Advanced>,
     triggers: Vec<TriggerDef>,
+    /// The other fields of KEDA's schema, kept as written.
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -261,6 +346,56 @@ fn int_field(
         },
         _ => Err(format!("spec.{name}: {} is not a number", show(value))),
     }
+}
+
+/// A `cpu` or `memory` trigger, checked as KEDA checks it.
+fn resource_trigger(
+    so: &ObjectRef,
+    index: usize,
+    def: &TriggerDef,
+) -> Result<ResourceTrigger, TriggerError> {
+    let label = format!("{so}#{index} ({})", def.type_name);
+    let error = |parameter: &str, message: String| {
+        TriggerError::new(&label, &def.type_name, parameter, message)
+    };
+    let get = |k: &str| def.metadata.get(k).and_then(scalar_to_string);
+    // `metadata.type` is the older spelling of `metricType`.
+    let metric_type = def
+        .metric_type
+        .clone()
+        .filter(|t| !t.is_empty())
+        .or_else(|| get("type"))
+        .unwrap_or_else(|| "Utilization".into());
+    if !matches!(metric_type.as_str(), "Utilization" | "AverageValue") {
+        return Err(error(
+            "metricType",
+            format!("{metric_type:?} is not one of: Utilization, AverageValue"),
+        ));
+    }
+    let value = get("value").ok_or_else(|| error("value", "is required".into()))?;
+    let valid = if metric_type == "Utilization" {
+        value.parse::<i32>().is_ok_and(|v| v > 0)
+    } else {
+        !value.is_empty()
+            && value.len() <= 64
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-'))
+    };
+    if !valid {
+        let shown: String = value.chars().take(40).collect();
+        return Err(error(
+            "value",
+            format!("{shown:?} is not a valid target for {metric_type}"),
+        ));
+    }
+    Ok(ResourceTrigger {
+        index,
+        resource: def.type_name.clone(),
+        metric_type,
+        value,
+        container_name: get("containerName").filter(|c| !c.is_empty()),
+    })
 }
 
 /// A scalar for a message, cut short.
@@ -345,6 +480,18 @@ pub struct ScaledObject {
     pub trigger_types: Vec<String>,
     /// Where it came from.
     pub source: PathBuf,
+    /// `metadata.uid`, when it came from a cluster.
+    pub uid: Option<String>,
+    /// `metadata.annotations` (`autoscaling.keda.sh/paused`, ...).
+    pub annotations: BTreeMap<String, String>,
+    /// `spec.advanced`.
+    pub advanced: Advanced,
+    /// Its `cpu` and `memory` triggers (never polled: the HPA measures them).
+    pub resource_triggers: Vec<ResourceTrigger>,
+    /// The position among all triggers of each of [`ScaledObject::triggers`].
+    pub trigger_indexes: Vec<usize>,
+    /// The fields of `spec` this tool does not use, kept as written.
+    pub unused: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -361,7 +508,6 @@ struct EnvRef {
     parameter: String,
     name: String,
     #[serde(default)]
-    #[allow(dead_code)]
     container_name: Option<String>,
 }
 
@@ -395,12 +541,57 @@ pub struct ManifestSet {
     cluster_trigger_auths: HashMap<String, TriggerAuth>,
     secrets: HashMap<(String, String), BTreeMap<String, Vec<u8>>>,
     config_maps: HashMap<(String, String), BTreeMap<String, String>>,
+    /// In cluster mode, each ScaledObject's scale target's containers and their
+    /// environments: `env` parameters resolve from these, never from the caller's
+    /// environment. `None`: file mode (the caller's environment).
+    pod_env: Option<HashMap<ObjectRef, PodEnv>>,
     /// Documents that could not be loaded.
     pub problems: Vec<LoadProblem>,
     /// Documents of kinds this tool does not use (ignored).
     pub ignored: Vec<String>,
     /// Whether a folder could not be listed (so this set may lack what it holds).
     pub listing_failed: bool,
+}
+
+/// The containers of a scale target's pod template and their environments, as the
+/// kubelet would give them (`env` values and the Secrets and ConfigMaps they name).
+#[derive(Clone, Debug, Default)]
+pub struct PodEnv {
+    /// (container name, its environment), in the template's order.
+    pub containers: Vec<(String, Env)>,
+    /// Why the target's environment could not be read, if it could not.
+    pub error: Option<String>,
+}
+
+impl PodEnv {
+    fn container(&self, name: Option<&str>) -> Result<&Env, String> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        match name.filter(|n| !n.is_empty()) {
+            Some(name) => self
+                .containers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, env)| env)
+                .ok_or_else(|| format!("the scale target has no container {name:?}")),
+            None => self
+                .containers
+                .first()
+                .map(|(_, env)| env)
+                .ok_or_else(|| "the scale target's pod template has no container".to_string()),
+        }
+    }
+}
+
+/// The Secrets and ConfigMaps a set's ScaledObjects refer to through their
+/// TriggerAuthentications: (namespace, name), each once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct References {
+    /// Secrets.
+    pub secrets: std::collections::BTreeSet<(String, String)>,
+    /// ConfigMaps.
+    pub config_maps: std::collections::BTreeSet<(String, String)>,
 }
 
 /// Lists the manifest files under `paths` (files as given; folders: their `.yaml`/`.yml`
@@ -642,6 +833,124 @@ impl ManifestSet {
             if let Err(message) = self.add_value(file, n, value) {
                 self.problems.push(problem(message));
             }
+        }
+    }
+
+    /// Adds one object read from a cluster (`origin` names it in messages). A problem
+    /// is reported as a document's would be.
+    pub fn add_object(&mut self, origin: &Path, value: &serde_json::Value) {
+        let problem = |message: String| LoadProblem {
+            file: origin.to_path_buf(),
+            document: 0,
+            message,
+        };
+        match serde_yaml_ng::to_value(value) {
+            Ok(v) => {
+                if let Err(message) = self.add_value(origin, 0, v) {
+                    self.problems.push(problem(message));
+                }
+            }
+            Err(e) => self.problems.push(problem(format!("cannot be read: {e}"))),
+        }
+    }
+
+    /// Adds a Secret's data (read from a cluster).
+    pub fn add_secret(&mut self, namespace: &str, name: &str, data: BTreeMap<String, Vec<u8>>) {
+        self.secrets
+            .insert((namespace.to_string(), name.to_string()), data);
+    }
+
+    /// Adds a ConfigMap's data (read from a cluster).
+    pub fn add_config_map(&mut self, namespace: &str, name: &str, data: BTreeMap<String, String>) {
+        self.config_maps
+            .insert((namespace.to_string(), name.to_string()), data);
+    }
+
+    /// From now on, `env` parameters resolve from each ScaledObject's scale target's
+    /// containers (cluster mode), never from the environment given to
+    /// [`ManifestSet::scaled_objects`]; a ScaledObject without an entry resolves none.
+    pub fn use_pod_env(&mut self, envs: HashMap<ObjectRef, PodEnv>) {
+        self.pod_env = Some(envs);
+    }
+
+    /// Keeps only the ScaledObjects `keep` says yes to.
+    pub fn retain_scaled_objects(&mut self, keep: impl Fn(&ObjectRef) -> bool) {
+        self.raw_scaled_objects.retain(|(_, meta, _, _)| {
+            keep(&ObjectRef {
+                namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+                name: meta.name.clone(),
+            })
+        });
+    }
+
+    /// Each ScaledObject's scale target (those that name one).
+    #[must_use]
+    pub fn scale_targets(&self) -> Vec<(ObjectRef, ScaleTargetRef)> {
+        self.raw_scaled_objects
+            .iter()
+            .filter_map(|(_, meta, spec, _)| {
+                let target = spec.scale_target_ref.clone()?;
+                Some((
+                    ObjectRef {
+                        namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+                        name: meta.name.clone(),
+                    },
+                    target,
+                ))
+            })
+            .collect()
+    }
+
+    /// The Secrets and ConfigMaps the ScaledObjects' TriggerAuthentications refer to;
+    /// a cluster-scoped one's are in `KEDA_CLUSTER_OBJECT_NAMESPACE` of `env`.
+    #[must_use]
+    pub fn references(&self, env: &Env) -> References {
+        let mut out = References::default();
+        let cluster_ns = env
+            .get(CLUSTER_OBJECT_NAMESPACE_ENV)
+            .filter(|v| !v.is_empty())
+            .unwrap_or("keda")
+            .to_string();
+        for (_, meta, spec, _) in &self.raw_scaled_objects {
+            let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
+            for t in &spec.triggers {
+                let Some(auth) = &t.authentication_ref else {
+                    continue;
+                };
+                let ta = match auth.kind.as_deref() {
+                    Some("ClusterTriggerAuthentication") => {
+                        self.cluster_trigger_auths.get(&auth.name)
+                    }
+                    _ => self.trigger_auths.get(&(ns.clone(), auth.name.clone())),
+                };
+                let Some(ta) = ta else { continue };
+                let at = ta.namespace.clone().unwrap_or_else(|| cluster_ns.clone());
+                for r in &ta.spec.secret_target_ref {
+                    out.secrets.insert((at.clone(), r.name.clone()));
+                }
+                for r in &ta.spec.config_map_target_ref {
+                    out.config_maps.insert((at.clone(), r.name.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The environment `env` parameters of ScaledObject `so` resolve from: in file mode
+    /// `process`; in cluster mode the scale target's container `container` (its
+    /// first container when `None`).
+    fn env_of<'a>(
+        &'a self,
+        so: &ObjectRef,
+        container: Option<&str>,
+        process: &'a Env,
+    ) -> Result<&'a Env, String> {
+        match &self.pod_env {
+            None => Ok(process),
+            Some(envs) => envs
+                .get(so)
+                .ok_or_else(|| "the scale target's environment has not been read".to_string())?
+                .container(container),
         }
     }
 
@@ -922,13 +1231,29 @@ impl ManifestSet {
             namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
             name: meta.name.clone(),
         };
-        let triggers: Vec<Result<TriggerSpec, TriggerError>> = spec
-            .triggers
-            .iter()
-            .enumerate()
-            .map(|(i, t)| self.trigger(&id, i, t, env))
-            .collect();
-        let trigger_types = spec.triggers.iter().map(|t| t.type_name.clone()).collect();
+        let container = spec
+            .scale_target_ref
+            .as_ref()
+            .and_then(|t| t.env_source_container_name.as_deref());
+        let mut triggers: Vec<Result<TriggerSpec, TriggerError>> = Vec::new();
+        let mut trigger_types = Vec::new();
+        let mut trigger_indexes = Vec::new();
+        let mut resource_triggers = Vec::new();
+        for (i, t) in spec.triggers.iter().enumerate() {
+            if matches!(t.type_name.as_str(), "cpu" | "memory") {
+                match resource_trigger(&id, i, t) {
+                    Ok(r) => {
+                        resource_triggers.push(r);
+                        continue;
+                    }
+                    Err(e) => triggers.push(Err(e)),
+                }
+            } else {
+                triggers.push(self.trigger(&id, i, t, env, container));
+            }
+            trigger_types.push(t.type_name.clone());
+            trigger_indexes.push(i);
+        }
         let digest = {
             use sha2::{Digest, Sha256};
             let mut h = Sha256::new();
@@ -940,6 +1265,11 @@ impl ManifestSet {
                             h.update(k.as_bytes());
                             h.update([0]);
                             h.update(Sha256::digest(v.expose().as_bytes()));
+                        }
+                        for (k, v) in &t.resolved_env {
+                            h.update(k.as_bytes());
+                            h.update([1]);
+                            h.update(Sha256::digest(v.as_bytes()));
                         }
                     }
                     Err(e) => h.update(e.message.as_bytes()),
@@ -961,6 +1291,12 @@ impl ManifestSet {
             triggers,
             trigger_types,
             source: file.to_path_buf(),
+            uid: meta.uid.clone(),
+            annotations: meta.annotations.clone().unwrap_or_default(),
+            advanced: spec.advanced.clone().unwrap_or_default(),
+            resource_triggers,
+            trigger_indexes,
+            unused: spec.other.clone(),
         }
     }
 
@@ -970,6 +1306,7 @@ impl ManifestSet {
         index: usize,
         def: &TriggerDef,
         env: &Env,
+        container: Option<&str>,
     ) -> Result<TriggerSpec, TriggerError> {
         let mut metadata = BTreeMap::new();
         let type_name = def.type_name.as_str();
@@ -999,13 +1336,14 @@ impl ManifestSet {
         let _ = def.use_cached_metrics;
         for (k, var) in &spec.metadata {
             if k.ends_with("FromEnv")
+                && let Ok(env) = self.env_of(so, container, env)
                 && let Some(v) = env.get(var)
             {
                 spec.resolved_env.insert(var.clone(), v.to_string());
             }
         }
         if let Some(auth) = &def.authentication_ref {
-            self.resolve_auth(so, auth, &mut spec, env)
+            self.resolve_auth(so, auth, &mut spec, env, container)
                 .map_err(|(parameter, message)| {
                     let mut e = error(&parameter, message);
                     if parameter != "authenticationRef.kind" {
@@ -1025,6 +1363,7 @@ impl ManifestSet {
         auth: &AuthRef,
         spec: &mut TriggerSpec,
         env: &Env,
+        container: Option<&str>,
     ) -> Result<(), (String, String)> {
         let cluster = match auth.kind.as_deref() {
             None | Some("" | "TriggerAuthentication") => false,
@@ -1111,10 +1450,27 @@ impl ManifestSet {
                 .insert(r.parameter.clone(), Secret::new(value.clone()));
         }
         for r in &ta.spec.env {
-            let value = env.get(&r.name).ok_or_else(|| {
+            let source = self
+                .env_of(
+                    so,
+                    r.container_name
+                        .as_deref()
+                        .filter(|c| !c.is_empty())
+                        .or(container),
+                    env,
+                )
+                .map_err(|m| (r.parameter.clone(), m))?;
+            let value = source.get(&r.name).ok_or_else(|| {
                 (
                     r.parameter.clone(),
-                    format!("environment variable {} is not set", r.name),
+                    if self.pod_env.is_some() {
+                        format!(
+                            "environment variable {} is not set in the scale target's container",
+                            r.name
+                        )
+                    } else {
+                        format!("environment variable {} is not set", r.name)
+                    },
                 )
             })?;
             spec.auth

@@ -59,6 +59,68 @@ pub struct BundleLabels {
     pub result: String,
 }
 
+/// Labels of a write's result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// What happened, or why the write was made.
+    pub result: String,
+}
+
+/// KEDA's labels of a trigger's metric (`keda_scaler_*`), so that existing dashboards
+/// and alerts keep working.
+#[allow(non_snake_case)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KedaScalerLabels {
+    /// The ScaledObject's namespace.
+    pub namespace: String,
+    /// The metric name (`s0-...`).
+    pub metric: String,
+    /// The ScaledObject's name.
+    pub scaledObject: String,
+    /// KEDA's name of the scaler (`redisScaler`, ...).
+    pub scaler: String,
+    /// The trigger's position.
+    pub triggerIndex: String,
+    /// `scaledobject`.
+    pub r#type: String,
+}
+
+/// KEDA's labels of a ScaledObject (`keda_scaled_object_*`).
+#[allow(non_snake_case)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KedaObjectLabels {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub scaledObject: String,
+}
+
+/// KEDA's name of a scaler of `trigger_type` (the Go type's name KEDA reports).
+#[must_use]
+pub fn keda_scaler_name(trigger_type: &str) -> String {
+    match trigger_type {
+        "redis" => "redisScaler".into(),
+        "rabbitmq" => "rabbitMQScaler".into(),
+        "kafka" => "kafkaScaler".into(),
+        "metrics-api" => "metricsAPIScaler".into(),
+        other => {
+            let mut out = String::new();
+            let mut upper = false;
+            for c in other.chars() {
+                if c == '-' || c == '_' {
+                    upper = true;
+                } else if upper {
+                    out.extend(c.to_uppercase());
+                    upper = false;
+                } else {
+                    out.push(c);
+                }
+            }
+            format!("{out}Scaler")
+        }
+    }
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     /// Registry to encode.
@@ -86,11 +148,28 @@ pub struct Metrics {
     pub ca_replaced: Counter,
     /// caBundle publications by object kind and result.
     pub ca_bundle: Family<BundleLabels, Counter>,
+    /// HPA writes by result (created, updated, deleted).
+    pub hpa_writes: Family<ResultLabels, Counter>,
+    /// `/scale` writes by reason (activation, deactivation, fallback, paused-replicas,
+    /// restoreToOriginalReplicaCount).
+    pub scale_writes: Family<ResultLabels, Counter>,
+    /// Whether this replica leads (1) or follows (0).
+    pub leader: Gauge,
+    /// `keda_scaler_metrics_value`.
+    pub keda_values: Family<KedaScalerLabels, Gauge<f64, AtomicU64>>,
+    /// `keda_scaler_active`.
+    pub keda_active: Family<KedaScalerLabels, Gauge>,
+    /// `keda_scaler_errors_total`.
+    pub keda_errors: Family<KedaScalerLabels, Counter>,
+    /// `keda_scaled_object_errors_total`.
+    pub keda_object_errors: Family<KedaObjectLabels, Counter>,
+    /// `keda_scaled_object_paused`.
+    pub keda_paused: Family<KedaObjectLabels, Gauge>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("trustscale");
+        let mut root = Registry::default();
         let poll_seconds = Family::<TypeLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -108,8 +187,17 @@ impl Default for Metrics {
             reloads: Family::default(),
             ca_replaced: Counter::default(),
             ca_bundle: Family::default(),
+            hpa_writes: Family::default(),
+            scale_writes: Family::default(),
+            leader: Gauge::default(),
+            keda_values: Family::default(),
+            keda_active: Family::default(),
+            keda_errors: Family::default(),
+            keda_object_errors: Family::default(),
+            keda_paused: Family::default(),
             registry: Registry::default(),
         };
+        let registry = root.sub_registry_with_prefix("trustscale");
         registry.register(
             "poll_duration_seconds",
             "Time one trigger poll took",
@@ -165,7 +253,47 @@ impl Default for Metrics {
             "caBundle publications to the APIService and the webhook configuration, by result",
             m.ca_bundle.clone(),
         );
-        Metrics { registry, ..m }
+        registry.register("hpa_writes", "HPA writes by result", m.hpa_writes.clone());
+        registry.register(
+            "scale_writes",
+            "Writes of a scale target's /scale subresource, by reason",
+            m.scale_writes.clone(),
+        );
+        registry.register(
+            "leader",
+            "Whether this replica is the leader (1) or a follower (0)",
+            m.leader.clone(),
+        );
+        let keda = root.sub_registry_with_prefix("keda");
+        keda.register(
+            "scaler_metrics_value",
+            "The current value for each scaler's metric that would be used by the HPA in computing the target average.",
+            m.keda_values.clone(),
+        );
+        keda.register(
+            "scaler_active",
+            "Activity of a Scaler Metric.",
+            m.keda_active.clone(),
+        );
+        keda.register(
+            "scaler_errors",
+            "The number of errors that have occurred for each scaler.",
+            m.keda_errors.clone(),
+        );
+        keda.register(
+            "scaled_object_errors",
+            "The number of errors that have occurred for each ScaledObject.",
+            m.keda_object_errors.clone(),
+        );
+        keda.register(
+            "scaled_object_paused",
+            "Indicates whether a ScaledObject is paused",
+            m.keda_paused.clone(),
+        );
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 }
 

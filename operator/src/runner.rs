@@ -25,7 +25,9 @@ use trustscale::watch::{FileWatch, WatchOptions};
 use crate::authn::RequestHeaderOptions;
 use crate::certs::CertManager;
 use crate::cluster::{self, ClusterError, ClusterOptions};
+use crate::controller::{Controller, DecisionRelay, KubeOptions};
 use crate::engine::{DecisionSink, Engine, LogSink};
+use crate::leader::{LeaderOptions, Leadership};
 use crate::manifest::{self, Env};
 use crate::metrics::Metrics;
 use crate::pki::{PkiError, PkiOptions};
@@ -70,6 +72,12 @@ pub struct OperatorConfig {
     /// How to reach the cluster, when there is one ([`crate::cluster::connect`]); `None`:
     /// never.
     pub cluster: Option<ClusterOptions>,
+    /// Cluster mode: KEDA's resources from the API (the manifests are not read), HPAs,
+    /// `/scale` and status written. `None`: file mode.
+    pub kube: Option<KubeOptions>,
+    /// Leader election (cluster only): only the leader polls and acts; followers answer
+    /// the metrics API through it. An empty namespace means the operator's.
+    pub leader_election: Option<LeaderOptions>,
 }
 
 impl OperatorConfig {
@@ -97,7 +105,21 @@ impl OperatorConfig {
             request_header: None,
             cluster: Some(ClusterOptions::new()),
             authentication_skip_lookup: false,
+            kube: None,
+            leader_election: None,
         }
+    }
+
+    /// Cluster mode on (or, with `None`, off).
+    pub fn kube(mut self, options: Option<KubeOptions>) -> Self {
+        self.kube = options;
+        self
+    }
+
+    /// Leader election on (or, with `None`, off).
+    pub fn leader_election(mut self, options: Option<LeaderOptions>) -> Self {
+        self.leader_election = options;
+        self
     }
 
     /// Turns off reading the cluster's request-header settings (see the field).
@@ -221,7 +243,7 @@ async fn first_secret_round(
 ) -> Result<(), OperatorError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        match store.sync(dir, pki).await {
+        match store.sync(dir, pki, true).await {
             Ok(round) => {
                 crate::certs::report(dir, &round.action, metrics);
                 tracing::info!(secret = %store.describe(), adopted = round.adopted, written = round.written, "internal certificates kept in their Secret");
@@ -349,6 +371,31 @@ impl Operator {
             ctx.clone(),
             Env::from_pairs(std::iter::empty::<(String, String)>()),
         ));
+        if config.kube.is_some() && cluster.is_none() {
+            return Err(OperatorError::Config(
+                "cluster mode (--kube) needs a cluster: give --kubeconfig, set KUBECONFIG, or run in a pod".into(),
+            ));
+        }
+        if config.leader_election.is_some() && cluster.is_none() {
+            return Err(OperatorError::Config(
+                "leader election needs a cluster: give --kubeconfig, set KUBECONFIG, or run in a pod".into(),
+            ));
+        }
+        let leadership = match (&cluster, &config.leader_election) {
+            (Some(_), Some(_)) => Leadership::candidate(),
+            _ => Leadership::always(),
+        };
+        if config.leader_election.is_some() {
+            certs.use_leadership(Arc::clone(&leadership));
+        }
+        let relay = config
+            .kube
+            .is_some()
+            .then(|| DecisionRelay::new(Arc::clone(&sink)));
+        let sink: Arc<dyn DecisionSink> = match &relay {
+            Some(r) => Arc::clone(r) as Arc<dyn DecisionSink>,
+            None => sink,
+        };
         let engine = Engine::new(registry, ctx, Arc::clone(&metrics), sink);
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
 
@@ -364,13 +411,60 @@ impl Operator {
             source,
         })?;
         tracing::info!(address = %api_addr, min_tls = %trust.options().service_min_tls, "mutual-TLS metrics API listening");
-        let mut tasks = vec![tokio::spawn(service::serve_api(
+        let forwarder = match (&cluster, &config.leader_election) {
+            (Some(c), Some(_)) => Some(crate::forward::Forwarder::new(
+                Arc::clone(&leadership),
+                config.cert_dir.clone(),
+                format!("{}.{}.svc", c.options.service_name, c.namespace),
+                trust.clone(),
+            )),
+            _ => None,
+        };
+        let mut tasks = vec![tokio::spawn(service::serve_api_forwarding(
             api,
             certs.server(),
             certs.authenticator(),
             engine.clone(),
+            forwarder,
             stop_rx.clone(),
         ))];
+        if let (Some(c), Some(options)) = (&cluster, &config.leader_election) {
+            let mut options = options.clone();
+            if options.namespace.is_empty() {
+                options.namespace.clone_from(&c.namespace);
+            }
+            // Followers dial the leader's pod IP (downward API) at the API's port.
+            options.address = std::env::var("POD_IP")
+                .ok()
+                .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+                .map(|ip| SocketAddr::new(ip, api_addr.port()).to_string());
+            if options.address.is_none() {
+                tracing::warn!(
+                    "POD_IP is not set: followers cannot reach this replica while it leads"
+                );
+            }
+            tracing::info!(lease = %format!("{}/{}", options.namespace, options.lease_name), identity = %options.identity, "leader election on");
+            tasks.push(tokio::spawn(crate::leader::run(
+                c.client.clone(),
+                options,
+                Arc::clone(&leadership),
+                stop_rx.clone(),
+            )));
+            let metrics = Arc::clone(&metrics);
+            let mut view = leadership.subscribe();
+            let mut stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    metrics.leader.set(i64::from(view.borrow().leading));
+                    tokio::select! {
+                        r = view.changed() => if r.is_err() { return },
+                        _ = stop.changed() => return,
+                    }
+                }
+            }));
+        } else {
+            metrics.leader.set(1);
+        }
         let mut metrics_addr = None;
         if let Some(addr) = config.metrics_listen {
             let l = bind(addr, "Prometheus metrics").await?;
@@ -427,6 +521,7 @@ impl Operator {
             certs.use_secret(store);
         }
         tasks.push(tokio::spawn(Arc::clone(&certs).run(stop_rx.clone())));
+        let cluster_for_kube = cluster.clone();
         match cluster {
             Some(c) => {
                 if config.request_header.is_none() && !config.authentication_skip_lookup {
@@ -449,6 +544,34 @@ impl Operator {
             ),
         }
 
+        if let (Some(options), Some(c), Some(relay)) =
+            (config.kube.clone(), cluster_for_kube, relay)
+        {
+            // Cluster mode: the API is the source; the manifests are not read.
+            let (controller, controller_tasks) = Controller::start(
+                c.client.clone(),
+                options,
+                engine.clone(),
+                relay,
+                Arc::clone(&metrics),
+                Arc::clone(&leadership),
+                &config.env,
+                &stop_rx,
+            );
+            validator.use_cluster(controller.scaled_object_store(), c.client.clone());
+            tasks.extend(controller_tasks);
+            health.set_ready();
+            return Ok(Operator {
+                engine,
+                trust,
+                api_addr,
+                metrics_addr,
+                health_addr,
+                webhook_addr,
+                stop,
+                tasks,
+            });
+        }
         // Manifests: loaded now, then again whenever they change.
         let set = manifest::load(&config.manifests);
         validator.set_known(set.clone());

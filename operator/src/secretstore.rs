@@ -192,7 +192,16 @@ impl SecretStore {
     }
 
     /// One round (see the module's documentation): adopt, rotate, write back.
-    pub async fn sync(&self, dir: &Path, opts: &PkiOptions) -> Result<Round, SecretError> {
+    ///
+    /// With `may_rotate` false (a follower, once there is a leader), a Secret that holds a
+    /// set is only adopted, never rotated or written; an empty or missing one is still
+    /// filled (the first replica up does it; a race ends in one 409 and an adoption).
+    pub async fn sync(
+        &self,
+        dir: &Path,
+        opts: &PkiOptions,
+        may_rotate: bool,
+    ) -> Result<Round, SecretError> {
         // Rotation works on a staged copy: the served folder only ever takes a set the
         // Secret holds (read, or just written), so a replica that loses a race never serves
         // a CA of its own, even for a moment.
@@ -200,6 +209,21 @@ impl SecretStore {
         for round in 0..ROUNDS {
             let current = self.read().await?;
             let local = pki::read_files(dir).unwrap_or_default();
+            if !may_rotate
+                && let Some((_, files)) = &current
+                && !files.is_empty()
+            {
+                let adopted = *files != local;
+                if adopted {
+                    pki::write_file_map(dir, files)?;
+                }
+                return Ok(Round {
+                    adopted,
+                    action: pki::Action::Kept,
+                    written: false,
+                    next: SystemTime::now() + Duration::from_secs(60),
+                });
+            }
             // The starting point: what the Secret holds, even damaged (rotation repairs it
             // keeping its CA, as in a folder, instead of starting a second one); else what
             // the folder holds.

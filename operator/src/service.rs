@@ -461,13 +461,28 @@ pub async fn serve_api(
     engine: Engine,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    serve_api_forwarding(listener, tls, authn, engine, None, stop).await;
+}
+
+/// [`serve_api`], with metrics requests sent on to the leader through `forward` while this
+/// replica does not lead.
+pub async fn serve_api_forwarding(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    authn: Arc<Authenticator>,
+    engine: Engine,
+    forward: Option<Arc<crate::forward::Forwarder>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
     serve_tls(listener, "metrics API", tls, stop, move |chain, peer| {
         let engine = engine.clone();
         let authn = Arc::clone(&authn);
+        let forward = forward.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let caller = authn.caller(chain.as_deref(), req.headers());
             let engine = engine.clone();
             let authn = Arc::clone(&authn);
+            let forward = forward.clone();
             async move {
                 let caller = match caller {
                     Ok(caller) => caller,
@@ -500,6 +515,16 @@ pub async fn serve_api(
                             ));
                         }
                     }
+                }
+                // A follower does not poll: the leader answers metrics, over the internal
+                // mutual-TLS channel (this replica authorized the caller already).
+                if let Some(f) = forward.as_deref()
+                    && f.should_forward()
+                    && req.method() == hyper::Method::GET
+                    && metric_target(req.uri().path()).is_some()
+                {
+                    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                    return Ok(f.forward(pq).await);
                 }
                 Ok(api_response(
                     &engine,

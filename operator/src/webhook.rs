@@ -54,6 +54,12 @@ pub struct Validator {
     ctx: BuildContext,
     env: Env,
     known: ArcSwap<ManifestSet>,
+    /// In cluster mode: the ScaledObjects the controller watches and a client, for the
+    /// checks that need the whole cluster (one ScaledObject per target, no foreign HPA).
+    cluster: std::sync::OnceLock<(
+        kube::runtime::reflector::Store<kube::api::DynamicObject>,
+        kube::Client,
+    )>,
 }
 
 impl std::fmt::Debug for Validator {
@@ -80,7 +86,78 @@ impl Validator {
             ctx,
             env,
             known: ArcSwap::from_pointee(ManifestSet::default()),
+            cluster: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Turns on the cluster-wide checks (once; later calls are ignored).
+    pub fn use_cluster(
+        &self,
+        scaled_objects: kube::runtime::reflector::Store<kube::api::DynamicObject>,
+        client: kube::Client,
+    ) {
+        let _ = self.cluster.set((scaled_objects, client));
+    }
+
+    /// Another ScaledObject or a foreign HPA already scaling `so`'s target.
+    async fn cluster_conflicts(
+        &self,
+        so: &crate::manifest::ScaledObject,
+        deadline: tokio::time::Instant,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        let (Some((store, client)), Some(target)) = (self.cluster.get(), &so.scale_target_ref)
+        else {
+            return out;
+        };
+        if let Some(other) =
+            crate::controller::claimed_by(store, &so.id.namespace, &so.id.name, target)
+        {
+            out.push(format!(
+                "the workload '{}' of type '{}' is already managed by the ScaledObject '{other}'",
+                target.name,
+                target.kind()
+            ));
+        }
+        let hpas = kube::api::Api::<kube::api::DynamicObject>::namespaced_with(
+            client.clone(),
+            &so.id.namespace,
+            &kube::api::ApiResource::from_gvk_with_plural(
+                &kube::api::GroupVersionKind::gvk("autoscaling", "v2", "HorizontalPodAutoscaler"),
+                "horizontalpodautoscalers",
+            ),
+        );
+        match tokio::time::timeout_at(deadline, hpas.list(&kube::api::ListParams::default())).await
+        {
+            Ok(Ok(list)) => {
+                for h in list.items {
+                    let Ok(theirs) = serde_json::from_value::<crate::manifest::ScaleTargetRef>(
+                        h.data["spec"]["scaleTargetRef"].clone(),
+                    ) else {
+                        continue;
+                    };
+                    let ours = h
+                        .metadata
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .any(|r| r.kind == "ScaledObject" && r.name == so.id.name);
+                    if theirs.same_target(target) && !ours {
+                        out.push(format!(
+                            "the workload '{}' of type '{}' is already managed by the hpa '{}'",
+                            target.name,
+                            target.kind(),
+                            h.metadata.name.unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot list HPAs for the review; not checked")
+            }
+            Err(_) => tracing::warn!("listing HPAs for the review took too long; not checked"),
+        }
+        out
     }
 
     /// The TriggerAuthentications, Secrets and ConfigMaps references resolve to.
@@ -110,11 +187,19 @@ impl Validator {
                 return verdict;
             }
         };
-        if so.triggers.is_empty() {
+        if so.triggers.is_empty() && so.resource_triggers.is_empty() {
             verdict
                 .denied
                 .push("spec.triggers: at least one trigger is required".into());
         }
+        if so.triggers.is_empty() && !so.resource_triggers.is_empty() && so.min_replica_count == 0 {
+            verdict.denied.push(
+                "spec.minReplicaCount: 0 needs a trigger other than cpu or memory (they cannot scale from zero)".into(),
+            );
+        }
+        verdict
+            .denied
+            .extend(self.cluster_conflicts(&so, deadline).await);
         if so.triggers.len() > MAX_TRIGGERS {
             verdict.denied.push(format!(
                 "spec.triggers: {} triggers; at most {MAX_TRIGGERS} are checked",

@@ -10,6 +10,8 @@ use anyhow::Context as _;
 use clap::Args;
 use trustscale_operator::authn::RequestHeaderOptions;
 use trustscale_operator::cluster::ClusterOptions;
+use trustscale_operator::controller::KubeOptions;
+use trustscale_operator::leader::LeaderOptions;
 use trustscale_operator::manifest::Env;
 use trustscale_operator::pki::PkiOptions;
 use trustscale_operator::{Operator, OperatorConfig, builtins};
@@ -23,9 +25,47 @@ fn parse_bool_flag(s: &str) -> Result<bool, String> {
 #[derive(Args, Debug)]
 pub struct OperatorArgs {
     /// Manifest files or folders with ScaledObjects, TriggerAuthentications and Secrets
-    /// (repeatable; watched: changes apply without a restart).
-    #[arg(long = "manifests", value_name = "PATH", required = true)]
+    /// (repeatable; watched: changes apply without a restart). File mode only.
+    #[arg(long = "manifests", value_name = "PATH")]
     manifests: Vec<PathBuf>,
+    /// Cluster mode: ScaledObjects, TriggerAuthentications and
+    /// ClusterTriggerAuthentications from the Kubernetes API; HPAs, /scale and status
+    /// written as KEDA writes them. Default: on when running in a pod
+    /// (KUBERNETES_SERVICE_HOST is set) and no --manifests are given.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool_flag)]
+    kube: Option<bool>,
+    /// Cluster mode: only this namespace (KEDA's WATCH_NAMESPACE; empty: all).
+    #[arg(
+        long,
+        value_name = "NAMESPACE",
+        env = "WATCH_NAMESPACE",
+        default_value = ""
+    )]
+    watch_namespace: String,
+    /// Cluster mode: how often every ScaledObject is reconciled even without a change
+    /// (its Secrets, ConfigMaps and scale target are read again then).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    resync_period: Duration,
+    /// Cluster mode: act (HPAs, /scale, status, finalizers) even when an installed KEDA
+    /// is found (its keda-operator Deployment, or the APIService pointing at it).
+    #[arg(long)]
+    take_over_from_keda: bool,
+    /// Elect one leader among the replicas with a coordination.k8s.io Lease: only it
+    /// polls and acts; the others answer the metrics API through it.
+    #[arg(long, value_name = "BOOL", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool_flag)]
+    leader_elect: bool,
+    /// The Lease's name (in the operator's namespace).
+    #[arg(long, value_name = "NAME", default_value = "trustscale-operator")]
+    leader_election_id: String,
+    /// How long a Lease holds without renewal.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    leader_election_lease_duration: Duration,
+    /// How long the leader tries to renew before it steps down.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    leader_election_renew_deadline: Duration,
+    /// How often candidates try and the leader renews.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    leader_election_retry_period: Duration,
     #[command(flatten)]
     trust: TrustArgs,
     /// Folder of the internal certificates (ca.crt, ca.key, tls.crt, tls.key).
@@ -165,6 +205,38 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
             args.ca_lifetime.text
         );
     }
+    let kube = args.kube.unwrap_or(
+        std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() && args.manifests.is_empty(),
+    );
+    if !kube && args.manifests.is_empty() {
+        anyhow::bail!("--manifests is required in file mode (or give --kube for cluster mode)");
+    }
+    if kube && !args.manifests.is_empty() {
+        anyhow::bail!(
+            "--manifests and --kube exclude each other: cluster mode reads the Kubernetes API only"
+        );
+    }
+    let leader = &args;
+    if leader.leader_elect
+        && !(leader.leader_election_retry_period < leader.leader_election_renew_deadline
+            && leader.leader_election_renew_deadline < leader.leader_election_lease_duration)
+    {
+        anyhow::bail!(
+            "leader election needs --leader-election-retry-period < --leader-election-renew-deadline < --leader-election-lease-duration"
+        );
+    }
+    let leader_election = args.leader_elect.then(|| {
+        let mut o = LeaderOptions::new(&args.leader_election_id, "");
+        o.lease_duration = args.leader_election_lease_duration;
+        o.renew_deadline = args.leader_election_renew_deadline;
+        o.retry_period = args.leader_election_retry_period;
+        o
+    });
+    let kube = kube.then(|| KubeOptions {
+        watch_namespace: Some(args.watch_namespace.clone()).filter(|n| !n.is_empty()),
+        resync: args.resync_period.max(Duration::from_secs(1)),
+        take_over: args.take_over_from_keda,
+    });
     let metrics_listen = optional_addr("--metrics-bind-address", &args.metrics_bind_address)?;
     let health_listen = optional_addr(
         "--health-probe-bind-address",
@@ -215,6 +287,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
             webhook_configuration_name: args.webhook_configuration_name,
             cert_secret_name: Some(args.cert_secret_name).filter(|n| !n.is_empty()),
         }))
+        .kube(kube)
+        .leader_election(leader_election)
         .env(Env::process());
     let operator = Operator::start(config, builtins::registry()).await?;
     operator.run_until_signal().await;

@@ -19,8 +19,9 @@
 //! - a bounded event history: a watch or a `continue` from a resourceVersion older
 //!   than the history gets 410 `Expired` (an `ERROR` event in a watch);
 //! - the `status` subresource (writes change `.status` only; writes to the main
-//!   resource leave `.status` alone) and the `scale` subresource of Deployments and
-//!   StatefulSets (`autoscaling/v1` `Scale`);
+//!   resource leave `.status` alone) and the `scale` subresource of Deployments,
+//!   StatefulSets and Argo `Rollout`s (a custom resource with scale; `autoscaling/v1`
+//!   `Scale`);
 //! - `Status` bodies for every failure; bearer-token authentication (401 without it);
 //! - SubjectAccessReviews for external metrics, answered from grants a test makes
 //!   ([`TestApiServer::grant_external_metrics`]); no other authorization.
@@ -93,6 +94,8 @@ const RESOURCES: &[Resource] = &[
     r("", "v1", "serviceaccounts", "ServiceAccount", true, false, false),
     r("apps", "v1", "deployments", "Deployment", true, true, true),
     r("apps", "v1", "statefulsets", "StatefulSet", true, true, true),
+    // A custom resource with a scale subresource, as Argo Rollouts serves it.
+    r("argoproj.io", "v1alpha1", "rollouts", "Rollout", true, true, true),
     r("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", true, true, false),
     r("coordination.k8s.io", "v1", "leases", "Lease", true, false, false),
     r("authorization.k8s.io", "v1", "subjectaccessreviews", "SubjectAccessReview", false, false, false),

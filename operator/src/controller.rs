@@ -1,0 +1,1561 @@
+//! Cluster mode: KEDA's resources from the Kubernetes API, and KEDA's actions on the
+//! cluster.
+//!
+//! - ScaledObjects, TriggerAuthentications and ClusterTriggerAuthentications come from
+//!   kube-rs reflectors (one watch each, limited to `--watch-namespace`); ScaledJobs are
+//!   watched only to say they are not supported.
+//! - Each round loads them into a [`ManifestSet`], the file loader's one path: the
+//!   Secrets and ConfigMaps their TriggerAuthentications name are read by name (never
+//!   a Secret watch), and `env` parameters resolve from the scale target's pod template.
+//! - Then, per ScaledObject: the finalizer, the HPA `keda-hpa-{name}` it owns, the
+//!   status KEDA writes, Events on failure transitions; and on deletion the restore of
+//!   the original replicas, the HPA gone, the finalizer removed.
+//! - Decisions of the engine drive the `/scale` subresource: to zero (or
+//!   `idleReplicaCount`) after the cooldown, from zero when a trigger becomes active,
+//!   the fallback replicas, the paused replicas; nothing while paused.
+//!
+//! Only the leader ([`crate::leader`]) runs rounds and writes; every write checks that it
+//! still leads right before it is sent.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt as _;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
+use kube::runtime::{WatchStreamExt as _, reflector, watcher};
+use serde_json::{Value, json};
+
+use crate::decide::Decision;
+use crate::engine::{DecisionSink, Engine, ObjectStatus};
+use crate::leader::Leadership;
+use crate::manifest::{
+    CLUSTER_OBJECT_NAMESPACE_ENV, Env, ManifestSet, PodEnv, ScaleTargetRef, ScaledObject,
+};
+use crate::metrics::Metrics;
+use trustscale::scaler::ObjectRef;
+
+/// KEDA's finalizer (kept, so that an installation moved from KEDA carries over).
+pub const FINALIZER: &str = "finalizer.keda.sh";
+/// Pauses all scaling writes while `"true"`.
+pub const PAUSED_ANNOTATION: &str = "autoscaling.keda.sh/paused";
+/// Scales once to this many replicas, then holds.
+pub const PAUSED_REPLICAS_ANNOTATION: &str = "autoscaling.keda.sh/paused-replicas";
+/// The label (and external metric selector) naming a ScaledObject.
+pub const NAME_LABEL: &str = "scaledobject.keda.sh/name";
+const MANAGER: &str = "trustscale-operator";
+
+/// How cluster mode runs.
+#[derive(Clone, Debug)]
+pub struct KubeOptions {
+    /// Only this namespace (KEDA's `WATCH_NAMESPACE`); `None`: all.
+    pub watch_namespace: Option<String>,
+    /// How often every ScaledObject is reconciled even when nothing changed (its
+    /// Secrets, ConfigMaps and scale target are read again then).
+    pub resync: Duration,
+    /// Act even when an installed KEDA is found.
+    pub take_over: bool,
+}
+
+impl Default for KubeOptions {
+    fn default() -> Self {
+        KubeOptions {
+            watch_namespace: None,
+            resync: Duration::from_secs(30),
+            take_over: false,
+        }
+    }
+}
+
+/// Keeps the engine's decisions for the controller (and passes them on).
+pub struct DecisionRelay {
+    next: Arc<dyn DecisionSink>,
+    pending: Mutex<HashMap<ObjectRef, Decision>>,
+    notify: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for DecisionRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecisionRelay").finish_non_exhaustive()
+    }
+}
+
+impl DecisionRelay {
+    /// A relay that passes every decision on to `next`.
+    #[must_use]
+    pub fn new(next: Arc<dyn DecisionSink>) -> Arc<Self> {
+        Arc::new(DecisionRelay {
+            next,
+            pending: Mutex::new(HashMap::new()),
+            notify: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn take(&self) -> HashMap<ObjectRef, Decision> {
+        std::mem::take(
+            &mut *self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+impl DecisionSink for DecisionRelay {
+    fn decided(&self, object: &ObjectRef, decision: &Decision, changed: bool) {
+        self.next.decided(object, decision, changed);
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(object.clone(), decision.clone());
+        self.notify.notify_one();
+    }
+}
+
+fn keda(kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("keda.sh", "v1alpha1", kind), plural)
+}
+
+fn hpa_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("autoscaling", "v2", "HorizontalPodAutoscaler"),
+        "horizontalpodautoscalers",
+    )
+}
+
+/// Secrets (`true`) and ConfigMaps read in one round, by (kind, namespace, name).
+type SourceCache = HashMap<(bool, String, String), Option<BTreeMap<String, String>>>;
+
+/// What the controller knows of one ScaledObject between rounds.
+#[derive(Clone, Debug)]
+struct View {
+    so: ScaledObject,
+    raw: Arc<DynamicObject>,
+    target: Option<Target>,
+}
+
+/// A scale target as last read.
+#[derive(Clone, Debug)]
+struct Target {
+    resource: ApiResource,
+    namespace: String,
+    name: String,
+    /// `spec.replicas` when read.
+    replicas: Option<i32>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Memory {
+    /// The status last written (to write only changes).
+    status: Option<Value>,
+    /// When a trigger was last active (RFC 3339).
+    last_active: Option<String>,
+    /// The replicas the target had when first seen.
+    original: Option<i32>,
+    /// The paused replica count already applied.
+    paused_applied: Option<i32>,
+    /// The last Ready problem reported in an Event.
+    reported: Option<String>,
+    /// The triggers reported failing in an Event.
+    failing: HashSet<usize>,
+    /// The last decision.
+    decision: Option<Decision>,
+}
+
+/// The cluster-mode controller.
+pub struct Controller {
+    client: kube::Client,
+    options: KubeOptions,
+    engine: Engine,
+    relay: Arc<DecisionRelay>,
+    metrics: Arc<Metrics>,
+    leadership: Arc<Leadership>,
+    /// `KEDA_CLUSTER_OBJECT_NAMESPACE` only: a tenant's trigger never sees the rest of
+    /// the operator's environment.
+    env: Env,
+    views: Mutex<HashMap<ObjectRef, View>>,
+    memory: Mutex<HashMap<ObjectRef, Memory>>,
+    /// Whether an installed KEDA keeps this replica from acting.
+    observe_only: std::sync::atomic::AtomicBool,
+    scaled_objects: reflector::Store<DynamicObject>,
+    trigger_auths: reflector::Store<DynamicObject>,
+    cluster_trigger_auths: reflector::Store<DynamicObject>,
+    scaled_jobs: reflector::Store<DynamicObject>,
+    discovery: Mutex<HashMap<(String, String), ApiResource>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Another ScaledObject of the same namespace already scaling `target`, if any.
+#[must_use]
+pub fn claimed_by(
+    store: &reflector::Store<DynamicObject>,
+    namespace: &str,
+    name: &str,
+    target: &ScaleTargetRef,
+) -> Option<String> {
+    store.state().iter().find_map(|o| {
+        let ns = o.metadata.namespace.as_deref().unwrap_or("default");
+        let other = o.metadata.name.as_deref()?;
+        if ns != namespace || other == name || o.metadata.deletion_timestamp.is_some() {
+            return None;
+        }
+        let theirs: ScaleTargetRef =
+            serde_json::from_value(o.data.get("spec")?.get("scaleTargetRef")?.clone()).ok()?;
+        theirs.same_target(target).then(|| other.to_string())
+    })
+}
+
+impl Controller {
+    /// Starts watching (the reflectors run from now on, on every replica, so that a
+    /// follower that takes over starts warm); rounds run while this replica leads.
+    #[must_use]
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        client: kube::Client,
+        options: KubeOptions,
+        engine: Engine,
+        relay: Arc<DecisionRelay>,
+        metrics: Arc<Metrics>,
+        leadership: Arc<Leadership>,
+        env: &Env,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> (Arc<Controller>, Vec<tokio::task::JoinHandle<()>>) {
+        let mut tasks = Vec::new();
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let ns = options.watch_namespace.clone();
+        let mut watch = |ar: ApiResource, namespaced: bool, what: &'static str| {
+            let api: Api<DynamicObject> = match (&ns, namespaced) {
+                (Some(ns), true) => Api::namespaced_with(client.clone(), ns, &ar),
+                _ => Api::all_with(client.clone(), &ar),
+            };
+            let writer = reflector::store::Writer::new(ar);
+            let reader = writer.as_reader();
+            let changed = Arc::clone(&changed);
+            let mut stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let stream = reflector(writer, watcher(api, watcher::Config::default()))
+                    .default_backoff()
+                    .touched_objects();
+                let mut stream = std::pin::pin!(stream);
+                let mut failing = false;
+                loop {
+                    tokio::select! {
+                        item = stream.next() => match item {
+                            Some(Ok(_)) => {
+                                if failing {
+                                    tracing::info!(resource = what, "watch recovered");
+                                    failing = false;
+                                }
+                                changed.notify_one();
+                            }
+                            Some(Err(e)) => {
+                                if !failing {
+                                    tracing::warn!(resource = what, error = %e, "watch failed; retrying with backoff");
+                                    failing = true;
+                                }
+                            }
+                            None => return,
+                        },
+                        _ = stop.changed() => return,
+                    }
+                }
+            }));
+            reader
+        };
+        let scaled_objects = watch(keda("ScaledObject", "scaledobjects"), true, "scaledobjects");
+        let trigger_auths = watch(
+            keda("TriggerAuthentication", "triggerauthentications"),
+            true,
+            "triggerauthentications",
+        );
+        let cluster_trigger_auths = watch(
+            keda(
+                "ClusterTriggerAuthentication",
+                "clustertriggerauthentications",
+            ),
+            false,
+            "clustertriggerauthentications",
+        );
+        let scaled_jobs = watch(keda("ScaledJob", "scaledjobs"), true, "scaledjobs");
+        let cluster_ns = env
+            .get(CLUSTER_OBJECT_NAMESPACE_ENV)
+            .filter(|v| !v.is_empty())
+            .unwrap_or("keda")
+            .to_string();
+        let controller = Arc::new(Controller {
+            client,
+            options,
+            engine,
+            relay,
+            metrics,
+            leadership,
+            env: Env::from_pairs([(CLUSTER_OBJECT_NAMESPACE_ENV, cluster_ns)]),
+            views: Mutex::new(HashMap::new()),
+            memory: Mutex::new(HashMap::new()),
+            observe_only: std::sync::atomic::AtomicBool::new(false),
+            scaled_objects,
+            trigger_auths,
+            cluster_trigger_auths,
+            scaled_jobs,
+            discovery: Mutex::new(HashMap::new()),
+            changed,
+        });
+        tasks.push(tokio::spawn(Arc::clone(&controller).rounds(stop.clone())));
+        tasks.push(tokio::spawn(Arc::clone(&controller).act(stop.clone())));
+        (controller, tasks)
+    }
+
+    /// The ScaledObjects the reflector holds (for the webhook's cluster-wide checks).
+    #[must_use]
+    pub fn scaled_object_store(&self) -> reflector::Store<DynamicObject> {
+        self.scaled_objects.clone()
+    }
+
+    /// The client.
+    #[must_use]
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    fn leading(&self) -> bool {
+        self.leadership.leading()
+    }
+
+    fn acting(&self) -> bool {
+        self.leading() && !self.observe_only.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn rounds(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut leader = self.leadership.subscribe();
+        let mut was_leading = false;
+        let mut reported_jobs: HashSet<String> = HashSet::new();
+        loop {
+            let leading = self.leading();
+            if leading && !was_leading {
+                self.detect_keda().await;
+            }
+            if !leading && was_leading {
+                // A follower neither polls nor acts.
+                self.engine.apply(&ManifestSet::default(), &self.env).await;
+                self.views
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clear();
+                tracing::info!("not the leader: polling stopped");
+            }
+            was_leading = leading;
+            if leading {
+                // Wait for the reflectors' first lists before the first round: an empty
+                // store is not "no ScaledObjects".
+                let ready = tokio::time::timeout(Duration::from_secs(30), async {
+                    let _ = self.scaled_objects.wait_until_ready().await;
+                    let _ = self.trigger_auths.wait_until_ready().await;
+                    let _ = self.cluster_trigger_auths.wait_until_ready().await;
+                })
+                .await;
+                if ready.is_ok() {
+                    self.report_scaled_jobs(&mut reported_jobs).await;
+                    self.round().await;
+                } else {
+                    tracing::warn!("the watches have not listed yet; the round waits");
+                }
+            }
+            tokio::select! {
+                _ = self.changed.notified() => {
+                    // Let a burst of changes settle into one round.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ = tokio::time::sleep(self.options.resync) => {}
+                _ = leader.changed() => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    async fn detect_keda(&self) {
+        if self.options.take_over {
+            return;
+        }
+        let mut found = Vec::new();
+        let apiservices = Api::<DynamicObject>::all_with(
+            self.client.clone(),
+            &ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("apiregistration.k8s.io", "v1", "APIService"),
+                "apiservices",
+            ),
+        );
+        if let Ok(Some(a)) = apiservices.get_opt("v1beta1.external.metrics.k8s.io").await
+            && let Some(svc) = a.data["spec"]["service"]["name"].as_str()
+            && svc.starts_with("keda-")
+        {
+            found.push(format!(
+                "APIService v1beta1.external.metrics.k8s.io points at Service {svc}"
+            ));
+        }
+        let deployments = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("apps", "v1", "Deployment"),
+            "deployments",
+        );
+        for ns in ["keda"] {
+            let api = Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &deployments);
+            if let Ok(Some(_)) = api.get_opt("keda-operator").await {
+                found.push(format!("Deployment {ns}/keda-operator exists"));
+            }
+        }
+        let keda = !found.is_empty();
+        if keda {
+            tracing::warn!(found = ?found, "KEDA is installed: trustscale watches and serves metrics but writes nothing (no HPA, scale, status or finalizer) until KEDA is removed or --take-over-from-keda is given");
+        }
+        self.observe_only
+            .store(keda, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn report_scaled_jobs(&self, reported: &mut HashSet<String>) {
+        for job in self.scaled_jobs.state() {
+            let uid = job.metadata.uid.clone().unwrap_or_default();
+            if !reported.insert(uid) {
+                continue;
+            }
+            let ns = job.metadata.namespace.clone().unwrap_or_default();
+            let name = job.metadata.name.clone().unwrap_or_default();
+            tracing::warn!(scaledjob = %format!("{ns}/{name}"), "ScaledJobs are not supported by trustscale; left untouched");
+            if self.acting() {
+                self.event(
+                    &job,
+                    "ScaledJob",
+                    "Warning",
+                    "ScaledJobNotSupported",
+                    "ScaledJobs are not supported by trustscale; this one is left untouched",
+                )
+                .await;
+            }
+        }
+    }
+
+    /// One reconcile of everything.
+    async fn round(&self) {
+        let mut set = ManifestSet::default();
+        let origin = |kind: &str, o: &DynamicObject| {
+            PathBuf::from(format!(
+                "{kind} {}/{}",
+                o.metadata.namespace.as_deref().unwrap_or(""),
+                o.metadata.name.as_deref().unwrap_or("")
+            ))
+        };
+        for (kind, store) in [
+            ("TriggerAuthentication", &self.trigger_auths),
+            ("ClusterTriggerAuthentication", &self.cluster_trigger_auths),
+        ] {
+            for o in store.state() {
+                set.add_object(&origin(kind, &o), &with_kind(&o, kind));
+            }
+        }
+        let mut raws: HashMap<ObjectRef, Arc<DynamicObject>> = HashMap::new();
+        let mut deleting = Vec::new();
+        for o in self.scaled_objects.state() {
+            let id = ObjectRef {
+                namespace: o
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                name: o.metadata.name.clone().unwrap_or_default(),
+            };
+            if o.metadata.deletion_timestamp.is_some() {
+                deleting.push(o);
+                continue;
+            }
+            set.add_object(&origin("ScaledObject", &o), &with_kind(&o, "ScaledObject"));
+            raws.insert(id, o);
+        }
+        for p in &set.problems {
+            tracing::warn!(problem = %p, "object not loaded; the others keep running");
+        }
+        // The Secrets and ConfigMaps named, read by name.
+        let refs = set.references(&self.env);
+        for (ns, name) in &refs.secrets {
+            if let Some(data) = self.secret(ns, name).await {
+                set.add_secret(ns, name, data);
+            }
+        }
+        for (ns, name) in &refs.config_maps {
+            if let Some(data) = self.config_map(ns, name).await {
+                set.add_config_map(ns, name, data);
+            }
+        }
+        // The scale targets: their environment, replicas, and whether they scale.
+        let mut envs = HashMap::new();
+        let mut targets = HashMap::new();
+        let mut secret_cache = HashMap::new();
+        for (id, target) in set.scale_targets() {
+            match self.read_target(&id, &target).await {
+                Ok((t, obj)) => {
+                    envs.insert(
+                        id.clone(),
+                        self.pod_env(&id.namespace, &obj, &mut secret_cache).await,
+                    );
+                    targets.insert(id, Ok(t));
+                }
+                Err(e) => {
+                    envs.insert(
+                        id.clone(),
+                        PodEnv {
+                            containers: Vec::new(),
+                            error: Some(e.clone()),
+                        },
+                    );
+                    targets.insert(id, Err(e));
+                }
+            }
+        }
+        set.use_pod_env(envs);
+        let all = set.scaled_objects(&self.env);
+        // Paused ones do not poll (KEDA stops their scale loop).
+        let paused: HashSet<ObjectRef> = all
+            .iter()
+            .filter(|so| is_paused(so))
+            .map(|so| so.id.clone())
+            .collect();
+        let mut running = set.clone();
+        running.retain_scaled_objects(|id| !paused.contains(id));
+        self.engine.apply(&running, &self.env).await;
+        let statuses: HashMap<ObjectRef, ObjectStatus> = self
+            .engine
+            .status()
+            .into_iter()
+            .filter_map(|s| Some((s.id.clone()?, s)))
+            .collect();
+        let mut views = HashMap::new();
+        for so in all {
+            let Some(raw) = raws.get(&so.id).cloned() else {
+                continue;
+            };
+            let target = targets.remove(&so.id);
+            let view = View {
+                so,
+                raw,
+                target: target.as_ref().and_then(|t| t.as_ref().ok().cloned()),
+            };
+            let problem = match &target {
+                Some(Err(e)) => Some(e.clone()),
+                None => Some("spec.scaleTargetRef is required".to_string()),
+                Some(Ok(_)) => None,
+            };
+            if self.acting() {
+                self.reconcile(&view, problem, statuses.get(&view.so.id))
+                    .await;
+            }
+            views.insert(view.so.id.clone(), view);
+        }
+        *self
+            .views
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = views;
+        for o in deleting {
+            if self.acting() {
+                self.finalize(&o).await;
+            }
+        }
+        // Forget what is gone.
+        let live: HashSet<ObjectRef> = self
+            .views
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        self.memory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|id, _| live.contains(id));
+    }
+
+    async fn secret(&self, ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(self.client.clone(), ns);
+        match api.get_opt(name).await {
+            Ok(Some(s)) => {
+                let mut data: BTreeMap<String, Vec<u8>> = s
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect();
+                for (k, v) in s.string_data.unwrap_or_default() {
+                    data.insert(k, v.into_bytes());
+                }
+                Some(data)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(secret = %format!("{ns}/{name}"), error = %e, "cannot read a Secret a TriggerAuthentication names");
+                None
+            }
+        }
+    }
+
+    async fn config_map(&self, ns: &str, name: &str) -> Option<BTreeMap<String, String>> {
+        let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
+            Api::namespaced(self.client.clone(), ns);
+        match api.get_opt(name).await {
+            Ok(Some(c)) => Some(c.data.unwrap_or_default()),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(configmap = %format!("{ns}/{name}"), error = %e, "cannot read a ConfigMap a TriggerAuthentication names");
+                None
+            }
+        }
+    }
+
+    /// The API resource of `api_version`/`kind`, from discovery (cached).
+    async fn resource(&self, api_version: &str, kind: &str) -> Result<ApiResource, String> {
+        let key = (api_version.to_string(), kind.to_string());
+        if let Some(ar) = self
+            .discovery
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(ar.clone());
+        }
+        let (group, version) = match api_version.split_once('/') {
+            Some((g, v)) => (g, v),
+            None => ("", api_version),
+        };
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        let (ar, caps) = kube::discovery::pinned_kind(&self.client, &gvk)
+            .await
+            .map_err(|e| {
+                format!(
+                    "scale target kind {kind} ({api_version}) is not served: {}",
+                    first_line(&e.to_string())
+                )
+            })?;
+        if !caps.subresources.iter().any(|(s, _)| s.plural == "scale") {
+            return Err(format!(
+                "the scale target's kind {kind} ({api_version}) has no /scale subresource"
+            ));
+        }
+        self.discovery
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, ar.clone());
+        Ok(ar)
+    }
+
+    async fn read_target(
+        &self,
+        id: &ObjectRef,
+        target: &ScaleTargetRef,
+    ) -> Result<(Target, DynamicObject), String> {
+        if target.name.is_empty() {
+            return Err("spec.scaleTargetRef.name is required".into());
+        }
+        let ar = self.resource(target.api_version(), target.kind()).await?;
+        let api = Api::<DynamicObject>::namespaced_with(self.client.clone(), &id.namespace, &ar);
+        let obj = match api.get_opt(&target.name).await {
+            Ok(Some(o)) => o,
+            Ok(None) => {
+                return Err(format!(
+                    "the scale target {} {}/{} does not exist",
+                    target.kind(),
+                    id.namespace,
+                    target.name
+                ));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot read the scale target: {}",
+                    first_line(&e.to_string())
+                ));
+            }
+        };
+        let replicas = obj.data["spec"]["replicas"]
+            .as_i64()
+            .and_then(|r| i32::try_from(r).ok());
+        Ok((
+            Target {
+                resource: ar,
+                namespace: id.namespace.clone(),
+                name: target.name.clone(),
+                replicas,
+            },
+            obj,
+        ))
+    }
+
+    /// The environments of the target's pod template's containers: `value`s, and the
+    /// `valueFrom` Secret and ConfigMap keys and `envFrom` Secrets and ConfigMaps of the
+    /// target's namespace, as the kubelet would give them.
+    async fn pod_env(&self, ns: &str, target: &DynamicObject, cache: &mut SourceCache) -> PodEnv {
+        let Some(containers) = target.data["spec"]["template"]["spec"]["containers"].as_array()
+        else {
+            return PodEnv {
+                containers: Vec::new(),
+                error: Some(
+                    "the scale target has no pod template (spec.template.spec.containers)".into(),
+                ),
+            };
+        };
+        let mut out = Vec::new();
+        for c in containers.iter().take(64) {
+            let name = c["name"].as_str().unwrap_or_default().to_string();
+            let mut vars: Vec<(String, String)> = Vec::new();
+            for from in c["envFrom"].as_array().into_iter().flatten().take(64) {
+                let prefix = from["prefix"].as_str().unwrap_or_default();
+                let (secret, source) = if let Some(s) = from["secretRef"]["name"].as_str() {
+                    (true, s)
+                } else if let Some(m) = from["configMapRef"]["name"].as_str() {
+                    (false, m)
+                } else {
+                    continue;
+                };
+                if let Some(data) = self.source(ns, secret, source, cache).await {
+                    vars.extend(data.into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)));
+                }
+            }
+            for e in c["env"].as_array().into_iter().flatten().take(1024) {
+                let Some(var) = e["name"].as_str() else {
+                    continue;
+                };
+                let value = if let Some(v) = e["value"].as_str() {
+                    Some(v.to_string())
+                } else if let (Some(s), Some(k)) = (
+                    e["valueFrom"]["secretKeyRef"]["name"].as_str(),
+                    e["valueFrom"]["secretKeyRef"]["key"].as_str(),
+                ) {
+                    self.source(ns, true, s, cache)
+                        .await
+                        .and_then(|d| d.get(k).cloned())
+                } else if let (Some(m), Some(k)) = (
+                    e["valueFrom"]["configMapKeyRef"]["name"].as_str(),
+                    e["valueFrom"]["configMapKeyRef"]["key"].as_str(),
+                ) {
+                    self.source(ns, false, m, cache)
+                        .await
+                        .and_then(|d| d.get(k).cloned())
+                } else {
+                    None
+                };
+                if let Some(v) = value {
+                    vars.push((var.to_string(), v));
+                }
+            }
+            out.push((name, Env::from_pairs(vars)));
+        }
+        PodEnv {
+            containers: out,
+            error: None,
+        }
+    }
+
+    async fn source(
+        &self,
+        ns: &str,
+        secret: bool,
+        name: &str,
+        cache: &mut SourceCache,
+    ) -> Option<BTreeMap<String, String>> {
+        let key = (secret, ns.to_string(), name.to_string());
+        if let Some(v) = cache.get(&key) {
+            return v.clone();
+        }
+        let v = if secret {
+            self.secret(ns, name).await.map(|d| {
+                d.into_iter()
+                    .filter_map(|(k, v)| Some((k, String::from_utf8(v).ok()?)))
+                    .collect()
+            })
+        } else {
+            self.config_map(ns, name).await
+        };
+        cache.insert(key, v.clone());
+        v
+    }
+
+    /// Finalizer, HPA, pause, status for one ScaledObject.
+    async fn reconcile(
+        &self,
+        view: &View,
+        mut problem: Option<String>,
+        status: Option<&ObjectStatus>,
+    ) {
+        let so = &view.so;
+        if !has_finalizer(&view.raw) {
+            self.set_finalizer(&view.raw, true).await;
+        }
+        let mut memory = self.memory_of(&so.id);
+        if memory.original.is_none() {
+            memory.original = view.raw.data["status"]["originalReplicaCount"]
+                .as_i64()
+                .and_then(|r| i32::try_from(r).ok())
+                .or(view.target.as_ref().and_then(|t| t.replicas));
+        }
+        if memory.last_active.is_none() {
+            memory.last_active = view.raw.data["status"]["lastActiveTime"]
+                .as_str()
+                .map(str::to_string);
+        }
+        let paused = is_paused(so);
+        let paused_replicas = paused_replicas(so);
+        let hpa_name = hpa_name(so);
+        if problem.is_none() {
+            if paused {
+                self.delete_hpa(&so.id.namespace, &hpa_name, so).await;
+                if let (Some(n), Some(t)) = (paused_replicas, &view.target)
+                    && memory.paused_applied != Some(n)
+                    && self.write_scale(t, n, &so.id, "paused-replicas").await
+                {
+                    memory.paused_applied = Some(n);
+                }
+            } else {
+                memory.paused_applied = None;
+                if let Err(e) = self.ensure_hpa(so, &hpa_name, status).await {
+                    problem = Some(e);
+                }
+            }
+        }
+        // Triggers that cannot run make the ScaledObject not Ready, as in KEDA.
+        if problem.is_none() {
+            let failing: Vec<String> = so
+                .triggers
+                .iter()
+                .filter_map(|t| t.as_ref().err().map(|e| e.to_string()))
+                .collect();
+            if !failing.is_empty() {
+                problem = Some(failing.join("; "));
+            }
+        }
+        match &problem {
+            Some(p) if memory.reported.as_deref() != Some(p.as_str()) => {
+                tracing::warn!(scaledobject = %so.id, problem = %p, "scaledobject is not ready");
+                self.event(
+                    &view.raw,
+                    "ScaledObject",
+                    "Warning",
+                    "ScaledObjectCheckFailed",
+                    p,
+                )
+                .await;
+                memory.reported = Some(p.clone());
+            }
+            None if memory.reported.is_some() => {
+                self.event(
+                    &view.raw,
+                    "ScaledObject",
+                    "Normal",
+                    "ScaledObjectReady",
+                    "ScaledObject is ready for scaling",
+                )
+                .await;
+                memory.reported = None;
+            }
+            _ => {}
+        }
+        // A trigger that starts failing is an Event once (KEDA's KEDAScalerFailed).
+        if let Some(st) = status {
+            for t in &st.triggers {
+                let failing = t.error.is_some();
+                if failing && memory.failing.insert(t.index) {
+                    let msg = t
+                        .error
+                        .as_ref()
+                        .map(|e| {
+                            format!(
+                                "trigger {} ({}): {}: {}",
+                                t.index, t.type_name, e.kind, e.message
+                            )
+                        })
+                        .unwrap_or_default();
+                    self.event(
+                        &view.raw,
+                        "ScaledObject",
+                        "Warning",
+                        "KEDAScalerFailed",
+                        &msg,
+                    )
+                    .await;
+                } else if !failing {
+                    memory.failing.remove(&t.index);
+                }
+            }
+        }
+        let body = status_body(view, &memory, problem.as_deref(), status, &hpa_name);
+        if memory.status.as_ref() != Some(&body) && self.write_status(&view.raw, &body).await {
+            memory.status = Some(body);
+        }
+        self.put_memory(&so.id, memory);
+    }
+
+    fn memory_of(&self, id: &ObjectRef) -> Memory {
+        self.memory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn put_memory(&self, id: &ObjectRef, m: Memory) {
+        self.memory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.clone(), m);
+    }
+
+    fn so_api(&self, ns: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.client.clone(),
+            ns,
+            &keda("ScaledObject", "scaledobjects"),
+        )
+    }
+
+    async fn set_finalizer(&self, raw: &DynamicObject, on: bool) {
+        if !self.acting() {
+            return;
+        }
+        let ns = raw.metadata.namespace.as_deref().unwrap_or("default");
+        let name = raw.metadata.name.as_deref().unwrap_or_default();
+        let mut finalizers: Vec<String> = raw.metadata.finalizers.clone().unwrap_or_default();
+        finalizers.retain(|f| f != FINALIZER);
+        if on {
+            finalizers.push(FINALIZER.into());
+        }
+        // Names the resourceVersion read: a concurrent change of the list is a 409, and
+        // the next round retries from the new object.
+        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": raw.metadata.resource_version}});
+        if let Err(e) = self
+            .so_api(ns)
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::debug!(scaledobject = %format!("{ns}/{name}"), error = %e, "finalizer not written; retried next round");
+        }
+    }
+
+    async fn write_status(&self, raw: &DynamicObject, body: &Value) -> bool {
+        if !self.acting() {
+            return false;
+        }
+        let ns = raw.metadata.namespace.as_deref().unwrap_or("default");
+        let name = raw.metadata.name.as_deref().unwrap_or_default();
+        match self
+            .so_api(ns)
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": body})),
+            )
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(scaledobject = %format!("{ns}/{name}"), error = %e, "status not written; retried");
+                false
+            }
+        }
+    }
+
+    async fn ensure_hpa(
+        &self,
+        so: &ScaledObject,
+        name: &str,
+        status: Option<&ObjectStatus>,
+    ) -> Result<(), String> {
+        let api = Api::<DynamicObject>::namespaced_with(
+            self.client.clone(),
+            &so.id.namespace,
+            &hpa_resource(),
+        );
+        let desired = hpa_spec(so, status);
+        // An HPA without metrics would scale on 80 % CPU (the HPA's default): none is
+        // written until the triggers' metric names are known (after their first poll).
+        if desired["metrics"].as_array().is_none_or(Vec::is_empty) {
+            return Ok(());
+        }
+        let existing = api
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("cannot read HPA {name}: {}", first_line(&e.to_string())))?;
+        let owner = json!([{
+            "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "name": so.id.name,
+            "uid": so.uid.clone().unwrap_or_default(), "controller": true, "blockOwnerDeletion": true,
+        }]);
+        let labels = json!({NAME_LABEL: so.id.name, "app.kubernetes.io/managed-by": MANAGER, "app.kubernetes.io/name": name});
+        match existing {
+            Some(h) => {
+                if !owned_by(&h, so) {
+                    return Err(format!(
+                        "HPA {name} exists and is not owned by this ScaledObject; it is left alone"
+                    ));
+                }
+                if h.data["spec"] == desired {
+                    return Ok(());
+                }
+                if !self.acting() {
+                    return Ok(());
+                }
+                let patch = json!({
+                    "metadata": {"resourceVersion": h.metadata.resource_version, "labels": labels},
+                    "spec": desired,
+                });
+                // Merge patch merges maps: lists (metrics) are replaced whole, and a
+                // behavior the ScaledObject dropped is removed explicitly.
+                let mut patch = patch;
+                if desired.get("behavior").is_none() && h.data["spec"].get("behavior").is_some() {
+                    patch["spec"]["behavior"] = Value::Null;
+                }
+                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(|e| {
+                        format!("cannot update HPA {name}: {}", first_line(&e.to_string()))
+                    })?;
+                self.metrics
+                    .hpa_writes
+                    .get_or_create(&crate::metrics::ResultLabels {
+                        result: "updated".into(),
+                    })
+                    .inc();
+                tracing::info!(scaledobject = %so.id, hpa = name, "HPA updated");
+            }
+            None => {
+                if !self.acting() {
+                    return Ok(());
+                }
+                let obj = json!({
+                    "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                    "metadata": {"name": name, "namespace": so.id.namespace, "labels": labels, "ownerReferences": owner},
+                    "spec": desired,
+                });
+                let obj: DynamicObject = serde_json::from_value(obj).map_err(|e| e.to_string())?;
+                api.create(&PostParams::default(), &obj)
+                    .await
+                    .map_err(|e| {
+                        format!("cannot create HPA {name}: {}", first_line(&e.to_string()))
+                    })?;
+                self.metrics
+                    .hpa_writes
+                    .get_or_create(&crate::metrics::ResultLabels {
+                        result: "created".into(),
+                    })
+                    .inc();
+                tracing::info!(scaledobject = %so.id, hpa = name, "HPA created");
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_hpa(&self, ns: &str, name: &str, so: &ScaledObject) {
+        if !self.acting() {
+            return;
+        }
+        let api = Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &hpa_resource());
+        if let Ok(Some(h)) = api.get_opt(name).await
+            && owned_by(&h, so)
+        {
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => {
+                    self.metrics
+                        .hpa_writes
+                        .get_or_create(&crate::metrics::ResultLabels {
+                            result: "deleted".into(),
+                        })
+                        .inc();
+                    tracing::info!(scaledobject = %so.id, hpa = name, "HPA deleted");
+                }
+                Err(e) => {
+                    tracing::warn!(hpa = name, error = %e, "cannot delete the HPA; retried next round")
+                }
+            }
+        }
+    }
+
+    /// A ScaledObject being deleted: restore, HPA gone, finalizer removed.
+    async fn finalize(&self, raw: &DynamicObject) {
+        if !has_finalizer(raw) {
+            return;
+        }
+        let mut set = ManifestSet::default();
+        set.add_object(
+            &PathBuf::from("finalizing"),
+            &with_kind(raw, "ScaledObject"),
+        );
+        let Some(so) = set.scaled_objects(&self.env).into_iter().next() else {
+            // Unreadable: nothing of ours can be found from it; let it go.
+            self.set_finalizer(raw, false).await;
+            return;
+        };
+        let original = raw.data["status"]["originalReplicaCount"]
+            .as_i64()
+            .and_then(|r| i32::try_from(r).ok())
+            .or(self.memory_of(&so.id).original);
+        if so.advanced.restore_to_original_replica_count
+            && let (Some(n), Some(target)) = (original, &so.scale_target_ref)
+            && let Ok((t, _)) = self.read_target(&so.id, target).await
+            && !self
+                .write_scale(&t, n, &so.id, "restoreToOriginalReplicaCount")
+                .await
+        {
+            // Retried next round: the finalizer holds the ScaledObject until then.
+            return;
+        }
+        self.delete_hpa(&so.id.namespace, &hpa_name(&so), &so).await;
+        self.set_finalizer(raw, false).await;
+        tracing::info!(scaledobject = %so.id, "scaledobject finalized");
+    }
+
+    async fn write_scale(&self, t: &Target, replicas: i32, id: &ObjectRef, why: &str) -> bool {
+        // The fence: a replica that stopped leading writes nothing.
+        if !self.acting() {
+            return false;
+        }
+        let api =
+            Api::<DynamicObject>::namespaced_with(self.client.clone(), &t.namespace, &t.resource);
+        let patch = json!({"spec": {"replicas": replicas}});
+        match api
+            .patch_scale(&t.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                self.metrics
+                    .scale_writes
+                    .get_or_create(&crate::metrics::ResultLabels { result: why.into() })
+                    .inc();
+                tracing::info!(scaledobject = %id, target = %t.name, replicas, reason = why, "scaled the target");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(scaledobject = %id, target = %t.name, error = %e, "cannot scale the target; retried");
+                false
+            }
+        }
+    }
+
+    /// Applies the engine's decisions to `/scale` (activation, deactivation, fallback).
+    async fn act(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = self.relay.notify.notified() => {}
+                _ = stop.changed() => return,
+            }
+            for (id, decision) in self.relay.take() {
+                if !self.acting() {
+                    continue;
+                }
+                let view = self
+                    .views
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get(&id)
+                    .cloned();
+                let Some(view) = view else { continue };
+                if is_paused(&view.so) {
+                    continue;
+                }
+                let Some(target) = &view.target else { continue };
+                let mut memory = self.memory_of(&id);
+                let was = memory.decision.clone();
+                if decision.active {
+                    memory.last_active =
+                        Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+                }
+                memory.decision = Some(decision.clone());
+                self.put_memory(&id, memory);
+                let current = match self.current_replicas(target).await {
+                    Some(c) => c,
+                    None => continue,
+                };
+                if let Some(n) = scale_write(&view.so, &decision, current)
+                    && self
+                        .write_scale(
+                            target,
+                            n,
+                            &id,
+                            if decision.active {
+                                "activation"
+                            } else {
+                                "deactivation"
+                            },
+                        )
+                        .await
+                {
+                    let (kind, reason, message) = if n > current {
+                        (
+                            "Normal",
+                            "KEDAScaleTargetActivated",
+                            format!(
+                                "Scaled {} {}/{} from {current} to {n}",
+                                target.resource.kind, target.namespace, target.name
+                            ),
+                        )
+                    } else {
+                        (
+                            "Normal",
+                            "KEDAScaleTargetDeactivated",
+                            format!(
+                                "Deactivated {} {}/{} from {current} to {n}",
+                                target.resource.kind, target.namespace, target.name
+                            ),
+                        )
+                    };
+                    self.event(&view.raw, "ScaledObject", kind, reason, &message)
+                        .await;
+                }
+                // Active and Fallback show in the status as they change, not a round later.
+                if was
+                    .as_ref()
+                    .map(|d| (d.active, d.reason.starts_with("fallback")))
+                    != Some((decision.active, decision.reason.starts_with("fallback")))
+                {
+                    let status = self
+                        .engine
+                        .status()
+                        .into_iter()
+                        .find(|s| s.id.as_ref() == Some(&id));
+                    let memory = self.memory_of(&id);
+                    let body = status_body(
+                        &view,
+                        &memory,
+                        memory.reported.as_deref(),
+                        status.as_ref(),
+                        &hpa_name(&view.so),
+                    );
+                    if memory.status.as_ref() != Some(&body)
+                        && self.write_status(&view.raw, &body).await
+                    {
+                        let mut m = self.memory_of(&id);
+                        m.status = Some(body);
+                        self.put_memory(&id, m);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn current_replicas(&self, t: &Target) -> Option<i32> {
+        let api =
+            Api::<DynamicObject>::namespaced_with(self.client.clone(), &t.namespace, &t.resource);
+        match api.get_scale(&t.name).await {
+            Ok(s) => Some(s.spec.and_then(|s| s.replicas).unwrap_or(0)),
+            Err(e) => {
+                tracing::debug!(target = %t.name, error = %e, "cannot read the scale subresource");
+                None
+            }
+        }
+    }
+
+    async fn event(
+        &self,
+        obj: &DynamicObject,
+        kind: &str,
+        type_: &str,
+        reason: &str,
+        message: &str,
+    ) {
+        if !self.acting() {
+            return;
+        }
+        let ns = obj
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        let now = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+        let message: String = message.chars().take(1024).collect();
+        let event = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": format!("{name}.{:016x}", fastrand::u64(..)), "namespace": ns},
+            "involvedObject": {"apiVersion": "keda.sh/v1alpha1", "kind": kind, "name": name, "namespace": ns, "uid": obj.metadata.uid},
+            "reason": reason, "message": message, "type": type_,
+            "source": {"component": MANAGER},
+            "reportingComponent": MANAGER, "reportingInstance": crate::leader::identity(),
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        });
+        let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(self.client.clone(), &ns);
+        match serde_json::from_value(event) {
+            Ok(e) => {
+                if let Err(e) = api.create(&PostParams::default(), &e).await {
+                    tracing::debug!(error = %e, "event not written");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "event not built"),
+        }
+    }
+}
+
+/// What `/scale` write a decision asks for, given the current replicas (the HPA does the
+/// rest, between 1 and max): activation from zero (or idle) to `max(min, 1)`;
+/// deactivation to zero (or idle) after the cooldown; the fallback replicas.
+#[must_use]
+pub fn scale_write(so: &ScaledObject, d: &Decision, current: i32) -> Option<i32> {
+    let idle = i32::try_from(so.idle_replica_count.unwrap_or(0)).unwrap_or(0);
+    let floor = i32::try_from(so.min_replica_count.max(1)).unwrap_or(1);
+    let want = i32::try_from(d.replicas).unwrap_or(i32::MAX);
+    if d.reason.starts_with("fallback") {
+        return (current != want).then_some(want);
+    }
+    if d.active {
+        return (current == 0
+            || (so.idle_replica_count.is_some() && current == idle && current < floor))
+            .then_some(floor);
+    }
+    let deactivate = so.min_replica_count == 0 && want == idle && current != idle;
+    deactivate.then_some(idle)
+}
+
+fn first_line(s: &str) -> String {
+    s.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect()
+}
+
+fn with_kind(o: &DynamicObject, kind: &str) -> Value {
+    let mut v = serde_json::to_value(o).unwrap_or(Value::Null);
+    v["kind"] = kind.into();
+    v["apiVersion"] = "keda.sh/v1alpha1".into();
+    v
+}
+
+fn has_finalizer(o: &DynamicObject) -> bool {
+    o.metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|f| f == FINALIZER))
+}
+
+fn owned_by(hpa: &DynamicObject, so: &ScaledObject) -> bool {
+    hpa.metadata.owner_references.as_ref().is_some_and(|refs| {
+        refs.iter().any(|r| {
+            r.kind == "ScaledObject"
+                && r.name == so.id.name
+                && so.uid.as_deref().is_none_or(|u| u.is_empty() || r.uid == u)
+        })
+    })
+}
+
+/// Whether `autoscaling.keda.sh/paused` is `"true"` or paused replicas are set.
+#[must_use]
+pub fn is_paused(so: &ScaledObject) -> bool {
+    so.annotations
+        .get(PAUSED_ANNOTATION)
+        .is_some_and(|v| v == "true")
+        || paused_replicas(so).is_some()
+}
+
+fn paused_replicas(so: &ScaledObject) -> Option<i32> {
+    so.annotations
+        .get(PAUSED_REPLICAS_ANNOTATION)
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .filter(|n| *n >= 0)
+}
+
+/// The HPA's name: `advanced.horizontalPodAutoscalerConfig.name` or `keda-hpa-{name}`.
+#[must_use]
+pub fn hpa_name(so: &ScaledObject) -> String {
+    so.advanced
+        .horizontal_pod_autoscaler_config
+        .as_ref()
+        .and_then(|c| c.name.clone())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| format!("keda-hpa-{}", so.id.name))
+}
+
+/// The HPA spec KEDA would write for `so`, its external metrics from the engine's status.
+#[must_use]
+pub fn hpa_spec(so: &ScaledObject, status: Option<&ObjectStatus>) -> Value {
+    let target = so.scale_target_ref.clone().unwrap_or_default();
+    let mut metrics = Vec::new();
+    let mut by_index: BTreeMap<usize, Value> = BTreeMap::new();
+    for r in &so.resource_triggers {
+        let t = if r.metric_type == "Utilization" {
+            json!({"type": "Utilization", "averageUtilization": r.value.parse::<i32>().unwrap_or(0)})
+        } else {
+            json!({"type": "AverageValue", "averageValue": r.value})
+        };
+        let m = match &r.container_name {
+            Some(c) => {
+                json!({"type": "ContainerResource", "containerResource": {"name": r.resource, "container": c, "target": t}})
+            }
+            None => json!({"type": "Resource", "resource": {"name": r.resource, "target": t}}),
+        };
+        by_index.insert(r.index, m);
+    }
+    if let Some(st) = status {
+        for t in &st.triggers {
+            let (Some(name), Some(target_value)) = (&t.metric, t.target) else {
+                continue;
+            };
+            let value = trustscale::scaler::format_quantity(target_value);
+            let metric_type = so
+                .triggers
+                .iter()
+                .filter_map(|s| s.as_ref().ok())
+                .find(|s| s.index == t.index)
+                .map(|s| s.metric_type)
+                .unwrap_or_default();
+            let target = match metric_type {
+                trustscale::scaler::MetricType::Value => json!({"type": "Value", "value": value}),
+                trustscale::scaler::MetricType::AverageValue => {
+                    json!({"type": "AverageValue", "averageValue": value})
+                }
+            };
+            by_index.insert(
+                t.index,
+                json!({"type": "External", "external": {
+                    "metric": {"name": name, "selector": {"matchLabels": {NAME_LABEL: so.id.name}}},
+                    "target": target,
+                }}),
+            );
+        }
+    }
+    metrics.extend(by_index.into_values());
+    let mut spec = json!({
+        "scaleTargetRef": {"apiVersion": target.api_version(), "kind": target.kind(), "name": target.name},
+        "minReplicas": so.min_replica_count.max(1),
+        "maxReplicas": so.max_replica_count.max(so.min_replica_count.max(1)),
+        "metrics": metrics,
+    });
+    if let Some(b) = so
+        .advanced
+        .horizontal_pod_autoscaler_config
+        .as_ref()
+        .and_then(|c| c.behavior.clone())
+    {
+        spec["behavior"] = b;
+    }
+    spec
+}
+
+fn condition(type_: &str, on: bool, reason: &str, message: &str) -> Value {
+    json!({"type": type_, "status": if on { "True" } else { "False" }, "reason": reason, "message": message})
+}
+
+/// The status KEDA writes.
+fn status_body(
+    view: &View,
+    memory: &Memory,
+    problem: Option<&str>,
+    status: Option<&ObjectStatus>,
+    hpa: &str,
+) -> Value {
+    let so = &view.so;
+    let paused = is_paused(so);
+    let decision = memory
+        .decision
+        .as_ref()
+        .or(status.and_then(|s| s.decision.as_ref()));
+    let active = decision.is_some_and(|d| d.active);
+    let fallback = decision.is_some_and(|d| d.reason.starts_with("fallback"));
+    let ready = match problem {
+        None => condition(
+            "Ready",
+            true,
+            "ScaledObjectReady",
+            "ScaledObject is defined correctly and is ready for scaling",
+        ),
+        Some(p) => condition("Ready", false, "ScaledObjectCheckFailed", p),
+    };
+    let active = if active {
+        condition(
+            "Active",
+            true,
+            "ScalerActive",
+            "Scaling is performed because triggers are active",
+        )
+    } else {
+        condition(
+            "Active",
+            false,
+            "ScalerNotActive",
+            "Scaling is not performed because triggers are not active",
+        )
+    };
+    let fallback = if fallback {
+        condition(
+            "Fallback",
+            true,
+            "FallbackExists",
+            "At least one trigger is falling back on this scaled object",
+        )
+    } else {
+        condition(
+            "Fallback",
+            false,
+            "NoFallbackFound",
+            "No fallbacks are active on this scaled object",
+        )
+    };
+    let paused_c = if paused {
+        condition(
+            "Paused",
+            true,
+            "ScaledObjectPaused",
+            "ScaledObject is paused",
+        )
+    } else {
+        condition(
+            "Paused",
+            false,
+            "ScaledObjectUnpaused",
+            "ScaledObject is not paused",
+        )
+    };
+    let mut external = Vec::new();
+    let mut health = serde_json::Map::new();
+    for t in status.map(|s| s.triggers.as_slice()).unwrap_or_default() {
+        if let Some(m) = &t.metric {
+            external.push(Value::from(m.clone()));
+            health.insert(
+                m.clone(),
+                json!({"numberOfFailures": t.failures, "status": if t.error.is_some() { "Failing" } else { "Happy" }}),
+            );
+        }
+    }
+    let resource: Vec<Value> = so
+        .resource_triggers
+        .iter()
+        .map(|r| Value::from(r.resource.clone()))
+        .collect();
+    let target = so.scale_target_ref.clone().unwrap_or_default();
+    let (group, version) = match target.api_version().split_once('/') {
+        Some((g, v)) => (g.to_string(), v.to_string()),
+        None => (String::new(), target.api_version().to_string()),
+    };
+    let mut body = json!({
+        "conditions": [ready, active, fallback, paused_c],
+        "externalMetricNames": external,
+        "resourceMetricNames": resource,
+        "health": health,
+        "hpaName": hpa,
+        "scaleTargetKind": format!("{}.{}", target.api_version(), target.kind()),
+        "scaleTargetGVKR": {
+            "group": group, "version": version, "kind": target.kind(),
+            "resource": view.target.as_ref().map(|t| t.resource.plural.clone()).unwrap_or_default(),
+        },
+    });
+    if let Some(o) = memory.original {
+        body["originalReplicaCount"] = o.into();
+    }
+    if let Some(t) = &memory.last_active {
+        body["lastActiveTime"] = t.clone().into();
+    }
+    if let Some(n) = paused_replicas(so) {
+        body["pausedReplicaCount"] = n.into();
+    }
+    body
+}
