@@ -146,6 +146,7 @@ struct ObjectMeta {
 }
 
 /// `scaleTargetRef`.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ScaleTargetRef {
@@ -192,6 +193,7 @@ impl ScaleTargetRef {
 }
 
 /// `advanced`: what trustscale uses of it, and the rest kept as written.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Advanced {
@@ -208,6 +210,7 @@ pub struct Advanced {
 }
 
 /// `advanced.horizontalPodAutoscalerConfig`.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct HpaConfig {
@@ -246,6 +249,7 @@ pub struct Fallback {
 }
 
 /// `authenticationRef`.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq, Hash)]
 pub struct AuthRef {
     /// The authentication's name.
@@ -255,6 +259,7 @@ pub struct AuthRef {
     pub kind: Option<String>,
 }
 
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Deserialize, Hash)]
 #[serde(rename_all = "camelCase")]
 struct TriggerDef {
@@ -263,6 +268,7 @@ struct TriggerDef {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
+    #[cfg_attr(test, schemars(with = "BTreeMap<String, String>"))]
     metadata: BTreeMap<String, serde_yaml_ng::Value>,
     #[serde(default)]
     authentication_ref: Option<AuthRef>,
@@ -272,22 +278,29 @@ struct TriggerDef {
     use_cached_metrics: Option<bool>,
 }
 
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ScaledObjectSpec {
     #[serde(default)]
     scale_target_ref: Option<ScaleTargetRef>,
     #[serde(default)]
+    #[cfg_attr(test, schemars(with = "Option<i32>"))]
     polling_interval: Option<serde_yaml_ng::Value>,
     #[serde(default)]
+    #[cfg_attr(test, schemars(with = "Option<i32>"))]
     cooldown_period: Option<serde_yaml_ng::Value>,
     #[serde(default)]
+    #[cfg_attr(test, schemars(with = "Option<i32>"))]
     initial_cooldown_period: Option<serde_yaml_ng::Value>,
     #[serde(default)]
+    #[cfg_attr(test, schemars(with = "Option<i32>"))]
     min_replica_count: Option<serde_yaml_ng::Value>,
     #[serde(default)]
+    #[cfg_attr(test, schemars(with = "Option<i32>"))]
     max_replica_count: Option<serde_yaml_ng::Value>,
     #[serde(default)]
+    #[cfg_attr(test, schemars(with = "Option<i32>"))]
     idle_replica_count: Option<serde_yaml_ng::Value>,
     #[serde(default)]
     fallback: Option<RawFallback>,
@@ -299,11 +312,17 @@ struct ScaledObjectSpec {
     other: BTreeMap<String, serde_json::Value>,
 }
 
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawFallback {
+    #[cfg_attr(test, schemars(with = "i32"))]
     failure_threshold: serde_yaml_ng::Value,
+    #[cfg_attr(test, schemars(with = "i32"))]
     replicas: serde_yaml_ng::Value,
+    /// The other fields of KEDA's schema (`behavior`), kept as written.
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_json::Value>,
 }
 
 /// The numbers of a ScaledObject, checked: KEDA's schema makes them 32-bit integers.
@@ -494,6 +513,7 @@ pub struct ScaledObject {
     pub unused: BTreeMap<String, serde_json::Value>,
 }
 
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct TargetRef {
@@ -502,6 +522,7 @@ struct TargetRef {
     key: String,
 }
 
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct EnvRef {
@@ -511,6 +532,7 @@ struct EnvRef {
     container_name: Option<String>,
 }
 
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct AuthSpec {
@@ -520,6 +542,10 @@ struct AuthSpec {
     env: Vec<EnvRef>,
     #[serde(default)]
     config_map_target_ref: Vec<TargetRef>,
+    /// The providers this tool does not support (vaults, pod identity, ...), kept as
+    /// written (the webhook warns about them).
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Clone, Debug)]
@@ -1477,6 +1503,158 @@ impl ManifestSet {
                 .insert(r.parameter.clone(), Secret::new(value.to_string()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod schema {
+    //! Our types' schema, generated (schemars), against the fields of KEDA's CRDs.
+    use super::*;
+    use serde_json::Value;
+
+    /// The field paths a generated schema types, and those under which it keeps any
+    /// field (a flattened map: `additionalProperties`).
+    fn paths(root: &Value) -> (Vec<String>, Vec<String>) {
+        fn resolve<'a>(root: &'a Value, mut s: &'a Value) -> &'a Value {
+            loop {
+                if let Some(r) = s.get("$ref").and_then(Value::as_str) {
+                    let name = r.rsplit('/').next().unwrap_or_default();
+                    s = &root["$defs"][name];
+                } else if let Some(alts) = s
+                    .get("anyOf")
+                    .or_else(|| s.get("oneOf"))
+                    .and_then(Value::as_array)
+                {
+                    match alts
+                        .iter()
+                        .find(|a| a.get("type") != Some(&Value::from("null")))
+                    {
+                        Some(a) => s = a,
+                        None => return s,
+                    }
+                } else if s.get("items").is_some() {
+                    s = &s["items"];
+                } else {
+                    return s;
+                }
+            }
+        }
+        fn walk(
+            root: &Value,
+            s: &Value,
+            path: &str,
+            typed: &mut Vec<String>,
+            open: &mut Vec<String>,
+        ) {
+            let s = resolve(root, s);
+            if s.get("additionalProperties")
+                .is_some_and(|a| a != &Value::Bool(false))
+                && s.get("properties").is_some()
+            {
+                open.push(path.to_string());
+            }
+            for (k, v) in s
+                .get("properties")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                let p = format!("{path}.{k}");
+                typed.push(p.clone());
+                walk(root, v, &p, typed, open);
+            }
+        }
+        let (mut typed, mut open) = (Vec::new(), Vec::new());
+        walk(root, root, "spec", &mut typed, &mut open);
+        (typed, open)
+    }
+
+    fn keda(text: &str) -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn check(ours: &Value, fields: &str) {
+        let (typed, open) = paths(ours);
+        let keda = keda(fields);
+        for f in &keda {
+            // Typed, or the deepest of our fields it lies under keeps unknown fields.
+            let deepest = std::iter::once("spec")
+                .chain(typed.iter().map(String::as_str))
+                .filter(|t| f.starts_with(&format!("{t}.")))
+                .max_by_key(|t| t.len());
+            let kept = typed.contains(f) || deepest.is_some_and(|d| open.iter().any(|o| o == d));
+            assert!(
+                kept,
+                "KEDA's field {f} is neither typed nor kept by our schema"
+            );
+        }
+        for t in &typed {
+            assert!(
+                keda.contains(t)
+                    || keda
+                        .iter()
+                        .any(|k| t.starts_with(&format!("{k}.")) && k.ends_with("behavior")),
+                "our schema has {t}, which KEDA's does not"
+            );
+        }
+    }
+
+    #[test]
+    fn the_scaled_object_schema_types_or_keeps_every_field_keda_documents() {
+        let ours = serde_json::to_value(schemars::schema_for!(ScaledObjectSpec)).unwrap();
+        check(
+            &ours,
+            include_str!("../../tests/corpus/keda/scaledobject-spec-fields.txt"),
+        );
+        // The ones it uses are typed, not merely kept.
+        let (typed, _) = paths(&ours);
+        for f in [
+            "spec.scaleTargetRef.envSourceContainerName",
+            "spec.advanced.restoreToOriginalReplicaCount",
+            "spec.advanced.horizontalPodAutoscalerConfig.behavior",
+            "spec.fallback.failureThreshold",
+            "spec.triggers.authenticationRef.kind",
+            "spec.idleReplicaCount",
+        ] {
+            assert!(typed.iter().any(|t| t == f), "{f} is not typed");
+        }
+    }
+
+    #[test]
+    fn the_trigger_authentication_schema_types_or_keeps_every_field_keda_documents() {
+        let ours = serde_json::to_value(schemars::schema_for!(AuthSpec)).unwrap();
+        check(
+            &ours,
+            include_str!("../../tests/corpus/keda/triggerauthentication-spec-fields.txt"),
+        );
+    }
+
+    #[test]
+    fn a_field_keda_has_and_we_lost_is_caught() {
+        // Negative control: a KEDA field list with a field under a closed (typed, not
+        // flattened) struct our schema does not have.
+        let ours = serde_json::to_value(schemars::schema_for!(ScaledObjectSpec)).unwrap();
+        let result = std::panic::catch_unwind(|| check(&ours, "spec.scaleTargetRef.subresource\n"));
+        assert!(result.is_err());
+        let result = std::panic::catch_unwind(|| check(&ours, "spec.triggers.metadata\n"));
+        assert!(result.is_err(), "our fields KEDA lacks are caught too");
+    }
+
+    #[test]
+    fn fields_kept_are_kept_as_written() {
+        let mut set = ManifestSet::default();
+        set.add_text(
+            Path::new("t.yaml"),
+            "kind: ScaledObject\nmetadata: {name: a}\nspec:\n  scaleTargetRef: {name: w}\n  fallback: {failureThreshold: 3, replicas: 2, behavior: currentReplicasIfHigher}\n  advanced: {scalingModifiers: {formula: \"a + b\", target: \"2\"}}\n  newerField: {x: 1}\n  triggers: [{type: cpu, metricType: Utilization, metadata: {value: \"50\"}}]\n",
+        );
+        assert!(set.problems.is_empty(), "{:?}", set.problems);
+        let so = &set.scaled_objects(&Env::default())[0];
+        assert_eq!(so.unused["newerField"], serde_json::json!({"x": 1}));
+        assert_eq!(so.advanced.other["scalingModifiers"]["formula"], "a + b");
+        assert_eq!(so.resource_triggers.len(), 1);
     }
 }
 
