@@ -509,7 +509,8 @@ pub struct ScaledObject {
     pub resource_triggers: Vec<ResourceTrigger>,
     /// The position among all triggers of each of [`ScaledObject::triggers`].
     pub trigger_indexes: Vec<usize>,
-    /// The fields of `spec` this tool does not use, kept as written.
+    /// The fields of `spec` this tool does not use (`fallback.behavior`,
+    /// `advanced.scalingModifiers`, ...: paths below `spec`), kept as written.
     pub unused: BTreeMap<String, serde_json::Value>,
 }
 
@@ -1229,15 +1230,7 @@ impl ManifestSet {
                 ));
             }
         }
-        let unsupported: Vec<&str> = value
-            .get("spec")
-            .and_then(|s| s.as_mapping())
-            .into_iter()
-            .flat_map(|m| m.keys())
-            .filter_map(|k| k.as_str())
-            .filter(|k| !matches!(*k, "secretTargetRef" | "configMapTargetRef" | "env"))
-            .collect();
-        for key in unsupported {
+        for key in spec.other.keys() {
             warnings.push(format!(
                 "spec.{key} is not supported by trustscale and is ignored"
             ));
@@ -1322,7 +1315,16 @@ impl ManifestSet {
             advanced: spec.advanced.clone().unwrap_or_default(),
             resource_triggers,
             trigger_indexes,
-            unused: spec.other.clone(),
+            unused: {
+                let mut unused = spec.other.clone();
+                for (k, v) in spec.fallback.iter().flat_map(|f| &f.other) {
+                    unused.insert(format!("fallback.{k}"), v.clone());
+                }
+                for (k, v) in spec.advanced.iter().flat_map(|a| &a.other) {
+                    unused.insert(format!("advanced.{k}"), v.clone());
+                }
+                unused
+            },
         }
     }
 

@@ -200,6 +200,11 @@ impl Validator {
         verdict
             .denied
             .extend(self.cluster_conflicts(&so, deadline).await);
+        for key in so.unused.keys().take(MAX_WARNINGS) {
+            verdict.warnings.push(format!(
+                "spec.{key} is not supported by trustscale and is ignored"
+            ));
+        }
         if so.triggers.len() > MAX_TRIGGERS {
             verdict.denied.push(format!(
                 "spec.triggers: {} triggers; at most {MAX_TRIGGERS} are checked",
