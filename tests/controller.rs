@@ -16,11 +16,13 @@ use serde_json::{Value, json};
 use support::{Child, wait_for};
 use trustscale_test_apiserver::TestApiServer;
 
-/// A metrics endpoint: `{"v": value}`; remembers every `Authorization` header.
+/// A metrics endpoint: `{"v": value}` (or a 500 while failing); remembers every
+/// `Authorization` header.
 struct Source {
     port: u16,
     value: Arc<Mutex<f64>>,
     seen: Arc<Mutex<Vec<String>>>,
+    failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Source {
@@ -29,7 +31,8 @@ impl Source {
         let port = listener.local_addr().unwrap().port();
         let value = Arc::new(Mutex::new(value));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (v, s) = (Arc::clone(&value), Arc::clone(&seen));
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (v, s, f) = (Arc::clone(&value), Arc::clone(&seen), Arc::clone(&failing));
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
@@ -49,19 +52,32 @@ impl Source {
                     }
                 }
                 s.lock().unwrap().push(auth);
-                let body = format!("{{\"v\": {}}}", *v.lock().unwrap());
+                let (status, body) = if f.load(std::sync::atomic::Ordering::SeqCst) {
+                    ("500 Internal Server Error", "broken".to_string())
+                } else {
+                    ("200 OK", format!("{{\"v\": {}}}", *v.lock().unwrap()))
+                };
                 let _ = write!(
                     conn,
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
                 );
             }
         });
-        Source { port, value, seen }
+        Source {
+            port,
+            value,
+            seen,
+            failing,
+        }
     }
 
     fn set(&self, v: f64) {
         *self.value.lock().unwrap() = v;
+    }
+
+    fn fail(&self, on: bool) {
+        self.failing.store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn saw(&self, auth: &str) -> bool {
@@ -141,6 +157,21 @@ impl Operator {
     }
 }
 
+impl Drop for Operator {
+    fn drop(&mut self) {
+        // A failing test shows what the operator said (its last 60 lines).
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- operator log ({}) ---\n{}",
+                self.stderr.display(),
+                lines[lines.len().saturating_sub(60)..].join("\n")
+            );
+        }
+    }
+}
+
 fn operator(s: &TestApiServer, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Operator {
     let certs = tempfile::tempdir().unwrap();
     let stderr = s
@@ -153,13 +184,16 @@ fn operator(s: &TestApiServer, name: &str, extra: &[&str], env: &[(&str, &str)])
             .arg(certs.path())
             .args(["--ca-dir", "/nonexistent"])
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args([
-                "--metrics-bind-address",
-                "",
-                "--health-probe-bind-address",
-                "",
-            ])
-            .args(["--webhook-bind-address", ""])
+            .args(
+                [
+                    "--metrics-bind-address",
+                    "--webhook-bind-address",
+                    "--health-probe-bind-address",
+                ]
+                .into_iter()
+                .filter(|f| !extra.contains(f))
+                .flat_map(|f| [f, ""]),
+            )
             .args(["--authentication-skip-lookup", "--resync-period", "1s"])
             .args(["--service-dns-name", "trustscale.keda.svc"])
             .arg("--kubeconfig")
@@ -405,6 +439,13 @@ fn a_scaled_object_gets_its_hpa_scales_from_and_to_zero_pauses_and_restores_on_d
     wait_for("scaled to zero again", BOUND, || {
         replicas(&s, "worker") == 0
     });
+    wait_for("status: unpaused, no pausedReplicaCount", BOUND, || {
+        let o = so(&s, "web").unwrap();
+        condition(&o, "Paused").0 == "False"
+            && o["status"]
+                .get("pausedReplicaCount")
+                .is_none_or(Value::is_null)
+    });
 
     // Deletion: restored to the original 3, HPA gone, the finalizer let go.
     kubectl(
@@ -453,7 +494,7 @@ fn env_comes_from_the_scale_targets_container_and_a_rotated_secret_is_used_at_th
     let op = operator(&s, "op", &[], &[("API_TOKEN", "the-operators-own")]);
     s.create(json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "api-token", "namespace": "shop"},
-        "data": {"token": "Zmlyc3Q="}})); // "first"
+        "data": {"token": "Zmlyc3QtdG9rZW4tOTE3"}})); // "first-token-917"
     s.create(json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "pod-secret", "namespace": "shop"},
         "data": {"t": "ZnJvbS1wb2Qtc2VjcmV0"}})); // "from-pod-secret"
@@ -488,7 +529,7 @@ fn env_comes_from_the_scale_targets_container_and_a_rotated_secret_is_used_at_th
         auth("from-env"),
     ));
     wait_for("the Secret's token is sent", BOUND, || {
-        source.saw("Bearer first")
+        source.saw("Bearer first-token-917")
     });
     wait_for("the container's token is sent", BOUND, || {
         source.saw("Bearer from-pod-secret")
@@ -496,18 +537,19 @@ fn env_comes_from_the_scale_targets_container_and_a_rotated_secret_is_used_at_th
 
     // Rotate the Secret (as kubectl apply would): the next poll sends the new token.
     s.modify("", "secrets", "shop", "api-token", |o| {
-        o["data"]["token"] = "c2Vjb25k".into(); // "second"
+        o["data"]["token"] = "c2Vjb25kLXRva2VuLTQ0Mg==".into(); // "second-token-442"
     });
     wait_for("the rotated token is sent", BOUND, || {
-        source.saw("Bearer second")
+        source.saw("Bearer second-token-442")
     });
 
     // A target whose container lacks the variable: the trigger fails, naming it; the
     // operator's own variable is never sent.
-    s.create(scaled_object("no-env", "without-env", &source, {
+    s.create(deployment("also-without-env", 1, json!([])));
+    s.create(scaled_object("no-env", "also-without-env", &source, {
         let mut a = auth("from-env");
         a["spec"]["scaleTargetRef"] =
-            json!({"name": "without-env", "envSourceContainerName": "app"});
+            json!({"name": "also-without-env", "envSourceContainerName": "app"});
         a
     }));
     wait_for("no-env is not ready, naming the variable", BOUND, || {
@@ -527,10 +569,12 @@ fn env_comes_from_the_scale_targets_container_and_a_rotated_secret_is_used_at_th
         "the operator's own environment reached a trigger"
     );
     assert!(!op.log().contains("the-operators-own"));
-    assert!(
-        !op.log().contains("second") && !op.log().contains("from-pod-secret"),
-        "a secret reached the log"
-    );
+    for secret in ["first-token-917", "second-token-442", "from-pod-secret"] {
+        assert!(
+            !op.log().contains(secret),
+            "a secret reached the log: {secret}"
+        );
+    }
 }
 
 #[test]
@@ -644,6 +688,14 @@ fn an_hpa_it_does_not_own_is_left_alone_and_scaled_jobs_are_reported() {
         h["spec"]["maxReplicas"], 3,
         "a foreign HPA is never rewritten"
     );
+    // The source is idle past the cooldown: a target that is not ours is never scaled.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        replicas(&s, "taken"),
+        2,
+        "a target with a foreign HPA was scaled"
+    );
+    assert_eq!(scale_writes(&s, "taken"), 0);
     wait_for("the ScaledJob is reported", BOUND, || {
         op.log().contains("ScaledJobs are not supported")
     });
@@ -712,7 +764,12 @@ fn two_replicas_elect_one_leader_the_follower_answers_through_it_and_takes_over(
     let s = cluster();
     let source = Source::start(6.0);
     s.create(deployment("worker", 0, json!([])));
-    s.create(scaled_object("web", "worker", &source, json!({})));
+    s.create(scaled_object(
+        "web",
+        "worker",
+        &source,
+        json!({"spec": {"cooldownPeriod": 10}}),
+    ));
     let timings = [
         "--leader-elect",
         "--leader-election-lease-duration",
@@ -748,7 +805,7 @@ fn two_replicas_elect_one_leader_the_follower_answers_through_it_and_takes_over(
     });
     assert_eq!(holder(&s).as_deref(), Some("op-a"));
     assert!(
-        b.log().contains("not the leader") || !b.log().contains("scaledobject started"),
+        !b.log().contains("scaledobject started"),
         "the follower polls"
     );
     // The channel is mutual TLS under the internal CA: a client certificate of another
@@ -776,21 +833,38 @@ fn two_replicas_elect_one_leader_the_follower_answers_through_it_and_takes_over(
         .iter()
         .filter(|(m, p)| m != "GET" && p.contains("horizontalpodautoscalers"))
         .count();
+    // The source goes idle just before: the cooldown (10 s from the last activity, in
+    // the status) runs across the failover.
+    wait_for("lastActiveTime is in the status", BOUND, || {
+        so(&s, "web").unwrap()["status"]["lastActiveTime"].is_string()
+    });
+    source.set(0.0);
+    let idle_since = Instant::now();
     let killed = Instant::now();
     drop(a);
     wait_for("op-b leads", BOUND, || {
         holder(&s).as_deref() == Some("op-b")
     });
     let failover = killed.elapsed();
-    eprintln!("failover took {failover:?} (lease 3s, retry 500ms)");
+    eprintln!("failover took {failover:?} (lease 3s, renew deadline 2s, retry 500ms)");
     wait_for("the new leader answers itself", BOUND, || {
         let (body, code) = curl_metric(b.port, b.certs.path(), &metric);
-        code == "200" && body.contains("\"value\":\"6\"")
+        code == "200" && body.contains("\"value\":\"0\"")
     });
-    source.set(0.0);
-    wait_for("the new leader scales to zero", BOUND, || {
-        replicas(&s, "worker") == 0
-    });
+    // A new leader that forgot the cooldown would scale to zero at its first poll.
+    while idle_since.elapsed() < Duration::from_secs(7) {
+        assert_eq!(
+            replicas(&s, "worker"),
+            1,
+            "the new leader cut the cooldown short"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_for(
+        "the new leader scales to zero after the cooldown",
+        BOUND,
+        || replicas(&s, "worker") == 0,
+    );
     let hpa_writes_after = s
         .requests()
         .iter()
@@ -815,4 +889,383 @@ fn two_replicas_elect_one_leader_the_follower_answers_through_it_and_takes_over(
         holder(&s).is_none()
     });
     let _ = b.child.0.wait();
+}
+
+fn prometheus(port: u16) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{port}/metrics"))
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn curl_metric_of(port: u16, certs: &Path, so: &str, metric: &str) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+        .arg("--cacert")
+        .arg(certs.join("ca.crt"))
+        .arg("--cert")
+        .arg(certs.join("tls.crt"))
+        .arg("--key")
+        .arg(certs.join("tls.key"))
+        .arg(format!(
+            "https://localhost:{port}/apis/external.metrics.k8s.io/v1beta1/namespaces/shop/{metric}?labelSelector=scaledobject.keda.sh%2Fname%3D{so}"
+        ))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (body.to_string(), code.to_string())
+}
+
+fn metric_name(s: &TestApiServer, so_name: &str) -> String {
+    wait_for("the metric name is in the status", BOUND, || {
+        so(s, so_name).is_some_and(|o| o["status"]["externalMetricNames"][0].is_string())
+    });
+    so(s, so_name).unwrap()["status"]["externalMetricNames"][0]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn errors_never_scale_idle_and_min_follow_keda_and_fallback_goes_through_the_metric() {
+    let s = cluster();
+    let metrics_port = support::free_port();
+    let op = operator(
+        &s,
+        "op",
+        &[
+            "--metrics-bind-address",
+            &format!("127.0.0.1:{metrics_port}"),
+        ],
+        &[],
+    );
+
+    // A failing source at zero: never activated, never "active"; KEDA's TriggerError.
+    let broken = Source::start(9.0);
+    broken.fail(true);
+    s.create(deployment("at-zero", 0, json!([])));
+    s.create(scaled_object("broken", "at-zero", &broken, json!({})));
+    wait_for("the trigger fails, Ready says TriggerError", BOUND, || {
+        so(&s, "broken").is_some_and(|o| condition(&o, "Ready").1 == "TriggerError")
+    });
+    // ... and a failing source above zero is never a reason to scale in.
+    s.create(deployment("busy", 3, json!([])));
+    s.create(scaled_object("broken-busy", "busy", &broken, json!({})));
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(replicas(&s, "at-zero"), 0, "an error activated a target");
+    assert_eq!(replicas(&s, "busy"), 3, "an error scaled a target in");
+    assert_eq!(condition(&so(&s, "broken").unwrap(), "Active").0, "False");
+
+    // idleReplicaCount below minReplicaCount: inactive → idle; active → min.
+    let source = Source::start(0.0);
+    s.create(deployment("idle", 2, json!([])));
+    s.create(scaled_object(
+        "idle",
+        "idle",
+        &source,
+        json!({"spec": {"minReplicaCount": 2, "idleReplicaCount": 0, "cooldownPeriod": 1}}),
+    ));
+    wait_for("inactive: to idleReplicaCount", BOUND, || {
+        replicas(&s, "idle") == 0
+    });
+    source.set(5.0);
+    wait_for("active: from idle to minReplicaCount", BOUND, || {
+        replicas(&s, "idle") == 2
+    });
+    wait_for("the HPA's floor is minReplicaCount", BOUND, || {
+        hpa(&s, "keda-hpa-idle").is_some_and(|h| h["spec"]["minReplicas"] == 2)
+    });
+
+    // Fallback: after 2 failures the HPA is given replicas × target for that metric;
+    // /scale is never written for it (the HPA does it).
+    let flaky = Source::start(6.0);
+    s.create(deployment("fb", 1, json!([])));
+    s.create(scaled_object(
+        "fb",
+        "fb",
+        &flaky,
+        json!({"spec": {"fallback": {"failureThreshold": 2, "replicas": 4}}}),
+    ));
+    let metric = metric_name(&s, "fb");
+    wait_for("the real value is served", BOUND, || {
+        curl_metric_of(op.port, op.certs.path(), "fb", &metric)
+            .0
+            .contains("\"value\":\"6\"")
+    });
+    let writes = scale_writes(&s, "fb");
+    flaky.fail(true);
+    wait_for("the fallback value (4 × 2) is served", BOUND, || {
+        curl_metric_of(op.port, op.certs.path(), "fb", &metric)
+            .0
+            .contains("\"value\":\"8\"")
+    });
+    wait_for("status: Fallback, health Failing", BOUND, || {
+        let o = so(&s, "fb").unwrap();
+        condition(&o, "Fallback") == ("True".into(), "FallbackExists".into())
+            && o["status"]["health"][metric.as_str()]["status"] == "Failing"
+            && o["status"]["health"][metric.as_str()]["numberOfFailures"].as_u64() >= Some(2)
+    });
+    assert_eq!(scale_writes(&s, "fb"), writes, "fallback wrote /scale");
+    flaky.fail(false);
+    wait_for("recovered: the real value again", BOUND, || {
+        curl_metric_of(op.port, op.certs.path(), "fb", &metric)
+            .0
+            .contains("\"value\":\"6\"")
+    });
+
+    // KEDA's Prometheus names and labels, beside ours.
+    let text = prometheus(metrics_port);
+    let value = format!(
+        "keda_scaler_metrics_value{{namespace=\"shop\",metric=\"{metric}\",scaledObject=\"fb\",scaler=\"metricsAPIScaler\",triggerIndex=\"0\",type=\"scaledobject\"}} 6"
+    );
+    assert!(text.contains(&value), "{value} not in:\n{text}");
+    assert!(
+        text.contains("keda_scaler_errors_total{namespace=\"shop\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("keda_scaler_active{namespace=\"shop\""),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "keda_scaled_object_errors_total{namespace=\"shop\",scaledObject=\"broken\"}"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("keda_scaled_object_paused{namespace=\"shop\",scaledObject=\"fb\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("trustscale_scale_writes_total{result=\"activation\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("trustscale_hpa_writes_total{result=\"created\"}"),
+        "{text}"
+    );
+    assert!(text.contains("trustscale_leader 1"), "{text}");
+    // A deleted ScaledObject's series go.
+    kubectl(
+        &s,
+        &[
+            "delete",
+            "scaledobjects",
+            "broken",
+            "-n",
+            "shop",
+            "--wait=false",
+        ],
+    );
+    wait_for("the ScaledObject is gone", BOUND, || {
+        so(&s, "broken").is_none()
+    });
+    wait_for("its series are gone", BOUND, || {
+        !prometheus(metrics_port).contains("scaledObject=\"broken\"")
+    });
+}
+
+#[test]
+fn a_second_scaled_object_on_a_target_is_refused_by_the_webhook_and_never_scales_it() {
+    let s = cluster();
+    let source = Source::start(0.0);
+    let webhook = support::free_port();
+    let op = operator(
+        &s,
+        "op",
+        &["--webhook-bind-address", &format!("127.0.0.1:{webhook}")],
+        &[],
+    );
+    s.create(deployment("shared", 2, json!([])));
+    s.create(scaled_object("first", "shared", &source, json!({})));
+    wait_for("first is ready", BOUND, || {
+        so(&s, "first").is_some_and(|o| condition(&o, "Ready").0 == "True")
+    });
+    // What the kube-apiserver would send for a second one (curl as the client).
+    let review = |name: &str, target: &str| {
+        let body = json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u-1", "operation": "CREATE", "namespace": "shop",
+                "kind": {"group": "keda.sh", "version": "v1alpha1", "kind": "ScaledObject"},
+                "object": scaled_object(name, target, &source, json!({}))},
+        });
+        let file = s.dir().join(format!("review-{name}.json"));
+        std::fs::write(&file, body.to_string()).unwrap();
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-H",
+                "content-type: application/json",
+            ])
+            .arg("--cacert")
+            .arg(op.certs.path().join("ca.crt"))
+            .arg("--data-binary")
+            .arg(format!("@{}", file.display()))
+            .arg(format!(
+                "https://localhost:{webhook}/validate-keda-sh-v1alpha1-scaledobject"
+            ))
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null)
+    };
+    let r = review("second", "shared");
+    assert_eq!(r["response"]["allowed"], false, "{r}");
+    assert!(
+        r["response"]["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already managed by the ScaledObject 'first'"),
+        "{r}"
+    );
+    // A target with an HPA of someone else's.
+    s.create(deployment("hpa-owned", 1, json!([])));
+    s.create(json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "theirs", "namespace": "shop"},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "hpa-owned"}, "minReplicas": 1, "maxReplicas": 3}}));
+    let r = review("third", "hpa-owned");
+    assert_eq!(r["response"]["allowed"], false, "{r}");
+    assert!(
+        r["response"]["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already managed by the hpa 'theirs'"),
+        "{r}"
+    );
+    // Negative control: a free target is allowed.
+    s.create(deployment("free", 1, json!([])));
+    let r = review("fourth", "free");
+    assert_eq!(r["response"]["allowed"], true, "{r}");
+
+    // One that predates the webhook (created straight in the API): not Ready, and the
+    // target is scaled by the first one only.
+    s.create(scaled_object("second", "shared", &source, json!({})));
+    wait_for("second is not ready, naming first", BOUND, || {
+        so(&s, "second").is_some_and(|o| {
+            condition(&o, "Ready").0 == "False"
+                && o["status"]["conditions"][0]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("'first'")
+        })
+    });
+    assert!(hpa(&s, "keda-hpa-second").is_none());
+    wait_for("first scales the idle target to zero", BOUND, || {
+        replicas(&s, "shared") == 0
+    });
+}
+
+#[test]
+fn objects_from_the_api_with_odd_contents_are_reported_and_the_rest_keep_working() {
+    let s = cluster();
+    let source = Source::start(5.0);
+    let op = operator(&s, "op", &[], &[]);
+    let bad = |name: &str, spec: Value| {
+        s.create(
+            json!({"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+            "metadata": {"name": name, "namespace": "shop"}, "spec": spec}),
+        );
+    };
+    let huge = "x".repeat(512 * 1024);
+    let many: Vec<Value> = (0..101)
+        .map(|_| json!({"type": "metrics-api", "metadata": {"url": source.url(), "valueLocation": "v", "targetValue": "1"}}))
+        .collect();
+    s.create(
+        json!({"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+        "metadata": {"name": "no-spec", "namespace": "shop"}}),
+    );
+    bad(
+        "triggers-not-a-list",
+        json!({"scaleTargetRef": {"name": "w"}, "triggers": "hello"}),
+    );
+    bad(
+        "out-of-range",
+        json!({"scaleTargetRef": {"name": "w"}, "pollingInterval": 1_000_000_000_000_i64, "triggers": []}),
+    );
+    bad(
+        "too-many-triggers",
+        json!({"scaleTargetRef": {"name": "w"}, "triggers": many}),
+    );
+    bad(
+        "idle-not-below-min",
+        json!({"scaleTargetRef": {"name": "w"}, "minReplicaCount": 1, "idleReplicaCount": 1, "triggers": []}),
+    );
+    for target in ["huge", "nested", "unknown"] {
+        s.create(deployment(target, 1, json!([])));
+    }
+    bad(
+        "huge-metadata",
+        json!({"scaleTargetRef": {"name": "huge"}, "triggers": [
+        {"type": "metrics-api", "metadata": {"url": source.url(), "valueLocation": huge, "targetValue": "1"}}]}),
+    );
+    bad(
+        "nested-metadata",
+        json!({"scaleTargetRef": {"name": "nested"}, "triggers": [
+        {"type": "metrics-api", "metadata": {"url": {"nested": [1, 2]}}}]}),
+    );
+    bad(
+        "unknown-type",
+        json!({"scaleTargetRef": {"name": "unknown"}, "oddField": {"a": [1, {"b": null}]}, "triggers": [
+        {"type": "no-such-scaler", "metadata": {}}]}),
+    );
+    bad(
+        "no-target",
+        json!({"triggers": [{"type": "metrics-api", "metadata": {"url": source.url(), "valueLocation": "v", "targetValue": "1"}}]}),
+    );
+    // A good one beside them.
+    s.create(deployment("good", 0, json!([])));
+    s.create(scaled_object("good", "good", &source, json!({})));
+    wait_for("the good one is activated", BOUND, || {
+        replicas(&s, "good") == 1
+    });
+    let message = |name: &str| {
+        so(&s, name).and_then(|o| {
+            (condition(&o, "Ready").0 == "False").then(|| {
+                o["status"]["conditions"][0]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+        })
+    };
+    for (name, says) in [
+        ("no-spec", "spec is required"),
+        ("triggers-not-a-list", "triggers"),
+        ("out-of-range", "spec.pollingInterval"),
+        ("too-many-triggers", "at most 100"),
+        ("idle-not-below-min", "idleReplicaCount"),
+        ("nested-metadata", "metadata values must be strings"),
+        ("unknown-type", "no-such-scaler"),
+        ("no-target", "scaleTargetRef"),
+        ("huge-metadata", "not working correctly"),
+    ] {
+        wait_for(
+            &format!("{name} is not ready, saying {says:?}"),
+            BOUND,
+            || message(name).is_some_and(|m| m.contains(says) && m.len() < 64 * 1024),
+        );
+    }
+    assert!(
+        message("huge-metadata").unwrap().len() < 4096,
+        "a huge value is not echoed whole"
+    );
+    // Still serving: the good one's metric, and it still follows its source.
+    source.set(0.0);
+    wait_for("the good one still scales", BOUND, || {
+        replicas(&s, "good") == 0
+    });
+    let log = op.log();
+    assert!(!log.contains("panicked"), "the operator panicked:\n{log}");
+    // Problems are said when they appear, not every round; nothing is echoed whole.
+    let said = log
+        .matches("spec.idleReplicaCount (1) must be less")
+        .count();
+    assert_eq!(said, 1, "a problem was logged {said} times");
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 16 * 1024, "a log line of {longest} bytes");
 }

@@ -47,6 +47,10 @@ pub const PAUSED_REPLICAS_ANNOTATION: &str = "autoscaling.keda.sh/paused-replica
 /// The label (and external metric selector) naming a ScaledObject.
 pub const NAME_LABEL: &str = "scaledobject.keda.sh/name";
 const MANAGER: &str = "trustscale-operator";
+/// The digest of the HPA spec trustscale last wrote, on the HPA.
+const SPEC_ANNOTATION: &str = "trustscale.io/hpa-spec";
+/// How often the leader looks again for an installed KEDA.
+const KEDA_CHECK: Duration = Duration::from_secs(30);
 
 /// How cluster mode runs.
 #[derive(Clone, Debug)]
@@ -163,6 +167,13 @@ struct Memory {
     failing: HashSet<usize>,
     /// The last decision.
     decision: Option<Decision>,
+    /// The target is not this ScaledObject's to scale now (a foreign HPA, another
+    /// ScaledObject has it, it has no /scale): nothing is written to it.
+    blocked: bool,
+    /// The target's replicas as last read or written.
+    replicas: Option<i32>,
+    /// Inactive but within the cooldown (KEDA's `ScalerCooldown`).
+    cooling: bool,
 }
 
 /// The cluster-mode controller.
@@ -186,6 +197,8 @@ pub struct Controller {
     scaled_jobs: reflector::Store<DynamicObject>,
     discovery: Mutex<HashMap<(String, String), ApiResource>>,
     changed: Arc<tokio::sync::Notify>,
+    /// The ScaledObjects with a `keda_scaled_object_paused` series.
+    paused_series: Mutex<HashSet<ObjectRef>>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -194,6 +207,34 @@ impl std::fmt::Debug for Controller {
             .field("options", &self.options)
             .finish_non_exhaustive()
     }
+}
+
+/// Another ScaledObject of `raw`'s namespace, created before it, that scales `target`.
+fn claimed_by_older(
+    store: &reflector::Store<DynamicObject>,
+    raw: &DynamicObject,
+    target: &ScaleTargetRef,
+) -> Option<String> {
+    let key = |o: &DynamicObject| {
+        (
+            o.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            o.metadata.name.clone().unwrap_or_default(),
+        )
+    };
+    let ours = key(raw);
+    let ns = raw.metadata.namespace.as_deref().unwrap_or("default");
+    store
+        .state()
+        .iter()
+        .filter(|o| key(o) < ours && o.metadata.namespace.as_deref().unwrap_or("default") == ns)
+        .filter(|o| o.metadata.deletion_timestamp.is_none())
+        .find_map(|o| {
+            let theirs: ScaleTargetRef =
+                serde_json::from_value(o.data.get("spec")?.get("scaleTargetRef")?.clone()).ok()?;
+            theirs
+                .same_target(target)
+                .then(|| o.metadata.name.clone().unwrap_or_default())
+        })
 }
 
 /// Another ScaledObject of the same namespace already scaling `target`, if any.
@@ -245,19 +286,38 @@ impl Controller {
             let mut stop = stop.clone();
             tasks.push(tokio::spawn(async move {
                 let stream = reflector(writer, watcher(api, watcher::Config::default()))
-                    .default_backoff()
-                    .touched_objects();
+                    .default_backoff();
                 let mut stream = std::pin::pin!(stream);
                 let mut failing = false;
+                // What each object last looked like, status aside: the operator's own
+                // status writes (and resourceVersion bumps) do not start rounds.
+                let mut seen: HashMap<String, u64> = HashMap::new();
                 loop {
                     tokio::select! {
                         item = stream.next() => match item {
-                            Some(Ok(_)) => {
+                            Some(Ok(event)) => {
                                 if failing {
                                     tracing::info!(resource = what, "watch recovered");
                                     failing = false;
                                 }
-                                changed.notify_one();
+                                let significant = match event {
+                                    watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                                        let uid = o.metadata.uid.clone().unwrap_or_default();
+                                        seen.insert(uid, fingerprint(&o)) != Some(fingerprint(&o))
+                                    }
+                                    watcher::Event::Delete(o) => {
+                                        seen.remove(o.metadata.uid.as_deref().unwrap_or_default());
+                                        true
+                                    }
+                                    watcher::Event::Init => {
+                                        seen.clear();
+                                        false
+                                    }
+                                    watcher::Event::InitDone => true,
+                                };
+                                if significant {
+                                    changed.notify_one();
+                                }
                             }
                             Some(Err(e)) => {
                                 if !failing {
@@ -310,6 +370,7 @@ impl Controller {
             scaled_jobs,
             discovery: Mutex::new(HashMap::new()),
             changed,
+            paused_series: Mutex::new(HashSet::new()),
         });
         tasks.push(tokio::spawn(Arc::clone(&controller).rounds(stop.clone())));
         tasks.push(tokio::spawn(Arc::clone(&controller).act(stop.clone())));
@@ -340,18 +401,26 @@ impl Controller {
         let mut leader = self.leadership.subscribe();
         let mut was_leading = false;
         let mut reported_jobs: HashSet<String> = HashSet::new();
+        let mut detected: Option<std::time::Instant> = None;
         loop {
             let leading = self.leading();
-            if leading && !was_leading {
+            if leading && detected.is_none_or(|t| t.elapsed() >= KEDA_CHECK) {
                 self.detect_keda().await;
+                detected = Some(std::time::Instant::now());
             }
             if !leading && was_leading {
-                // A follower neither polls nor acts.
+                // A follower neither polls nor acts, and forgets what it knew: a replica
+                // that leads again starts from the cluster, not from its memory.
                 self.engine.apply(&ManifestSet::default(), &self.env).await;
                 self.views
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .clear();
+                self.memory
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clear();
+                detected = None;
                 tracing::info!("not the leader: polling stopped");
             }
             was_leading = leading;
@@ -383,6 +452,9 @@ impl Controller {
         }
     }
 
+    /// Looks for an installed KEDA (its APIService service, its Deployment). Anything
+    /// that cannot be read counts as "maybe": this replica then writes nothing until it
+    /// can tell. Logs only changes.
     async fn detect_keda(&self) {
         if self.options.take_over {
             return;
@@ -395,30 +467,44 @@ impl Controller {
                 "apiservices",
             ),
         );
-        if let Ok(Some(a)) = apiservices.get_opt("v1beta1.external.metrics.k8s.io").await
-            && let Some(svc) = a.data["spec"]["service"]["name"].as_str()
-            && svc.starts_with("keda-")
-        {
-            found.push(format!(
-                "APIService v1beta1.external.metrics.k8s.io points at Service {svc}"
-            ));
+        match apiservices.get_opt("v1beta1.external.metrics.k8s.io").await {
+            Ok(Some(a)) => {
+                if let Some(svc) = a.data["spec"]["service"]["name"].as_str()
+                    && svc.starts_with("keda-")
+                {
+                    found.push(format!(
+                        "APIService v1beta1.external.metrics.k8s.io points at Service {svc}"
+                    ));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => found.push(format!(
+                "cannot read APIService v1beta1.external.metrics.k8s.io: {}",
+                first_line(&e.to_string())
+            )),
         }
         let deployments = ApiResource::from_gvk_with_plural(
             &GroupVersionKind::gvk("apps", "v1", "Deployment"),
             "deployments",
         );
-        for ns in ["keda"] {
-            let api = Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &deployments);
-            if let Ok(Some(_)) = api.get_opt("keda-operator").await {
-                found.push(format!("Deployment {ns}/keda-operator exists"));
-            }
+        let api = Api::<DynamicObject>::namespaced_with(self.client.clone(), "keda", &deployments);
+        match api.get_opt("keda-operator").await {
+            Ok(Some(_)) => found.push("Deployment keda/keda-operator exists".into()),
+            Ok(None) => {}
+            Err(e) => found.push(format!(
+                "cannot read Deployment keda/keda-operator: {}",
+                first_line(&e.to_string())
+            )),
         }
         let keda = !found.is_empty();
-        if keda {
-            tracing::warn!(found = ?found, "KEDA is installed: trustscale watches and serves metrics but writes nothing (no HPA, scale, status or finalizer) until KEDA is removed or --take-over-from-keda is given");
+        let was = self
+            .observe_only
+            .swap(keda, std::sync::atomic::Ordering::Relaxed);
+        if keda && !was {
+            tracing::warn!(found = ?found, "KEDA is installed (or cannot be ruled out): trustscale watches and serves metrics but writes nothing (no HPA, scale, status or finalizer) until KEDA is removed or --take-over-from-keda is given");
+        } else if !keda && was {
+            tracing::info!("no KEDA found any more: acting");
         }
-        self.observe_only
-            .store(keda, std::sync::atomic::Ordering::Relaxed);
     }
 
     async fn report_scaled_jobs(&self, reported: &mut HashSet<String>) {
@@ -446,13 +532,8 @@ impl Controller {
     /// One reconcile of everything.
     async fn round(&self) {
         let mut set = ManifestSet::default();
-        let origin = |kind: &str, o: &DynamicObject| {
-            PathBuf::from(format!(
-                "{kind} {}/{}",
-                o.metadata.namespace.as_deref().unwrap_or(""),
-                o.metadata.name.as_deref().unwrap_or("")
-            ))
-        };
+        // Problems name the object themselves ("ScaledObject shop/web: ...").
+        let origin = |_: &str, _: &DynamicObject| PathBuf::from("the Kubernetes API");
         for (kind, store) in [
             ("TriggerAuthentication", &self.trigger_auths),
             ("ClusterTriggerAuthentication", &self.cluster_trigger_auths),
@@ -463,6 +544,7 @@ impl Controller {
         }
         let mut raws: HashMap<ObjectRef, Arc<DynamicObject>> = HashMap::new();
         let mut deleting = Vec::new();
+        let mut unloadable = Vec::new();
         for o in self.scaled_objects.state() {
             let id = ObjectRef {
                 namespace: o
@@ -476,11 +558,12 @@ impl Controller {
                 deleting.push(o);
                 continue;
             }
-            set.add_object(&origin("ScaledObject", &o), &with_kind(&o, "ScaledObject"));
-            raws.insert(id, o);
-        }
-        for p in &set.problems {
-            tracing::warn!(problem = %p, "object not loaded; the others keep running");
+            match set.add_object(&origin("ScaledObject", &o), &with_kind(&o, "ScaledObject")) {
+                Some(problem) => unloadable.push((id, o, problem)),
+                None => {
+                    raws.insert(id, o);
+                }
+            }
         }
         // The Secrets and ConfigMaps named, read by name.
         let refs = set.references(&self.env);
@@ -558,6 +641,38 @@ impl Controller {
             }
             views.insert(view.so.id.clone(), view);
         }
+        // keda_scaled_object_paused, for what is here; gone ones lose their series.
+        {
+            let mut series = self
+                .paused_series
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let labels = |id: &ObjectRef| crate::metrics::KedaObjectLabels {
+                namespace: id.namespace.clone(),
+                scaledObject: id.name.clone(),
+            };
+            for (id, v) in &views {
+                self.metrics
+                    .keda_paused
+                    .get_or_create(&labels(id))
+                    .set(i64::from(is_paused(&v.so)));
+            }
+            series.retain(|id| {
+                views.contains_key(id) || {
+                    self.metrics.keda_paused.remove(&labels(id));
+                    false
+                }
+            });
+            series.extend(views.keys().cloned());
+        }
+        // One that cannot be loaded says why where its owner looks: its status.
+        let mut live: HashSet<ObjectRef> = views.keys().cloned().collect();
+        for (id, raw, problem) in unloadable {
+            live.insert(id.clone());
+            if self.acting() {
+                self.report_unloadable(&id, &raw, &problem).await;
+            }
+        }
         *self
             .views
             .lock()
@@ -568,17 +683,35 @@ impl Controller {
             }
         }
         // Forget what is gone.
-        let live: HashSet<ObjectRef> = self
-            .views
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .keys()
-            .cloned()
-            .collect();
         self.memory
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|id, _| live.contains(id));
+    }
+
+    async fn report_unloadable(&self, id: &ObjectRef, raw: &DynamicObject, problem: &str) {
+        let memory = self.memory_of(id);
+        if memory.reported.as_deref() != Some(problem) {
+            // The engine has logged it (once); the owner sees it as an Event and status.
+            self.event(
+                raw,
+                "ScaledObject",
+                "Warning",
+                "ScaledObjectCheckFailed",
+                problem,
+            )
+            .await;
+            self.update(id, |m| m.reported = Some(problem.to_string()));
+        }
+        let body = json!({"conditions": [
+            condition("Ready", false, "ScaledObjectCheckFailed", problem),
+            condition("Active", false, "ScalerNotActive", "Scaling is not performed because triggers are not active"),
+            condition("Fallback", false, "NoFallbackFound", "No fallbacks are active on this scaled object"),
+            condition("Paused", false, "ScaledObjectUnpaused", "ScaledObject is not paused"),
+        ]});
+        if memory.status.as_ref() != Some(&body) && self.write_status(raw, &body).await {
+            self.update(id, |m| m.status = Some(body));
+        }
     }
 
     async fn secret(&self, ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
@@ -787,57 +920,96 @@ impl Controller {
     async fn reconcile(
         &self,
         view: &View,
-        mut problem: Option<String>,
+        target_problem: Option<String>,
         status: Option<&ObjectStatus>,
     ) {
         let so = &view.so;
         if !has_finalizer(&view.raw) {
             self.set_finalizer(&view.raw, true).await;
         }
-        let mut memory = self.memory_of(&so.id);
-        if memory.original.is_none() {
-            memory.original = view.raw.data["status"]["originalReplicaCount"]
-                .as_i64()
-                .and_then(|r| i32::try_from(r).ok())
-                .or(view.target.as_ref().and_then(|t| t.replicas));
-        }
-        if memory.last_active.is_none() {
-            memory.last_active = view.raw.data["status"]["lastActiveTime"]
-                .as_str()
-                .map(str::to_string);
-        }
+        let raw_status = &view.raw.data["status"];
+        let seen = self.memory_of(&so.id);
+        let original = seen
+            .original
+            .or_else(|| {
+                raw_status["originalReplicaCount"]
+                    .as_i64()
+                    .and_then(|r| i32::try_from(r).ok())
+            })
+            .or(view.target.as_ref().and_then(|t| t.replicas));
+        let last_active = seen
+            .last_active
+            .clone()
+            .or_else(|| raw_status["lastActiveTime"].as_str().map(str::to_string));
+        // Two ScaledObjects on one target (the webhook denies it, but objects may predate
+        // it): the older keeps it, the newer is not Ready and writes nothing.
+        let claimed = so.scale_target_ref.as_ref().and_then(|t| {
+            claimed_by_older(&self.scaled_objects, &view.raw, t).map(|other| {
+                format!(
+                    "the workload '{}' of type '{}' is already managed by the ScaledObject '{other}'",
+                    t.name,
+                    t.kind()
+                )
+            })
+        });
+        let mut problem = target_problem.or(claimed);
         let paused = is_paused(so);
         let paused_replicas = paused_replicas(so);
         let hpa_name = hpa_name(so);
+        // A renamed HPA (advanced.horizontalPodAutoscalerConfig.name): the old one goes.
+        if let Some(old) = raw_status["hpaName"].as_str()
+            && old != hpa_name
+        {
+            self.delete_hpa(&so.id.namespace, old, so).await;
+        }
+        let mut paused_applied = seen.paused_applied;
+        let mut blocked = problem.is_some();
         if problem.is_none() {
             if paused {
                 self.delete_hpa(&so.id.namespace, &hpa_name, so).await;
                 if let (Some(n), Some(t)) = (paused_replicas, &view.target)
-                    && memory.paused_applied != Some(n)
+                    && paused_applied != Some(n)
                     && self.write_scale(t, n, &so.id, "paused-replicas").await
                 {
-                    memory.paused_applied = Some(n);
+                    paused_applied = Some(n);
+                    self.update(&so.id, |m| m.replicas = Some(n));
                 }
             } else {
-                memory.paused_applied = None;
+                paused_applied = None;
                 if let Err(e) = self.ensure_hpa(so, &hpa_name, status).await {
                     problem = Some(e);
+                    blocked = true;
                 }
             }
         }
-        // Triggers that cannot run make the ScaledObject not Ready, as in KEDA.
+        // Triggers that cannot run make the ScaledObject not Ready, as in KEDA (the others
+        // still scale it).
         if problem.is_none() {
-            let failing: Vec<String> = so
+            // Those the loader refused, and those that did not build (a config error).
+            let built: Vec<String> = status
+                .map(|s| s.triggers.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|t| t.error.as_ref())
+                .filter(|e| e.kind == trustscale::scaler::ErrorKind::Config)
+                .map(|e| e.message.clone())
+                .collect();
+            let mut failing: Vec<String> = so
                 .triggers
                 .iter()
                 .filter_map(|t| t.as_ref().err().map(|e| e.to_string()))
                 .collect();
+            for m in built {
+                if !failing.contains(&m) && !failing.iter().any(|f| f.ends_with(&m)) {
+                    failing.push(m);
+                }
+            }
             if !failing.is_empty() {
                 problem = Some(failing.join("; "));
             }
         }
         match &problem {
-            Some(p) if memory.reported.as_deref() != Some(p.as_str()) => {
+            Some(p) if seen.reported.as_deref() != Some(p.as_str()) => {
                 tracing::warn!(scaledobject = %so.id, problem = %p, "scaledobject is not ready");
                 self.event(
                     &view.raw,
@@ -847,9 +1019,8 @@ impl Controller {
                     p,
                 )
                 .await;
-                memory.reported = Some(p.clone());
             }
-            None if memory.reported.is_some() => {
+            None if seen.reported.is_some() => {
                 self.event(
                     &view.raw,
                     "ScaledObject",
@@ -858,25 +1029,18 @@ impl Controller {
                     "ScaledObject is ready for scaling",
                 )
                 .await;
-                memory.reported = None;
             }
             _ => {}
         }
         // A trigger that starts failing is an Event once (KEDA's KEDAScalerFailed).
-        if let Some(st) = status {
-            for t in &st.triggers {
-                let failing = t.error.is_some();
-                if failing && memory.failing.insert(t.index) {
-                    let msg = t
-                        .error
-                        .as_ref()
-                        .map(|e| {
-                            format!(
-                                "trigger {} ({}): {}: {}",
-                                t.index, t.type_name, e.kind, e.message
-                            )
-                        })
-                        .unwrap_or_default();
+        let mut failing = seen.failing.clone();
+        for t in status.map(|s| s.triggers.as_slice()).unwrap_or_default() {
+            match &t.error {
+                Some(e) if failing.insert(t.index) => {
+                    let msg = format!(
+                        "trigger {} ({}): {}: {}",
+                        t.index, t.type_name, e.kind, e.message
+                    );
                     self.event(
                         &view.raw,
                         "ScaledObject",
@@ -885,16 +1049,43 @@ impl Controller {
                         &msg,
                     )
                     .await;
-                } else if !failing {
-                    memory.failing.remove(&t.index);
+                }
+                Some(_) => {}
+                None => {
+                    failing.remove(&t.index);
                 }
             }
         }
-        let body = status_body(view, &memory, problem.as_deref(), status, &hpa_name);
+        let replicas = view.target.as_ref().and_then(|t| t.replicas);
+        self.update(&so.id, |m| {
+            m.original = original;
+            if m.last_active.is_none() {
+                m.last_active = last_active;
+            }
+            m.paused_applied = paused_applied;
+            m.reported = problem.clone();
+            m.failing = failing;
+            m.blocked = blocked;
+            if replicas.is_some() {
+                m.replicas = replicas;
+            }
+        });
+        self.refresh_status(view, status).await;
+    }
+
+    /// Writes the status if it changed since the last write.
+    async fn refresh_status(&self, view: &View, status: Option<&ObjectStatus>) {
+        let memory = self.memory_of(&view.so.id);
+        let body = status_body(
+            view,
+            &memory,
+            memory.reported.as_deref(),
+            status,
+            &hpa_name(&view.so),
+        );
         if memory.status.as_ref() != Some(&body) && self.write_status(&view.raw, &body).await {
-            memory.status = Some(body);
+            self.update(&view.so.id, |m| m.status = Some(body));
         }
-        self.put_memory(&so.id, memory);
     }
 
     fn memory_of(&self, id: &ObjectRef) -> Memory {
@@ -906,11 +1097,16 @@ impl Controller {
             .unwrap_or_default()
     }
 
-    fn put_memory(&self, id: &ObjectRef, m: Memory) {
-        self.memory
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id.clone(), m);
+    /// Changes the fields `change` touches, and only those: `act` and rounds both keep
+    /// what they own here.
+    fn update(&self, id: &ObjectRef, change: impl FnOnce(&mut Memory)) {
+        change(
+            self.memory
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(id.clone())
+                .or_default(),
+        );
     }
 
     fn so_api(&self, ns: &str) -> Api<DynamicObject> {
@@ -979,11 +1175,14 @@ impl Controller {
             &hpa_resource(),
         );
         let desired = hpa_spec(so, status);
-        // An HPA without metrics would scale on 80 % CPU (the HPA's default): none is
-        // written until the triggers' metric names are known (after their first poll).
-        if desired["metrics"].as_array().is_none_or(Vec::is_empty) {
-            return Ok(());
-        }
+        let digest = {
+            use sha2::Digest as _;
+            let d = sha2::Sha256::digest(desired.to_string().as_bytes());
+            d.iter()
+                .take(12)
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
         let existing = api
             .get_opt(name)
             .await
@@ -993,30 +1192,47 @@ impl Controller {
             "uid": so.uid.clone().unwrap_or_default(), "controller": true, "blockOwnerDeletion": true,
         }]);
         let labels = json!({NAME_LABEL: so.id.name, "app.kubernetes.io/managed-by": MANAGER, "app.kubernetes.io/name": name});
+        if let Some(h) = &existing
+            && !owned_by(h, so)
+        {
+            return Err(format!(
+                "HPA {name} exists and is not owned by this ScaledObject; it is left alone"
+            ));
+        }
+        // An HPA without metrics would scale on 80 % CPU (the HPA's default): none is
+        // written until the triggers' metric names are known (after their first poll).
+        if desired["metrics"].as_array().is_none_or(Vec::is_empty) {
+            return Ok(());
+        }
         match existing {
             Some(h) => {
-                if !owned_by(&h, so) {
-                    return Err(format!(
-                        "HPA {name} exists and is not owned by this ScaledObject; it is left alone"
-                    ));
-                }
-                if h.data["spec"] == desired {
+                // Current when what we last wrote is what we want now (the annotation: the
+                // server fills in defaults and rewrites quantities, so its spec never
+                // equals ours) and nobody changed what we set since (a subset check).
+                let ours = h
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(SPEC_ANNOTATION))
+                    .is_some_and(|d| *d == digest);
+                if ours && covers(&h.data["spec"], &desired) {
                     return Ok(());
                 }
                 if !self.acting() {
                     return Ok(());
                 }
-                let patch = json!({
-                    "metadata": {"resourceVersion": h.metadata.resource_version, "labels": labels},
-                    "spec": desired,
-                });
-                // Merge patch merges maps: lists (metrics) are replaced whole, and a
-                // behavior the ScaledObject dropped is removed explicitly.
-                let mut patch = patch;
-                if desired.get("behavior").is_none() && h.data["spec"].get("behavior").is_some() {
-                    patch["spec"]["behavior"] = Value::Null;
-                }
-                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                // The whole spec, replaced (a removed field goes), with the
+                // resourceVersion read: a concurrent change is a 409, retried next round.
+                let mut next = h.clone();
+                next.data["spec"] = desired;
+                next.metadata
+                    .annotations
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(SPEC_ANNOTATION.into(), digest);
+                let l = next.metadata.labels.get_or_insert_with(BTreeMap::new);
+                l.insert(NAME_LABEL.into(), so.id.name.clone());
+                l.insert("app.kubernetes.io/managed-by".into(), MANAGER.into());
+                api.replace(name, &PostParams::default(), &next)
                     .await
                     .map_err(|e| {
                         format!("cannot update HPA {name}: {}", first_line(&e.to_string()))
@@ -1035,7 +1251,8 @@ impl Controller {
                 }
                 let obj = json!({
                     "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-                    "metadata": {"name": name, "namespace": so.id.namespace, "labels": labels, "ownerReferences": owner},
+                    "metadata": {"name": name, "namespace": so.id.namespace, "labels": labels,
+                                 "ownerReferences": owner, "annotations": {SPEC_ANNOTATION: digest}},
                     "spec": desired,
                 });
                 let obj: DynamicObject = serde_json::from_value(obj).map_err(|e| e.to_string())?;
@@ -1143,6 +1360,7 @@ impl Controller {
     }
 
     /// Applies the engine's decisions to `/scale` (activation, deactivation, fallback).
+    /// Applies the engine's decisions to `/scale` as KEDA's scale executor does.
     async fn act(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         loop {
             tokio::select! {
@@ -1163,81 +1381,79 @@ impl Controller {
                 if is_paused(&view.so) {
                     continue;
                 }
-                let Some(target) = &view.target else { continue };
-                let mut memory = self.memory_of(&id);
-                let was = memory.decision.clone();
+                let now = SystemTime::now();
+                let seen = self.memory_of(&id);
                 if decision.active {
-                    memory.last_active =
-                        Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+                    self.update(&id, |m| {
+                        m.last_active = Some(humantime::format_rfc3339_seconds(now).to_string());
+                    });
                 }
-                memory.decision = Some(decision.clone());
-                self.put_memory(&id, memory);
-                let current = match self.current_replicas(target).await {
-                    Some(c) => c,
-                    None => continue,
+                let last_active = if decision.active {
+                    Some(now)
+                } else {
+                    // Ours, else the status's (another leader's, before a failover).
+                    seen.last_active
+                        .as_deref()
+                        .or(view.raw.data["status"]["lastActiveTime"].as_str())
+                        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
                 };
-                if let Some(n) = scale_write(&view.so, &decision, current)
-                    && self
-                        .write_scale(
-                            target,
-                            n,
-                            &id,
-                            if decision.active {
-                                "activation"
+                let created = view.raw.metadata.creation_timestamp.as_ref().map(|t| {
+                    SystemTime::UNIX_EPOCH
+                        + Duration::from_secs(u64::try_from(t.0.as_second()).unwrap_or(0))
+                });
+                let cooled_down = match last_active {
+                    Some(t) => now >= t + Duration::from_secs(view.so.cooldown_period),
+                    None => created.is_none_or(|c| {
+                        now >= c + Duration::from_secs(view.so.initial_cooldown_period)
+                    }),
+                };
+                let mut facts = Facts {
+                    active: decision.active,
+                    failing: decision.failing,
+                    current: seen.replicas.unwrap_or(-1),
+                    cooled_down,
+                };
+                // A target that is not ours to scale (its HPA is someone else's, another
+                // ScaledObject has it, it has no /scale) is never written.
+                if let (false, Some(target)) = (seen.blocked, &view.target) {
+                    // The scale is read only when a write may be due.
+                    let due = seen.replicas.is_none() || scale_write(&view.so, &facts).is_some();
+                    if due && let Some(current) = self.current_replicas(target).await {
+                        facts.current = current;
+                        self.update(&id, |m| m.replicas = Some(current));
+                        if let Some((n, why)) = scale_write(&view.so, &facts)
+                            && self.write_scale(target, n, &id, why).await
+                        {
+                            self.update(&id, |m| m.replicas = Some(n));
+                            let (reason, verb) = if n > current {
+                                ("KEDAScaleTargetActivated", "Scaled")
                             } else {
-                                "deactivation"
-                            },
-                        )
-                        .await
-                {
-                    let (kind, reason, message) = if n > current {
-                        (
-                            "Normal",
-                            "KEDAScaleTargetActivated",
-                            format!(
-                                "Scaled {} {}/{} from {current} to {n}",
+                                ("KEDAScaleTargetDeactivated", "Deactivated")
+                            };
+                            let message = format!(
+                                "{verb} {} {}/{} from {current} to {n}",
                                 target.resource.kind, target.namespace, target.name
-                            ),
-                        )
-                    } else {
-                        (
-                            "Normal",
-                            "KEDAScaleTargetDeactivated",
-                            format!(
-                                "Deactivated {} {}/{} from {current} to {n}",
-                                target.resource.kind, target.namespace, target.name
-                            ),
-                        )
-                    };
-                    self.event(&view.raw, "ScaledObject", kind, reason, &message)
-                        .await;
+                            );
+                            self.event(&view.raw, "ScaledObject", "Normal", reason, &message)
+                                .await;
+                        }
+                    }
                 }
+                let cooling =
+                    !decision.active && !cooled_down && facts.current > rest_replicas(&view.so);
+                let was = seen.decision.as_ref().map(|d| (d.active, d.fallback));
+                self.update(&id, |m| {
+                    m.cooling = cooling;
+                    m.decision = Some(decision.clone());
+                });
                 // Active and Fallback show in the status as they change, not a round later.
-                if was
-                    .as_ref()
-                    .map(|d| (d.active, d.reason.starts_with("fallback")))
-                    != Some((decision.active, decision.reason.starts_with("fallback")))
-                {
+                if was != Some((decision.active, decision.fallback)) {
                     let status = self
                         .engine
                         .status()
                         .into_iter()
                         .find(|s| s.id.as_ref() == Some(&id));
-                    let memory = self.memory_of(&id);
-                    let body = status_body(
-                        &view,
-                        &memory,
-                        memory.reported.as_deref(),
-                        status.as_ref(),
-                        &hpa_name(&view.so),
-                    );
-                    if memory.status.as_ref() != Some(&body)
-                        && self.write_status(&view.raw, &body).await
-                    {
-                        let mut m = self.memory_of(&id);
-                        m.status = Some(body);
-                        self.put_memory(&id, m);
-                    }
+                    self.refresh_status(&view, status.as_ref()).await;
                 }
             }
         }
@@ -1295,24 +1511,111 @@ impl Controller {
     }
 }
 
-/// What `/scale` write a decision asks for, given the current replicas (the HPA does the
-/// rest, between 1 and max): activation from zero (or idle) to `max(min, 1)`;
-/// deactivation to zero (or idle) after the cooldown; the fallback replicas.
+/// What one poll's result means for a target, as KEDA's scale executor sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Facts {
+    /// A trigger is active.
+    pub active: bool,
+    /// A trigger failed (KEDA's `isError`).
+    pub failing: bool,
+    /// The target's replicas now.
+    pub current: i32,
+    /// `cooldownPeriod` has passed since the last activity (or `initialCooldownPeriod`
+    /// since creation, when it never was active).
+    pub cooled_down: bool,
+}
+
+/// The replicas below the HPA's range an inactive target goes to: `idleReplicaCount`,
+/// else `minReplicaCount` (KEDA's "idle or minimum").
+fn rest_replicas(so: &ScaledObject) -> i32 {
+    i32::try_from(so.idle_replica_count.unwrap_or(so.min_replica_count)).unwrap_or(i32::MAX)
+}
+
+/// The `/scale` write KEDA's executor makes for `facts`, and why; the HPA does the rest
+/// (between `minReplicas` and `maxReplicas`, never from or to zero):
+/// - active: from zero (or from below the minimum, with `idleReplicaCount`) to
+///   `max(minReplicaCount, 1)`;
+/// - a trigger failed and none is active: nothing (with `fallback` the HPA gets the
+///   fallback through the metric);
+/// - inactive past the cooldown: to `idleReplicaCount` (or zero, with a minimum of zero);
+/// - inactive below the minimum without `idleReplicaCount`: to the minimum.
 #[must_use]
-pub fn scale_write(so: &ScaledObject, d: &Decision, current: i32) -> Option<i32> {
-    let idle = i32::try_from(so.idle_replica_count.unwrap_or(0)).unwrap_or(0);
-    let floor = i32::try_from(so.min_replica_count.max(1)).unwrap_or(1);
-    let want = i32::try_from(d.replicas).unwrap_or(i32::MAX);
-    if d.reason.starts_with("fallback") {
-        return (current != want).then_some(want);
+pub fn scale_write(so: &ScaledObject, f: &Facts) -> Option<(i32, &'static str)> {
+    let min = i32::try_from(so.min_replica_count).unwrap_or(i32::MAX);
+    let idle = so
+        .idle_replica_count
+        .map(|i| i32::try_from(i).unwrap_or(i32::MAX));
+    if f.current < 0 {
+        return None;
     }
-    if d.active {
-        return (current == 0
-            || (so.idle_replica_count.is_some() && current == idle && current < floor))
-            .then_some(floor);
+    if f.active {
+        let from_idle = idle.is_some() && f.current < min;
+        return (from_idle || f.current == 0).then_some((min.max(1), "activation"));
     }
-    let deactivate = so.min_replica_count == 0 && want == idle && current != idle;
-    deactivate.then_some(idle)
+    if f.failing {
+        return None;
+    }
+    if idle.is_some_and(|i| f.current > i) || (f.current > 0 && min == 0) {
+        return f
+            .cooled_down
+            .then_some((idle.unwrap_or(min), "deactivation"))
+            .filter(|(n, _)| *n != f.current);
+    }
+    if idle.is_none() && f.current < min {
+        return Some((min, "minReplicaCount"));
+    }
+    None
+}
+
+/// Whether `have` holds everything `want` sets (objects: every key of `want`, recursively;
+/// lists: the same length, element by element; quantities compared by value, as the
+/// server rewrites `1024Mi` as `1Gi`).
+fn covers(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => w
+            .iter()
+            .all(|(k, v)| h.get(k).is_some_and(|hv| covers(hv, v))),
+        (Value::Array(h), Value::Array(w)) => {
+            h.len() == w.len() && h.iter().zip(w).all(|(a, b)| covers(a, b))
+        }
+        (Value::String(h), Value::String(w)) if h != w => {
+            match (
+                trustscale::scaler::parse_quantity(h),
+                trustscale::scaler::parse_quantity(w),
+            ) {
+                (Ok(a), Ok(b)) => (a - b).abs() <= f64::EPSILON * a.abs().max(b.abs()),
+                _ => false,
+            }
+        }
+        (Value::Number(h), Value::Number(w)) => h.as_f64() == w.as_f64(),
+        (h, w) => h == w,
+    }
+}
+
+/// A digest of an object without its status and bookkeeping.
+fn fingerprint(o: &DynamicObject) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    o.metadata.name.hash(&mut h);
+    o.metadata.namespace.hash(&mut h);
+    o.metadata.generation.hash(&mut h);
+    o.metadata.labels.hash(&mut h);
+    o.metadata.annotations.hash(&mut h);
+    o.metadata.finalizers.hash(&mut h);
+    o.metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .hash(&mut h);
+    if let Some(m) = o.data.as_object() {
+        for (k, v) in m {
+            if k != "status" {
+                k.hash(&mut h);
+                v.to_string().hash(&mut h);
+            }
+        }
+    }
+    h.finish()
 }
 
 fn first_line(s: &str) -> String {
@@ -1460,8 +1763,17 @@ fn status_body(
         .as_ref()
         .or(status.and_then(|s| s.decision.as_ref()));
     let active = decision.is_some_and(|d| d.active);
-    let fallback = decision.is_some_and(|d| d.reason.starts_with("fallback"));
+    let fallback = decision.is_some_and(|d| d.fallback);
+    let trigger_error =
+        decision.is_some_and(|d| d.failing && !d.active && !d.fallback) && so.fallback.is_none();
     let ready = match problem {
+        // KEDA's TriggerError: nothing active, a trigger failing, no fallback.
+        None if trigger_error => condition(
+            "Ready",
+            false,
+            "TriggerError",
+            "Triggers defined in ScaledObject are not working correctly",
+        ),
         None => condition(
             "Ready",
             true,
@@ -1476,6 +1788,13 @@ fn status_body(
             true,
             "ScalerActive",
             "Scaling is performed because triggers are active",
+        )
+    } else if memory.cooling {
+        condition(
+            "Active",
+            false,
+            "ScalerCooldown",
+            "Scaler cooling down because triggers are not active",
         )
     } else {
         condition(
@@ -1554,8 +1873,19 @@ fn status_body(
     if let Some(t) = &memory.last_active {
         body["lastActiveTime"] = t.clone().into();
     }
-    if let Some(n) = paused_replicas(so) {
-        body["pausedReplicaCount"] = n.into();
+    // A merge patch keeps what it does not name: what is gone is written as null.
+    body["pausedReplicaCount"] = paused_replicas(so).map_or(Value::Null, Value::from);
+    for old in view.raw.data["status"]["health"]
+        .as_object()
+        .into_iter()
+        .flat_map(|h| h.keys())
+    {
+        if !body["health"]
+            .as_object()
+            .is_some_and(|h| h.contains_key(old))
+        {
+            body["health"][old] = Value::Null;
+        }
     }
     body
 }

@@ -77,6 +77,12 @@ pub struct Decision {
     pub active: bool,
     /// Why, in a few words.
     pub reason: String,
+    /// Whether a trigger failed this round (KEDA's `isError`: never a reason to scale in).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub failing: bool,
+    /// Whether a trigger has failed `fallback.failureThreshold` times in a row.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fallback: bool,
 }
 
 fn per_trigger(value: f64, target: f64, metric_type: MetricType, current: u32) -> u32 {
@@ -105,6 +111,7 @@ pub fn decide(
         };
     }
     let floor = spec.min.max(1).min(spec.max.max(1));
+    let failing = outcomes.iter().any(|o| matches!(o, Outcome::Failed));
     let active = outcomes
         .iter()
         .any(|o| matches!(o, Outcome::Ok { active: true, .. }));
@@ -130,18 +137,23 @@ pub fn decide(
         state.replicas = fb.replicas;
         return Decision {
             replicas: fb.replicas,
-            active: true,
+            active,
             reason: format!(
                 "fallback: a trigger failed {} times in a row",
                 fb.failure_threshold
             ),
+            failing,
+            fallback: true,
         };
     }
-    if ok.is_empty() && !outcomes.is_empty() {
+    if failing && !active {
+        // As KEDA: a failure is never a reason to scale in (nor, alone, to scale out).
         return Decision {
             replicas: state.replicas,
-            active: state.replicas > 0,
-            reason: "every trigger failed; keeping the current replicas".into(),
+            active: false,
+            reason: "a trigger failed and none is active; keeping the current replicas".into(),
+            failing,
+            fallback: false,
         };
     }
     let hpa = ok
@@ -156,6 +168,8 @@ pub fn decide(
             replicas: hpa,
             active: true,
             reason: "active: the largest trigger demand, within min/max".into(),
+            failing,
+            fallback: false,
         }
     } else {
         let since_active = state.last_active.map(|t| now.duration_since(t));
@@ -163,29 +177,24 @@ pub fn decide(
             Some(d) => d < spec.cooldown,
             None => now.duration_since(state.started) < spec.initial_cooldown,
         };
-        if spec.min > 0 {
-            Decision {
-                replicas: hpa,
-                active: false,
-                reason: "inactive; minReplicaCount keeps replicas".into(),
-            }
-        } else if in_cooldown && state.replicas > 0 {
-            Decision {
-                replicas: hpa,
-                active: false,
-                reason: "inactive, in cooldown".into(),
-            }
+        // KEDA's "idle or minimum": idleReplicaCount (below minReplicaCount) when set,
+        // else minReplicaCount; with neither below the HPA's floor there is no scale-in.
+        let rest = spec.idle.unwrap_or(spec.min);
+        let inactive = |replicas: u32, reason: &str| Decision {
+            replicas,
+            active: false,
+            reason: reason.into(),
+            failing,
+            fallback: false,
+        };
+        if spec.idle.is_none() && spec.min > 0 {
+            inactive(hpa, "inactive; minReplicaCount keeps replicas")
+        } else if in_cooldown && state.replicas > rest {
+            inactive(hpa, "inactive, in cooldown")
+        } else if rest > 0 {
+            inactive(rest, "inactive past cooldown: idleReplicaCount")
         } else {
-            let idle = spec.idle.unwrap_or(0);
-            Decision {
-                replicas: idle,
-                active: false,
-                reason: if idle > 0 {
-                    "inactive: idleReplicaCount".into()
-                } else {
-                    "inactive past cooldown: scaled to zero".into()
-                },
-            }
+            inactive(0, "inactive past cooldown: scaled to zero")
         }
     };
     state.replicas = decision.replicas;
@@ -277,13 +286,20 @@ mod tests {
         assert_eq!((d.replicas, d.active), (1, false), "still in cooldown");
         let d = decide(&s, &mut state, &inactive, t0 + Duration::from_secs(301));
         assert_eq!(d.replicas, 0, "past cooldown: zero");
+        // idleReplicaCount (below minReplicaCount, as KEDA requires) after the cooldown.
         let mut idle = s.clone();
-        idle.idle = Some(2);
+        idle.min = 3;
+        idle.idle = Some(1);
         let mut state = ScaleState::new(3, 1, t0);
         state.last_active = Some(t0);
         assert_eq!(
+            decide(&idle, &mut state, &inactive, t0 + Duration::from_secs(100)).replicas,
+            3,
+            "idle waits for the cooldown too"
+        );
+        assert_eq!(
             decide(&idle, &mut state, &inactive, t0 + Duration::from_secs(400)).replicas,
-            2
+            1
         );
         let mut min = s.clone();
         min.min = 2;
@@ -344,5 +360,15 @@ mod tests {
             d.replicas, 4,
             "no fallback configured: errors keep the current replicas"
         );
+        assert!(!d.active && d.failing);
+        // A failing trigger beside an inactive one: no scale-in past the cooldown.
+        let mut state = ScaleState::new(4, 2, t0);
+        let d = decide(
+            &spec(),
+            &mut state,
+            &[Outcome::Failed, ok(0.0, 10.0, false)],
+            t0 + Duration::from_secs(1000),
+        );
+        assert_eq!(d.replicas, 4);
     }
 }

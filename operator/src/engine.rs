@@ -53,6 +53,9 @@ pub struct TriggerStatus {
     pub error: Option<ErrorOut>,
     /// Consecutive failures.
     pub failures: u32,
+    /// Whether its metric is a `Value` metric (fallback applies to AverageValue only).
+    #[serde(skip)]
+    pub value_metric: bool,
 }
 
 /// An error, for the API.
@@ -99,6 +102,9 @@ pub struct ObjectStatus {
     pub polling_interval: u64,
     /// When it was last polled (RFC 3339).
     pub last_poll: Option<String>,
+    /// Its fallback.
+    #[serde(skip)]
+    pub fallback: Option<crate::manifest::Fallback>,
 }
 
 struct Running {
@@ -174,10 +180,13 @@ impl Engine {
             .into_iter()
             .map(|so| (so.id.clone(), so))
             .collect();
-        for p in &set.problems {
-            tracing::warn!(problem = %p, "manifest not loaded; the other manifests keep running");
-        }
         if let Ok(mut problems) = self.inner.problems.write() {
+            // Said when they appear (a cluster's rounds load the same objects again).
+            for p in &set.problems {
+                if !problems.iter().any(|q| q.to_string() == p.to_string()) {
+                    tracing::warn!(problem = %p, "manifest not loaded; the other manifests keep running");
+                }
+            }
             problems.clone_from(&set.problems);
         }
         let mut to_stop = Vec::new();
@@ -222,9 +231,38 @@ impl Engine {
             let _ = r.stop.send(true);
             let _ = r.task.await;
             if !wanted.contains_key(&id) {
-                if let Ok(mut status) = self.inner.status.write() {
-                    status.remove(&id);
+                let gone = self
+                    .inner
+                    .status
+                    .write()
+                    .ok()
+                    .and_then(|mut status| status.remove(&id));
+                // Its series go with it: the families never grow with churn.
+                let m = &self.inner.metrics;
+                for t in gone.iter().flat_map(|s| &s.triggers) {
+                    if let Some(metric) = &t.metric {
+                        let keda = crate::metrics::KedaScalerLabels {
+                            namespace: id.namespace.clone(),
+                            metric: metric.clone(),
+                            scaledObject: id.name.clone(),
+                            scaler: crate::metrics::keda_scaler_name(&t.type_name),
+                            triggerIndex: t.index.to_string(),
+                            r#type: "scaledobject".into(),
+                        };
+                        m.keda_values.remove(&keda);
+                        m.keda_active.remove(&keda);
+                        m.keda_errors.remove(&keda);
+                        m.values.remove(&ValueLabels {
+                            scaledobject: id.to_string(),
+                            metric: metric.clone(),
+                        });
+                    }
                 }
+                m.keda_object_errors
+                    .remove(&crate::metrics::KedaObjectLabels {
+                        namespace: id.namespace.clone(),
+                        scaledObject: id.name.clone(),
+                    });
                 self.inner.metrics.desired_replicas.remove(&ObjectLabels {
                     scaledobject: id.to_string(),
                 });
@@ -298,12 +336,13 @@ impl Engine {
                 scaled_object: id.clone(),
                 metric: metric.to_string(),
             })?;
-        // In fallback the HPA is given the value that makes it choose the fallback
-        // replicas (KEDA: replicas × target, for AverageValue metrics).
-        if let (Some(d), Some(target)) = (&so.decision, t.target)
-            && d.reason.starts_with("fallback")
+        // A trigger past its fallback threshold gives the HPA the value that makes it
+        // choose the fallback replicas (KEDA: replicas × target; AverageValue only).
+        if let (Some(fb), Some(target)) = (so.fallback, t.target)
+            && t.failures >= fb.failure_threshold.max(1)
+            && !t.value_metric
         {
-            return Ok((f64::from(d.replicas) * target, SystemTime::now()));
+            return Ok((f64::from(fb.replicas) * target, SystemTime::now()));
         }
         if let Some(e) = &t.error {
             return Err(MetricError::Failed {
@@ -550,6 +589,11 @@ impl ObjectRun {
                 active: None,
                 error: None,
                 failures: 0,
+                value_metric: so
+                    .triggers
+                    .get(i)
+                    .and_then(|t| t.as_ref().ok())
+                    .is_some_and(|t| t.metric_type == trustscale::scaler::MetricType::Value),
             };
             self.note_health(i, result.as_ref().map(|_| ()));
             match result {
@@ -568,9 +612,11 @@ impl ObjectRun {
                 }
                 Err(e) => {
                     tracing::debug!(scaledobject = %self.label, trigger = i, kind = %e.kind, error = %e.message, "poll failed");
-                    ts.metric = self.scalers[i]
+                    let spec = self.scalers[i]
                         .as_ref()
-                        .and_then(|s| s.metric_specs().first().map(|m| m.name.clone()));
+                        .and_then(|s| s.metric_specs().into_iter().next());
+                    ts.metric = spec.as_ref().map(|m| m.name.clone());
+                    ts.target = spec.map(|m| m.target);
                     ts.error = Some(e);
                     outcomes.push(Outcome::Failed);
                 }
@@ -657,6 +703,7 @@ impl ObjectRun {
                     triggers: statuses,
                     decision: Some(decision.clone()),
                     polling_interval: so.polling_interval,
+                    fallback: so.fallback,
                     last_poll: Some(
                         humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
                     ),

@@ -22,6 +22,10 @@ use trustscale::trust::{TlsVersion, TrustFactory};
 
 type Body = Full<Bytes>;
 
+/// Marks a request a follower sent on: a replica that gets one while not leading answers
+/// 503 instead of sending it on again (no loop, whatever the Lease said a moment ago).
+pub const FORWARDED_HEADER: &str = "x-trustscale-forwarded";
+
 /// How long a follower waits for the leader's answer.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -139,7 +143,7 @@ impl Forwarder {
             addr.port(),
             path_and_query
         );
-        match client.get(&url).send().await {
+        match client.get(&url).header(FORWARDED_HEADER, "1").send().await {
             Ok(r) => {
                 let status = r.status().as_u16();
                 let content_type = r
@@ -178,6 +182,12 @@ async fn read_capped(mut r: reqwest::Response, cap: usize) -> Result<Bytes, Stri
         out.extend_from_slice(&chunk);
     }
     Ok(Bytes::from(out))
+}
+
+/// The answer to a forwarded request that reached a replica that does not lead.
+#[must_use]
+pub fn not_the_leader() -> Response<Body> {
+    unavailable("this replica is not the leader (any more); retry")
 }
 
 fn unavailable(message: &str) -> Response<Body> {

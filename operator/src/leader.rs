@@ -83,6 +83,10 @@ pub struct LeaderView {
 #[derive(Debug)]
 pub struct Leadership {
     tx: tokio::sync::watch::Sender<LeaderView>,
+    /// With an election: until when this replica may act, from the start of its last
+    /// successful renewal plus the renew deadline (shorter than the lease, so it stops
+    /// before any other replica may take over, whatever its requests are doing).
+    until: Option<std::sync::Mutex<Option<Instant>>>,
 }
 
 impl Leadership {
@@ -94,14 +98,17 @@ impl Leadership {
             holder: None,
             address: None,
         });
-        Arc::new(Leadership { tx })
+        Arc::new(Leadership { tx, until: None })
     }
 
     /// A replica that does not lead until it wins.
     #[must_use]
     pub fn candidate() -> Arc<Self> {
         let (tx, _) = tokio::sync::watch::channel(LeaderView::default());
-        Arc::new(Leadership { tx })
+        Arc::new(Leadership {
+            tx,
+            until: Some(std::sync::Mutex::new(None)),
+        })
     }
 
     /// The current view.
@@ -110,10 +117,21 @@ impl Leadership {
         self.tx.borrow().clone()
     }
 
-    /// Whether this replica leads now.
+    /// Whether this replica leads now (and its last renewal is recent enough to act on).
     #[must_use]
     pub fn leading(&self) -> bool {
         self.tx.borrow().leading
+            && self.until.as_ref().is_none_or(|u| {
+                u.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .is_some_and(|t| Instant::now() < t)
+            })
+    }
+
+    fn set_until(&self, until: Option<Instant>) {
+        if let Some(u) = &self.until {
+            *u.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = until;
+        }
     }
 
     /// Follows the view.
@@ -162,17 +180,31 @@ pub async fn run(
     let mut observed: Option<(Record, Instant)> = None;
     let mut last_renew: Option<Instant> = None;
     loop {
-        let outcome = try_acquire_or_renew(&api, &options, &mut observed).await;
+        let started = Instant::now();
+        // An attempt that hangs is an attempt that failed: it never outlasts the deadline.
+        let outcome = match tokio::time::timeout(
+            options.renew_deadline,
+            try_acquire_or_renew(&api, &options, &mut observed),
+        )
+        .await
+        {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", options.renew_deadline)),
+        };
         let view = state.view();
         match outcome {
             Ok(next) => {
                 if next.leading {
-                    last_renew = Some(Instant::now());
+                    last_renew = Some(started);
+                    state.set_until(Some(started + options.renew_deadline));
                     if !view.leading {
                         tracing::info!(identity = %options.identity, lease = %options.lease_name, "became the leader");
                     }
-                } else if view.leading {
-                    tracing::warn!(identity = %options.identity, holder = ?next.holder, "lost the lease; stepping down");
+                } else {
+                    state.set_until(None);
+                    if view.leading {
+                        tracing::warn!(identity = %options.identity, holder = ?next.holder, "lost the lease; stepping down");
+                    }
                 }
                 state.set(next);
             }
@@ -182,10 +214,9 @@ pub async fn run(
                 let stale = last_renew.is_none_or(|t| t.elapsed() >= options.renew_deadline);
                 if view.leading && stale {
                     tracing::warn!(error = %e, "cannot renew the lease in time; stepping down");
-                    state.set(LeaderView {
-                        leading: false,
-                        ..view
-                    });
+                    // Not "the leader is me" any more: followers' requests must not loop.
+                    state.set_until(None);
+                    state.set(LeaderView::default());
                     last_renew = None;
                 } else {
                     tracing::debug!(error = %e, "lease round failed");
@@ -198,9 +229,13 @@ pub async fn run(
             _ = stop.changed() => break,
         }
     }
-    if state.leading() {
-        release(&api, &options).await;
+    if state.view().leading {
+        // Stop acting first; give writes already decided a moment; then let go, so that
+        // the next leader starts after the last of ours.
+        state.set_until(None);
         state.set(LeaderView::default());
+        tokio::time::sleep(options.retry_period.min(Duration::from_millis(500))).await;
+        release(&api, &options).await;
     }
 }
 

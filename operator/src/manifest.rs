@@ -465,6 +465,15 @@ impl ScaledObjectSpec {
                 numbers.min_replica_count, numbers.max_replica_count
             ));
         }
+        if let Some(idle) = numbers.idle_replica_count
+            && idle >= numbers.min_replica_count
+        {
+            // KEDA's rule: idle is the count below the HPA's range.
+            return Err(format!(
+                "spec.idleReplicaCount ({idle}) must be less than spec.minReplicaCount ({})",
+                numbers.min_replica_count
+            ));
+        }
         Ok(numbers)
     }
 }
@@ -685,6 +694,9 @@ pub fn load(paths: &[PathBuf]) -> ManifestSet {
     set
 }
 
+/// Triggers one ScaledObject may have (each is a client and a poll).
+pub const MAX_TRIGGERS: usize = 100;
+
 /// The largest manifest file read (a Kubernetes object is at most about 1.5 MiB).
 pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
 /// The deepest nesting of flow collections (`[`, `{`) a document may have.
@@ -864,21 +876,18 @@ impl ManifestSet {
     }
 
     /// Adds one object read from a cluster (`origin` names it in messages). A problem
-    /// is reported as a document's would be.
-    pub fn add_object(&mut self, origin: &Path, value: &serde_json::Value) {
-        let problem = |message: String| LoadProblem {
+    /// is reported as a document's would be, and returned.
+    pub fn add_object(&mut self, origin: &Path, value: &serde_json::Value) -> Option<String> {
+        let result = serde_yaml_ng::to_value(value)
+            .map_err(|e| format!("cannot be read: {e}"))
+            .and_then(|v| self.add_value(origin, 0, v));
+        let message = result.err()?;
+        self.problems.push(LoadProblem {
             file: origin.to_path_buf(),
             document: 0,
-            message,
-        };
-        match serde_yaml_ng::to_value(value) {
-            Ok(v) => {
-                if let Err(message) = self.add_value(origin, 0, v) {
-                    self.problems.push(problem(message));
-                }
-            }
-            Err(e) => self.problems.push(problem(format!("cannot be read: {e}"))),
-        }
+            message: message.clone(),
+        });
+        Some(message)
     }
 
     /// Adds a Secret's data (read from a cluster).
@@ -1051,6 +1060,12 @@ impl ManifestSet {
             "ScaledObject" => {
                 let spec: ScaledObjectSpec =
                     serde_yaml_ng::from_value(spec()?).map_err(|e| format!("{what}: {e}"))?;
+                if spec.triggers.len() > MAX_TRIGGERS {
+                    return Err(format!(
+                        "{what}: spec.triggers: {} triggers; at most {MAX_TRIGGERS} are run",
+                        spec.triggers.len()
+                    ));
+                }
                 let numbers = spec.numbers().map_err(|e| format!("{what}: {e}"))?;
                 self.raw_scaled_objects
                     .push((file.to_path_buf(), meta, spec, numbers));

@@ -523,6 +523,9 @@ pub async fn serve_api_forwarding(
                     && req.method() == hyper::Method::GET
                     && metric_target(req.uri().path()).is_some()
                 {
+                    if req.headers().contains_key(crate::forward::FORWARDED_HEADER) {
+                        return Ok(crate::forward::not_the_leader());
+                    }
                     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
                     return Ok(f.forward(pq).await);
                 }

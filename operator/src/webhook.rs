@@ -200,6 +200,18 @@ impl Validator {
         verdict
             .denied
             .extend(self.cluster_conflicts(&so, deadline).await);
+        if so.fallback.is_some()
+            && let Some(t) = so
+                .triggers
+                .iter()
+                .flatten()
+                .find(|t| t.metric_type == trustscale::scaler::MetricType::Value)
+        {
+            verdict.denied.push(format!(
+                "spec.fallback: every trigger must use metricType AverageValue ({} uses Value)",
+                t.label
+            ));
+        }
         for key in so.unused.keys().take(MAX_WARNINGS) {
             verdict.warnings.push(format!(
                 "spec.{key} is not supported by trustscale and is ignored"

@@ -71,6 +71,20 @@ pub struct ScalerError {
     pub source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
+/// The longest message an error keeps (in characters): a message may quote a parameter
+/// the user gave, and it goes into logs, statuses and Events every time it happens.
+pub const MAX_MESSAGE_CHARS: usize = 2048;
+
+fn bounded(message: String) -> String {
+    if message.len() <= MAX_MESSAGE_CHARS {
+        return message;
+    }
+    match message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((cut, _)) => format!("{}… ({} more bytes)", &message[..cut], message.len() - cut),
+        None => message,
+    }
+}
+
 impl ScalerError {
     /// A new error.
     #[must_use]
@@ -79,7 +93,7 @@ impl ScalerError {
             kind,
             trigger: trigger.into(),
             parameter: None,
-            message: message.into(),
+            message: bounded(message.into()),
             source: None,
         }
     }
@@ -191,4 +205,24 @@ pub async fn refine_transport(
     let mut out = ScalerError::new(ErrorKind::Transport(kind), &e.trigger, message);
     out.parameter = e.parameter.clone();
     out
+}
+
+#[cfg(test)]
+mod bounded_tests {
+    use super::*;
+
+    #[test]
+    fn a_long_message_is_cut_on_a_character_boundary_and_says_how_much_is_left() {
+        let long = format!("valueLocation {:?} not found", "é".repeat(10_000));
+        let e = ScalerError::new(ErrorKind::Config, "t", long.clone());
+        assert!(e.message.chars().count() < MAX_MESSAGE_CHARS + 40);
+        assert!(
+            e.message.ends_with("more bytes)"),
+            "{}",
+            &e.message[e.message.len() - 40..]
+        );
+        assert!(long.starts_with(e.message.split('…').next().unwrap()));
+        let short = ScalerError::new(ErrorKind::Config, "t", "short");
+        assert_eq!(short.message, "short");
+    }
 }
