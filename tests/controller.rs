@@ -1269,3 +1269,82 @@ fn objects_from_the_api_with_odd_contents_are_reported_and_the_rest_keep_working
     let longest = log.lines().map(str::len).max().unwrap_or(0);
     assert!(longest < 16 * 1024, "a log line of {longest} bytes");
 }
+
+#[test]
+fn watch_namespace_limits_what_is_run_and_cluster_trigger_authentications_read_keda_secrets() {
+    let s = cluster();
+    s.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}}));
+    let source = Source::start(5.0);
+    // KEDA's WATCH_NAMESPACE, from the environment as in KEDA's Deployment.
+    let op = operator(&s, "op", &[], &[("WATCH_NAMESPACE", "shop")]);
+    // A ClusterTriggerAuthentication's Secret lives in the operator's namespace (keda).
+    s.create(json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "cluster-token", "namespace": "keda"},
+        "data": {"token": "Y2x1c3Rlci10b2tlbi04MDg="}})); // "cluster-token-808"
+    s.create(json!({"apiVersion": "keda.sh/v1alpha1", "kind": "ClusterTriggerAuthentication",
+        "metadata": {"name": "shared"},
+        "spec": {"secretTargetRef": [{"parameter": "token", "name": "cluster-token", "key": "token"}]}}));
+    s.create(deployment("w", 0, json!([])));
+    s.create(scaled_object("in-shop", "w", &source, json!({"spec": {"triggers": [{
+        "type": "metrics-api",
+        "metadata": {"url": source.url(), "valueLocation": "v", "targetValue": "2", "authMode": "bearer"},
+        "authenticationRef": {"name": "shared", "kind": "ClusterTriggerAuthentication"},
+    }]}})));
+    let mut elsewhere = deployment("w", 0, json!([]));
+    elsewhere["metadata"]["namespace"] = "other".into();
+    s.create(elsewhere);
+    let mut other = scaled_object("in-other", "w", &source, json!({}));
+    other["metadata"]["namespace"] = "other".into();
+    s.create(other);
+    wait_for("the watched namespace's ScaledObject runs", BOUND, || {
+        replicas(&s, "w") == 1
+    });
+    assert!(
+        source.saw("Bearer cluster-token-808"),
+        "the ClusterTriggerAuthentication's Secret"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let in_other = s
+        .get("keda.sh", "scaledobjects", "other", "in-other")
+        .unwrap();
+    assert!(
+        in_other["status"].is_null() && in_other["metadata"]["finalizers"].is_null(),
+        "{in_other}"
+    );
+    assert!(
+        s.get(
+            "autoscaling",
+            "horizontalpodautoscalers",
+            "other",
+            "keda-hpa-in-other"
+        )
+        .is_none()
+    );
+    assert_eq!(
+        s.get("apps", "deployments", "other", "w").unwrap()["spec"]["replicas"],
+        0,
+        "a namespace not watched was scaled"
+    );
+    // Its watches asked for the one namespace only (no cluster-wide ScaledObject list).
+    assert!(
+        s.requests()
+            .iter()
+            .any(|(_, p)| p.starts_with("/apis/keda.sh/v1alpha1/namespaces/shop/scaledobjects"))
+    );
+    assert!(
+        !s.requests()
+            .iter()
+            .any(|(_, p)| p.starts_with("/apis/keda.sh/v1alpha1/scaledobjects"))
+    );
+    // Secrets are only ever read by name (the one list is the named watch of the
+    // operator's own certificate Secret).
+    let lists: Vec<String> = s
+        .requests()
+        .into_iter()
+        .filter(|(m, p)| m == "GET" && (p.ends_with("/secrets") || p.contains("/secrets?")))
+        .map(|(_, p)| p)
+        .filter(|p| !p.contains("fieldSelector=metadata.name%3Dkedaorg-certs"))
+        .collect();
+    assert!(lists.is_empty(), "Secret lists or watches: {lists:?}");
+    drop(op);
+}

@@ -49,6 +49,9 @@ pub const NAME_LABEL: &str = "scaledobject.keda.sh/name";
 const MANAGER: &str = "trustscale-operator";
 /// The digest of the HPA spec trustscale last wrote, on the HPA.
 const SPEC_ANNOTATION: &str = "trustscale.io/hpa-spec";
+/// How long a scale target read (its pod template's environment) is used before it is
+/// read again, when the ScaledObject's spec did not change.
+const TARGET_REFRESH: Duration = Duration::from_secs(300);
 /// How often the leader looks again for an installed KEDA.
 const KEDA_CHECK: Duration = Duration::from_secs(30);
 
@@ -195,10 +198,23 @@ pub struct Controller {
     trigger_auths: reflector::Store<DynamicObject>,
     cluster_trigger_auths: reflector::Store<DynamicObject>,
     scaled_jobs: reflector::Store<DynamicObject>,
+    hpas: reflector::Store<DynamicObject>,
     discovery: Mutex<HashMap<(String, String), ApiResource>>,
     changed: Arc<tokio::sync::Notify>,
     /// The ScaledObjects with a `keda_scaled_object_paused` series.
     paused_series: Mutex<HashSet<ObjectRef>>,
+    /// Scale targets as last read, per ScaledObject.
+    targets: Mutex<HashMap<ObjectRef, CachedTarget>>,
+}
+
+/// A scale target read for a ScaledObject, and what it was read for.
+#[derive(Clone, Debug)]
+struct CachedTarget {
+    generation: Option<i64>,
+    reference: ScaleTargetRef,
+    at: std::time::Instant,
+    target: Target,
+    env: PodEnv,
 }
 
 impl std::fmt::Debug for Controller {
@@ -275,7 +291,10 @@ impl Controller {
         let mut tasks = Vec::new();
         let changed = Arc::new(tokio::sync::Notify::new());
         let ns = options.watch_namespace.clone();
-        let mut watch = |ar: ApiResource, namespaced: bool, what: &'static str| {
+        let mut watch_with = |ar: ApiResource,
+                              namespaced: bool,
+                              what: &'static str,
+                              config: watcher::Config| {
             let api: Api<DynamicObject> = match (&ns, namespaced) {
                 (Some(ns), true) => Api::namespaced_with(client.clone(), ns, &ar),
                 _ => Api::all_with(client.clone(), &ar),
@@ -285,8 +304,7 @@ impl Controller {
             let changed = Arc::clone(&changed);
             let mut stop = stop.clone();
             tasks.push(tokio::spawn(async move {
-                let stream = reflector(writer, watcher(api, watcher::Config::default()))
-                    .default_backoff();
+                let stream = reflector(writer, watcher(api, config)).default_backoff();
                 let mut stream = std::pin::pin!(stream);
                 let mut failing = false;
                 // What each object last looked like, status aside: the operator's own
@@ -333,6 +351,9 @@ impl Controller {
             }));
             reader
         };
+        let mut watch = |ar: ApiResource, namespaced: bool, what: &'static str| {
+            watch_with(ar, namespaced, what, watcher::Config::default())
+        };
         let scaled_objects = watch(keda("ScaledObject", "scaledobjects"), true, "scaledobjects");
         let trigger_auths = watch(
             keda("TriggerAuthentication", "triggerauthentications"),
@@ -347,7 +368,19 @@ impl Controller {
             false,
             "clustertriggerauthentications",
         );
-        let scaled_jobs = watch(keda("ScaledJob", "scaledjobs"), true, "scaledjobs");
+        let scaled_jobs = watch_with(
+            keda("ScaledJob", "scaledjobs"),
+            true,
+            "scaledjobs",
+            watcher::Config::default(),
+        );
+        // The HPAs it wrote (by their label): read from here, not by a GET each round.
+        let hpas = watch_with(
+            hpa_resource(),
+            true,
+            "horizontalpodautoscalers",
+            watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}")),
+        );
         let cluster_ns = env
             .get(CLUSTER_OBJECT_NAMESPACE_ENV)
             .filter(|v| !v.is_empty())
@@ -368,9 +401,11 @@ impl Controller {
             trigger_auths,
             cluster_trigger_auths,
             scaled_jobs,
+            hpas,
             discovery: Mutex::new(HashMap::new()),
             changed,
             paused_series: Mutex::new(HashSet::new()),
+            targets: Mutex::new(HashMap::new()),
         });
         tasks.push(tokio::spawn(Arc::clone(&controller).rounds(stop.clone())));
         tasks.push(tokio::spawn(Arc::clone(&controller).act(stop.clone())));
@@ -417,6 +452,10 @@ impl Controller {
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .clear();
                 self.memory
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clear();
+                self.targets
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .clear();
@@ -581,13 +620,46 @@ impl Controller {
         let mut envs = HashMap::new();
         let mut targets = HashMap::new();
         let mut secret_cache = HashMap::new();
+        let mut keep = HashSet::new();
         for (id, target) in set.scale_targets() {
+            keep.insert(id.clone());
+            // A target read recently for the same ScaledObject spec is not read again
+            // (its replicas come from /scale when a write may be due).
+            let generation = raws.get(&id).and_then(|o| o.metadata.generation);
+            let cached = self
+                .targets
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&id)
+                .filter(|c| {
+                    c.generation == generation
+                        && c.reference == target
+                        && c.at.elapsed() < TARGET_REFRESH
+                })
+                .map(|c| (c.target.clone(), c.env.clone()));
+            if let Some((mut t, env)) = cached {
+                t.replicas = None;
+                envs.insert(id.clone(), env);
+                targets.insert(id, Ok(t));
+                continue;
+            }
             match self.read_target(&id, &target).await {
                 Ok((t, obj)) => {
-                    envs.insert(
-                        id.clone(),
-                        self.pod_env(&id.namespace, &obj, &mut secret_cache).await,
-                    );
+                    let env = self.pod_env(&id.namespace, &obj, &mut secret_cache).await;
+                    self.targets
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(
+                            id.clone(),
+                            CachedTarget {
+                                generation,
+                                reference: target.clone(),
+                                at: std::time::Instant::now(),
+                                target: t.clone(),
+                                env: env.clone(),
+                            },
+                        );
+                    envs.insert(id.clone(), env);
                     targets.insert(id, Ok(t));
                 }
                 Err(e) => {
@@ -602,6 +674,10 @@ impl Controller {
                 }
             }
         }
+        self.targets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|id, _| keep.contains(id));
         set.use_pod_env(envs);
         let all = set.scaled_objects(&self.env);
         // Paused ones do not poll (KEDA stops their scale loop).
@@ -1183,10 +1259,19 @@ impl Controller {
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>()
         };
-        let existing = api
-            .get_opt(name)
-            .await
-            .map_err(|e| format!("cannot read HPA {name}: {}", first_line(&e.to_string())))?;
+        // Ours are in the reflector; one that is not (not written yet, or someone else's
+        // without our label) is read by name.
+        let cached = self
+            .hpas
+            .get(&reflector::ObjectRef::new_with(name, hpa_resource()).within(&so.id.namespace))
+            .map(|h| (*h).clone());
+        let existing = match cached {
+            Some(h) => Some(h),
+            None => api
+                .get_opt(name)
+                .await
+                .map_err(|e| format!("cannot read HPA {name}: {}", first_line(&e.to_string())))?,
+        };
         let owner = json!([{
             "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "name": so.id.name,
             "uid": so.uid.clone().unwrap_or_default(), "controller": true, "blockOwnerDeletion": true,
