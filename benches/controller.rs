@@ -167,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let first = start.elapsed();
     let first_requests = s.requests().len() - before;
+    let first_kinds = by_kind(&s.requests()[before..]);
     let rss_first = proc_field(pid, "VmRSS:");
     // Settle, then one steady minute.
     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -193,6 +194,9 @@ async fn main() -> anyhow::Result<()> {
         first.as_secs_f64(),
         first_requests
     );
+    for (k, v) in first_kinds {
+        println!("| … {k} | {v} |");
+    }
     println!(
         "| API requests per minute, steady state | {:.0} |",
         steady.len() as f64 / minute

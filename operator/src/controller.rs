@@ -374,12 +374,13 @@ impl Controller {
             "scaledjobs",
             watcher::Config::default(),
         );
-        // The HPAs it wrote (by their label): read from here, not by a GET each round.
+        // The HPAs of the watched namespaces (ours and anyone's: a foreign one on a
+        // target, or with our name, must be seen), read from here, never by a GET.
         let hpas = watch_with(
             hpa_resource(),
             true,
             "horizontalpodautoscalers",
-            watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}")),
+            watcher::Config::default(),
         );
         let cluster_ns = env
             .get(CLUSTER_OBJECT_NAMESPACE_ENV)
@@ -470,6 +471,7 @@ impl Controller {
                     let _ = self.scaled_objects.wait_until_ready().await;
                     let _ = self.trigger_auths.wait_until_ready().await;
                     let _ = self.cluster_trigger_auths.wait_until_ready().await;
+                    let _ = self.hpas.wait_until_ready().await;
                 })
                 .await;
                 if ready.is_ok() {
@@ -1259,19 +1261,12 @@ impl Controller {
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>()
         };
-        // Ours are in the reflector; one that is not (not written yet, or someone else's
-        // without our label) is read by name.
-        let cached = self
+        // From the reflector (a create that races one it has not seen yet is a 409,
+        // and the next round sees it).
+        let existing = self
             .hpas
             .get(&reflector::ObjectRef::new_with(name, hpa_resource()).within(&so.id.namespace))
             .map(|h| (*h).clone());
-        let existing = match cached {
-            Some(h) => Some(h),
-            None => api
-                .get_opt(name)
-                .await
-                .map_err(|e| format!("cannot read HPA {name}: {}", first_line(&e.to_string())))?,
-        };
         let owner = json!([{
             "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "name": so.id.name,
             "uid": so.uid.clone().unwrap_or_default(), "controller": true, "blockOwnerDeletion": true,
@@ -1955,8 +1950,24 @@ fn status_body(
     if let Some(o) = memory.original {
         body["originalReplicaCount"] = o.into();
     }
-    if let Some(t) = &memory.last_active {
-        body["lastActiveTime"] = t.clone().into();
+    // lastActiveTime carries the cooldown across a failover, and matters once the
+    // ScaledObject is inactive: then it is written exactly (once: it no longer moves).
+    // While active it is written when it moved by half the cooldown (1 s to 5 min), not
+    // at every poll as KEDA does; the leader itself keeps the exact time.
+    let written = view.raw.data["status"]["lastActiveTime"].as_str();
+    let parse = |t: &str| humantime::parse_rfc3339_weak(t).ok();
+    let slack = Duration::from_secs((so.cooldown_period / 2).clamp(1, 300));
+    let last_active = match (written, &memory.last_active) {
+        (Some(w), Some(m)) if decision.is_some_and(|d| d.active) => {
+            match (parse(w), parse(m)) {
+                (Some(a), Some(b)) if b.duration_since(a).unwrap_or_default() < slack => Some(w),
+                _ => Some(m.as_str()),
+            }
+        }
+        (w, m) => m.as_deref().or(w),
+    };
+    if let Some(t) = last_active {
+        body["lastActiveTime"] = t.into();
     }
     // A merge patch keeps what it does not name: what is gone is written as null.
     body["pausedReplicaCount"] = paused_replicas(so).map_or(Value::Null, Value::from);
