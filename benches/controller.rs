@@ -137,7 +137,10 @@ async fn main() -> anyhow::Result<()> {
         .arg("--kubeconfig")
         .arg(s.kubeconfig())
         .env("POD_NAMESPACE", "keda")
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("TRUSTSCALE_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)
         .spawn()?;
@@ -183,6 +186,9 @@ async fn main() -> anyhow::Result<()> {
     let hwm = proc_field(pid, "VmHWM:");
     let _ = child.kill();
     let _ = child.wait();
+    if let Ok(keep) = std::env::var("TRUSTSCALE_BENCH_KEEP_LOG") {
+        std::fs::copy(&log, &keep)?;
+    }
 
     println!("| what | measured |");
     println!("| --- | --- |");

@@ -156,8 +156,8 @@ struct Target {
 
 #[derive(Clone, Debug, Default)]
 struct Memory {
-    /// The status last written (to write only changes).
-    status: Option<Value>,
+    /// The digest of the status last written (to write only changes).
+    status: Option<u64>,
     /// When a trigger was last active (RFC 3339).
     last_active: Option<String>,
     /// The replicas the target had when first seen.
@@ -225,32 +225,29 @@ impl std::fmt::Debug for Controller {
     }
 }
 
-/// Another ScaledObject of `raw`'s namespace, created before it, that scales `target`.
-fn claimed_by_older(
-    store: &reflector::Store<DynamicObject>,
-    raw: &DynamicObject,
-    target: &ScaleTargetRef,
-) -> Option<String> {
-    let key = |o: &DynamicObject| {
-        (
-            o.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            o.metadata.name.clone().unwrap_or_default(),
-        )
-    };
-    let ours = key(raw);
-    let ns = raw.metadata.namespace.as_deref().unwrap_or("default");
-    store
-        .state()
-        .iter()
-        .filter(|o| key(o) < ours && o.metadata.namespace.as_deref().unwrap_or("default") == ns)
-        .filter(|o| o.metadata.deletion_timestamp.is_none())
-        .find_map(|o| {
-            let theirs: ScaleTargetRef =
-                serde_json::from_value(o.data.get("spec")?.get("scaleTargetRef")?.clone()).ok()?;
-            theirs
-                .same_target(target)
-                .then(|| o.metadata.name.clone().unwrap_or_default())
-        })
+/// When an object was created (seconds), for "the older one".
+type TimeKey = Option<i64>;
+
+fn time_key(o: &DynamicObject) -> TimeKey {
+    o.metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+}
+
+/// A scale target, as two ScaledObjects name the same one: namespace, API group, kind,
+/// name.
+fn target_key(namespace: &str, t: &ScaleTargetRef) -> (String, String, String, String) {
+    (
+        namespace.to_string(),
+        t.api_version()
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        t.kind().to_string(),
+        t.name.clone(),
+    )
 }
 
 /// Another ScaledObject of the same namespace already scaling `target`, if any.
@@ -304,7 +301,16 @@ impl Controller {
             let changed = Arc::clone(&changed);
             let mut stop = stop.clone();
             tasks.push(tokio::spawn(async move {
-                let stream = reflector(writer, watcher(api, config)).default_backoff();
+                // Held is only what is read: no managedFields (a real server's take more
+                // than the object), and of a status only what a round reads back.
+                let stream = reflector(
+                    writer,
+                    watcher(api, config).modify(|o: &mut DynamicObject| {
+                        o.metadata.managed_fields = None;
+                        slim_status(o);
+                    }),
+                )
+                .default_backoff();
                 let mut stream = std::pin::pin!(stream);
                 let mut failing = false;
                 // What each object last looked like, status aside: the operator's own
@@ -572,6 +578,7 @@ impl Controller {
 
     /// One reconcile of everything.
     async fn round(&self) {
+        let started = std::time::Instant::now();
         let mut set = ManifestSet::default();
         // Problems name the object themselves ("ScaledObject shop/web: ...").
         let origin = |_: &str, _: &DynamicObject| PathBuf::from("the Kubernetes API");
@@ -688,20 +695,48 @@ impl Controller {
             .filter(|so| is_paused(so))
             .map(|so| so.id.clone())
             .collect();
-        let mut running = set.clone();
-        running.retain_scaled_objects(|id| !paused.contains(id));
-        self.engine.apply(&running, &self.env).await;
+        let running: Vec<ScaledObject> = all
+            .iter()
+            .filter(|so| !paused.contains(&so.id))
+            .cloned()
+            .collect();
+        self.engine.apply_objects(running, &set.problems).await;
+        drop(set);
         let statuses: HashMap<ObjectRef, ObjectStatus> = self
             .engine
             .status()
             .into_iter()
             .filter_map(|s| Some((s.id.clone()?, s)))
             .collect();
+        // Two ScaledObjects on one target (the webhook denies it, but objects may predate
+        // it): the older keeps it; the newer is not Ready and writes nothing.
+        let mut owners: HashMap<(String, String, String, String), (TimeKey, String)> =
+            HashMap::new();
+        for so in &all {
+            if let (Some(t), Some(raw)) = (&so.scale_target_ref, raws.get(&so.id)) {
+                let key = target_key(&so.id.namespace, t);
+                let mine = (time_key(raw), so.id.name.clone());
+                let e = owners.entry(key).or_insert_with(|| mine.clone());
+                if mine < *e {
+                    *e = mine;
+                }
+            }
+        }
         let mut views = HashMap::new();
         for so in all {
             let Some(raw) = raws.get(&so.id).cloned() else {
                 continue;
             };
+            let claimed = so.scale_target_ref.as_ref().and_then(|t| {
+                let (_, owner) = owners.get(&target_key(&so.id.namespace, t))?;
+                (*owner != so.id.name).then(|| {
+                    format!(
+                        "the workload '{}' of type '{}' is already managed by the ScaledObject '{owner}'",
+                        t.name,
+                        t.kind()
+                    )
+                })
+            });
             let target = targets.remove(&so.id);
             let view = View {
                 so,
@@ -711,7 +746,7 @@ impl Controller {
             let problem = match &target {
                 Some(Err(e)) => Some(e.clone()),
                 None => Some("spec.scaleTargetRef is required".to_string()),
-                Some(Ok(_)) => None,
+                Some(Ok(_)) => claimed,
             };
             if self.acting() {
                 self.reconcile(&view, problem, statuses.get(&view.so.id))
@@ -765,6 +800,11 @@ impl Controller {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|id, _| live.contains(id));
+        tracing::debug!(
+            scaledobjects = live.len(),
+            elapsed_ms = started.elapsed().as_millis(),
+            "round done"
+        );
     }
 
     async fn report_unloadable(&self, id: &ObjectRef, raw: &DynamicObject, problem: &str) {
@@ -787,8 +827,9 @@ impl Controller {
             condition("Fallback", false, "NoFallbackFound", "No fallbacks are active on this scaled object"),
             condition("Paused", false, "ScaledObjectUnpaused", "ScaledObject is not paused"),
         ]});
-        if memory.status.as_ref() != Some(&body) && self.write_status(raw, &body).await {
-            self.update(id, |m| m.status = Some(body));
+        let d = value_digest(&body);
+        if memory.status != Some(d) && self.write_status(raw, &body).await {
+            self.update(id, |m| m.status = Some(d));
         }
     }
 
@@ -1019,18 +1060,7 @@ impl Controller {
             .last_active
             .clone()
             .or_else(|| raw_status["lastActiveTime"].as_str().map(str::to_string));
-        // Two ScaledObjects on one target (the webhook denies it, but objects may predate
-        // it): the older keeps it, the newer is not Ready and writes nothing.
-        let claimed = so.scale_target_ref.as_ref().and_then(|t| {
-            claimed_by_older(&self.scaled_objects, &view.raw, t).map(|other| {
-                format!(
-                    "the workload '{}' of type '{}' is already managed by the ScaledObject '{other}'",
-                    t.name,
-                    t.kind()
-                )
-            })
-        });
-        let mut problem = target_problem.or(claimed);
+        let mut problem = target_problem;
         let paused = is_paused(so);
         let paused_replicas = paused_replicas(so);
         let hpa_name = hpa_name(so);
@@ -1161,8 +1191,9 @@ impl Controller {
             status,
             &hpa_name(&view.so),
         );
-        if memory.status.as_ref() != Some(&body) && self.write_status(&view.raw, &body).await {
-            self.update(&view.so.id, |m| m.status = Some(body));
+        let d = value_digest(&body);
+        if memory.status != Some(d) && self.write_status(&view.raw, &body).await {
+            self.update(&view.so.id, |m| m.status = Some(d));
         }
     }
 
@@ -1672,6 +1703,40 @@ fn covers(have: &Value, want: &Value) -> bool {
     }
 }
 
+/// Keeps of an object's status only the fields a round reads back (a ScaledObject's
+/// `lastActiveTime`, `originalReplicaCount`, `hpaName`, `health` keys); an HPA's status
+/// (it changes at every HPA sync) goes entirely.
+fn slim_status(o: &mut DynamicObject) {
+    let Some(status) = o.data.get_mut("status").and_then(Value::as_object_mut) else {
+        return;
+    };
+    const KEEP: [&str; 4] = [
+        "lastActiveTime",
+        "originalReplicaCount",
+        "hpaName",
+        "health",
+    ];
+    status.retain(|k, _| KEEP.contains(&k.as_str()));
+    if let Some(health) = status.get_mut("health").and_then(Value::as_object_mut) {
+        for v in health.values_mut() {
+            *v = Value::Null;
+        }
+    }
+    if status.is_empty() {
+        if let Some(m) = o.data.as_object_mut() {
+            m.remove("status");
+        }
+    }
+}
+
+/// A digest of a JSON value (what was last written, without keeping it).
+fn value_digest(v: &Value) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    h.finish()
+}
+
 /// A digest of an object without its status and bookkeeping.
 fn fingerprint(o: &DynamicObject) -> u64 {
     use std::hash::{Hash as _, Hasher as _};
@@ -1958,12 +2023,10 @@ fn status_body(
     let parse = |t: &str| humantime::parse_rfc3339_weak(t).ok();
     let slack = Duration::from_secs((so.cooldown_period / 2).clamp(1, 300));
     let last_active = match (written, &memory.last_active) {
-        (Some(w), Some(m)) if decision.is_some_and(|d| d.active) => {
-            match (parse(w), parse(m)) {
-                (Some(a), Some(b)) if b.duration_since(a).unwrap_or_default() < slack => Some(w),
-                _ => Some(m.as_str()),
-            }
-        }
+        (Some(w), Some(m)) if decision.is_some_and(|d| d.active) => match (parse(w), parse(m)) {
+            (Some(a), Some(b)) if b.duration_since(a).unwrap_or_default() < slack => Some(w),
+            _ => Some(m.as_str()),
+        },
         (w, m) => m.as_deref().or(w),
     };
     if let Some(t) = last_active {

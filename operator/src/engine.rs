@@ -175,19 +175,24 @@ impl Engine {
     /// from `env`: new ones start, changed ones restart, removed ones stop; unchanged ones
     /// keep running (and keep their state).
     pub async fn apply(&self, set: &ManifestSet, env: &Env) {
-        let wanted: BTreeMap<ObjectRef, ScaledObject> = set
-            .scaled_objects(env)
-            .into_iter()
-            .map(|so| (so.id.clone(), so))
-            .collect();
+        self.apply_objects(set.scaled_objects(env), &set.problems)
+            .await;
+    }
+
+    /// [`Engine::apply`] for ScaledObjects already assembled (and the problems of the
+    /// load they came from).
+    pub async fn apply_objects(&self, objects: Vec<ScaledObject>, load_problems: &[LoadProblem]) {
+        let wanted: BTreeMap<ObjectRef, ScaledObject> =
+            objects.into_iter().map(|so| (so.id.clone(), so)).collect();
         if let Ok(mut problems) = self.inner.problems.write() {
             // Said when they appear (a cluster's rounds load the same objects again).
-            for p in &set.problems {
+            for p in load_problems {
                 if !problems.iter().any(|q| q.to_string() == p.to_string()) {
                     tracing::warn!(problem = %p, "manifest not loaded; the other manifests keep running");
                 }
             }
-            problems.clone_from(&set.problems);
+            problems.clear();
+            problems.extend_from_slice(load_problems);
         }
         let mut to_stop = Vec::new();
         {

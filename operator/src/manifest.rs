@@ -909,16 +909,6 @@ impl ManifestSet {
         self.pod_env = Some(envs);
     }
 
-    /// Keeps only the ScaledObjects `keep` says yes to.
-    pub fn retain_scaled_objects(&mut self, keep: impl Fn(&ObjectRef) -> bool) {
-        self.raw_scaled_objects.retain(|(_, meta, _, _)| {
-            keep(&ObjectRef {
-                namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
-                name: meta.name.clone(),
-            })
-        });
-    }
-
     /// Each ScaledObject's scale target (those that name one).
     #[must_use]
     pub fn scale_targets(&self) -> Vec<(ObjectRef, ScaleTargetRef)> {
