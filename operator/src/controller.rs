@@ -1559,11 +1559,7 @@ impl Controller {
                 });
                 // Active and Fallback show in the status as they change, not a round later.
                 if was != Some((decision.active, decision.fallback)) {
-                    let status = self
-                        .engine
-                        .status()
-                        .into_iter()
-                        .find(|s| s.id.as_ref() == Some(&id));
+                    let status = self.engine.status_of(&id);
                     self.refresh_status(&view, status.as_ref()).await;
                 }
             }

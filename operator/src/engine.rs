@@ -304,6 +304,16 @@ impl Engine {
             .unwrap_or_default()
     }
 
+    /// One ScaledObject's state.
+    #[must_use]
+    pub fn status_of(&self, id: &ObjectRef) -> Option<ObjectStatus> {
+        self.inner
+            .status
+            .read()
+            .ok()
+            .and_then(|s| s.get(id).cloned())
+    }
+
     /// Manifest problems of the last load.
     #[must_use]
     pub fn problems(&self) -> Vec<LoadProblem> {
