@@ -340,6 +340,31 @@ fn a_scaled_object_gets_its_hpa_scales_from_and_to_zero_pauses_and_restores_on_d
         metric_name
     );
 
+    // Someone edits what the HPA got from the ScaledObject: it is put back (and a field
+    // the server could have added, status, is no reason to write).
+    s.modify(
+        "autoscaling",
+        "horizontalpodautoscalers",
+        "shop",
+        "keda-hpa-web",
+        |h| {
+            h["spec"]["maxReplicas"] = 50.into();
+            h["status"] = json!({"currentReplicas": 3, "desiredReplicas": 3});
+        },
+    );
+    wait_for("the drifted HPA is put back", BOUND, || {
+        hpa(&s, "keda-hpa-web").is_some_and(|h| h["spec"]["maxReplicas"] == 7)
+    });
+    let hpa_writes = || {
+        s.requests()
+            .iter()
+            .filter(|(m, p)| m == "PUT" && p.contains("horizontalpodautoscalers"))
+            .count()
+    };
+    let puts = hpa_writes();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(hpa_writes(), puts, "a current HPA is written again");
+
     // Inactive past the cooldown: 3 → 0; the original count is kept in the status.
     wait_for("scaled to zero", BOUND, || replicas(&s, "worker") == 0);
     wait_for("status: ready, inactive, original 3", BOUND, || {

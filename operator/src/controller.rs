@@ -60,8 +60,9 @@ const KEDA_CHECK: Duration = Duration::from_secs(30);
 pub struct KubeOptions {
     /// Only this namespace (KEDA's `WATCH_NAMESPACE`); `None`: all.
     pub watch_namespace: Option<String>,
-    /// How often every ScaledObject is reconciled even when nothing changed (its
-    /// Secrets, ConfigMaps and scale target are read again then).
+    /// How often every ScaledObject is reconciled even when nothing changed (the
+    /// Secrets and ConfigMaps its TriggerAuthentications name are read again then; its
+    /// scale target when its spec changed or every 5 minutes).
     pub resync: Duration,
     /// Act even when an installed KEDA is found.
     pub take_over: bool,
@@ -152,6 +153,8 @@ struct Target {
     name: String,
     /// `spec.replicas` when read.
     replicas: Option<i32>,
+    /// When it was read (`None`: served from the cache, `replicas` unknown).
+    read_at: Option<std::time::Instant>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -177,6 +180,10 @@ struct Memory {
     replicas: Option<i32>,
     /// Inactive but within the cooldown (KEDA's `ScalerCooldown`).
     cooling: bool,
+    /// When `replicas` was read or written (a round's older read never overwrites it).
+    replicas_at: Option<std::time::Instant>,
+    /// A round has reconciled it since this replica leads (until then `act` leaves it).
+    reconciled: bool,
 }
 
 /// The cluster-mode controller.
@@ -228,6 +235,33 @@ impl std::fmt::Debug for Controller {
 /// When an object was created (seconds), for "the older one".
 type TimeKey = Option<i64>;
 
+/// Each scale target's ScaledObject: the oldest of those that name it (not being deleted).
+type Owners = HashMap<(String, String, String, String), (TimeKey, String)>;
+
+fn owners(store: &reflector::Store<DynamicObject>) -> Owners {
+    let mut out: Owners = HashMap::new();
+    for o in store.state() {
+        if o.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let Some(t) = o.data["spec"]
+            .get("scaleTargetRef")
+            .and_then(|t| serde_json::from_value::<ScaleTargetRef>(t.clone()).ok())
+        else {
+            continue;
+        };
+        let ns = o.metadata.namespace.as_deref().unwrap_or("default");
+        let mine = (time_key(&o), o.metadata.name.clone().unwrap_or_default());
+        let e = out
+            .entry(target_key(ns, &t))
+            .or_insert_with(|| mine.clone());
+        if mine < *e {
+            *e = mine;
+        }
+    }
+    out
+}
+
 fn time_key(o: &DynamicObject) -> TimeKey {
     o.metadata
         .creation_timestamp
@@ -250,18 +284,25 @@ fn target_key(namespace: &str, t: &ScaleTargetRef) -> (String, String, String, S
     )
 }
 
-/// Another ScaledObject of the same namespace already scaling `target`, if any.
+/// Another ScaledObject of the same namespace, older than this one (`created`: its
+/// creation time in seconds; `None`, being created: newer than all), already scaling
+/// `target`, if any. The older keeps a target, so its own updates are never refused.
 #[must_use]
 pub fn claimed_by(
     store: &reflector::Store<DynamicObject>,
     namespace: &str,
     name: &str,
+    created: Option<i64>,
     target: &ScaleTargetRef,
 ) -> Option<String> {
+    let ours = (created.unwrap_or(i64::MAX), name.to_string());
     store.state().iter().find_map(|o| {
         let ns = o.metadata.namespace.as_deref().unwrap_or("default");
         let other = o.metadata.name.as_deref()?;
         if ns != namespace || other == name || o.metadata.deletion_timestamp.is_some() {
+            return None;
+        }
+        if (time_key(o).unwrap_or(i64::MAX), other.to_string()) > ours {
             return None;
         }
         let theirs: ScaleTargetRef =
@@ -555,7 +596,14 @@ impl Controller {
     }
 
     async fn report_scaled_jobs(&self, reported: &mut HashSet<String>) {
-        for job in self.scaled_jobs.state() {
+        let jobs = self.scaled_jobs.state();
+        // Bounded by the ScaledJobs there are (a deleted one is forgotten).
+        reported.retain(|uid| jobs.iter().any(|j| j.metadata.uid.as_deref() == Some(uid)));
+        if !self.acting() {
+            // Said (and its Event written) once this replica may write.
+            return;
+        }
+        for job in jobs {
             let uid = job.metadata.uid.clone().unwrap_or_default();
             if !reported.insert(uid) {
                 continue;
@@ -648,6 +696,7 @@ impl Controller {
                 .map(|c| (c.target.clone(), c.env.clone()));
             if let Some((mut t, env)) = cached {
                 t.replicas = None;
+                t.read_at = None;
                 envs.insert(id.clone(), env);
                 targets.insert(id, Ok(t));
                 continue;
@@ -710,18 +759,8 @@ impl Controller {
             .collect();
         // Two ScaledObjects on one target (the webhook denies it, but objects may predate
         // it): the older keeps it; the newer is not Ready and writes nothing.
-        let mut owners: HashMap<(String, String, String, String), (TimeKey, String)> =
-            HashMap::new();
-        for so in &all {
-            if let (Some(t), Some(raw)) = (&so.scale_target_ref, raws.get(&so.id)) {
-                let key = target_key(&so.id.namespace, t);
-                let mine = (time_key(raw), so.id.name.clone());
-                let e = owners.entry(key).or_insert_with(|| mine.clone());
-                if mine < *e {
-                    *e = mine;
-                }
-            }
-        }
+        // Every ScaledObject counts, one that cannot be loaded too (it may be fixed).
+        let owners = owners(&self.scaled_objects);
         let mut views = HashMap::new();
         for so in all {
             let Some(raw) = raws.get(&so.id).cloned() else {
@@ -743,12 +782,19 @@ impl Controller {
                 raw,
                 target: target.as_ref().and_then(|t| t.as_ref().ok().cloned()),
             };
+            let is_claimed = claimed.is_some();
             let problem = match &target {
                 Some(Err(e)) => Some(e.clone()),
                 None => Some("spec.scaleTargetRef is required".to_string()),
                 Some(Ok(_)) => claimed,
             };
             if self.acting() {
+                if is_claimed {
+                    // An HPA it made while it had the target (the older one was broken)
+                    // must not fight the owner's.
+                    self.delete_hpa(&view.so.id.namespace, &hpa_name(&view.so), &view.so)
+                        .await;
+                }
                 self.reconcile(&view, problem, statuses.get(&view.so.id))
                     .await;
             }
@@ -792,7 +838,7 @@ impl Controller {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = views;
         for o in deleting {
             if self.acting() {
-                self.finalize(&o).await;
+                self.finalize(&o, &owners).await;
             }
         }
         // Forget what is gone.
@@ -941,6 +987,7 @@ impl Controller {
                 namespace: id.namespace.clone(),
                 name: target.name.clone(),
                 replicas,
+                read_at: Some(std::time::Instant::now()),
             },
             obj,
         ))
@@ -1059,7 +1106,7 @@ impl Controller {
         let last_active = seen
             .last_active
             .clone()
-            .or_else(|| raw_status["lastActiveTime"].as_str().map(str::to_string));
+            .or_else(|| stored_last_active(so, raw_status));
         let mut problem = target_problem;
         let paused = is_paused(so);
         let paused_replicas = paused_replicas(so);
@@ -1164,7 +1211,10 @@ impl Controller {
                 }
             }
         }
-        let replicas = view.target.as_ref().and_then(|t| t.replicas);
+        let read = view
+            .target
+            .as_ref()
+            .and_then(|t| Some((t.replicas?, t.read_at?)));
         self.update(&so.id, |m| {
             m.original = original;
             if m.last_active.is_none() {
@@ -1174,8 +1224,12 @@ impl Controller {
             m.reported = problem.clone();
             m.failing = failing;
             m.blocked = blocked;
-            if replicas.is_some() {
-                m.replicas = replicas;
+            m.reconciled = true;
+            if let Some((r, at)) = read
+                && m.replicas_at.is_none_or(|t| t < at)
+            {
+                m.replicas = Some(r);
+                m.replicas_at = Some(at);
             }
         });
         self.refresh_status(view, status).await;
@@ -1310,9 +1364,17 @@ impl Controller {
                 "HPA {name} exists and is not owned by this ScaledObject; it is left alone"
             ));
         }
-        // An HPA without metrics would scale on 80 % CPU (the HPA's default): none is
-        // written until the triggers' metric names are known (after their first poll).
-        if desired["metrics"].as_array().is_none_or(Vec::is_empty) {
+        // An HPA without metrics would scale on 80 % CPU (the HPA's default), and one
+        // without some of them on the rest alone: it is written once every trigger's
+        // metric name is known (after their first poll); until then it stays as it is.
+        let complete = so.triggers.iter().flatten().all(|t| {
+            status.is_some_and(|st| {
+                st.triggers
+                    .iter()
+                    .any(|x| x.index == t.index && x.metric.is_some())
+            })
+        });
+        if !complete || desired["metrics"].as_array().is_none_or(Vec::is_empty) {
             return Ok(());
         }
         match existing {
@@ -1343,11 +1405,20 @@ impl Controller {
                 let l = next.metadata.labels.get_or_insert_with(BTreeMap::new);
                 l.insert(NAME_LABEL.into(), so.id.name.clone());
                 l.insert("app.kubernetes.io/managed-by".into(), MANAGER.into());
-                api.replace(name, &PostParams::default(), &next)
-                    .await
-                    .map_err(|e| {
-                        format!("cannot update HPA {name}: {}", first_line(&e.to_string()))
-                    })?;
+                match api.replace(name, &PostParams::default(), &next).await {
+                    Ok(_) => {}
+                    // Its watch had not caught up: the next round has the new object.
+                    Err(kube::Error::Api(s)) if s.is_conflict() => {
+                        self.changed.notify_one();
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "cannot update HPA {name}: {}",
+                            first_line(&e.to_string())
+                        ));
+                    }
+                }
                 self.metrics
                     .hpa_writes
                     .get_or_create(&crate::metrics::ResultLabels {
@@ -1367,11 +1438,20 @@ impl Controller {
                     "spec": desired,
                 });
                 let obj: DynamicObject = serde_json::from_value(obj).map_err(|e| e.to_string())?;
-                api.create(&PostParams::default(), &obj)
-                    .await
-                    .map_err(|e| {
-                        format!("cannot create HPA {name}: {}", first_line(&e.to_string()))
-                    })?;
+                match api.create(&PostParams::default(), &obj).await {
+                    Ok(_) => {}
+                    // Created a moment ago (its watch had not caught up): next round.
+                    Err(kube::Error::Api(s)) if s.is_already_exists() || s.is_conflict() => {
+                        self.changed.notify_one();
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "cannot create HPA {name}: {}",
+                            first_line(&e.to_string())
+                        ));
+                    }
+                }
                 self.metrics
                     .hpa_writes
                     .get_or_create(&crate::metrics::ResultLabels {
@@ -1410,7 +1490,7 @@ impl Controller {
     }
 
     /// A ScaledObject being deleted: restore, HPA gone, finalizer removed.
-    async fn finalize(&self, raw: &DynamicObject) {
+    async fn finalize(&self, raw: &DynamicObject, owners: &Owners) {
         if !has_finalizer(raw) {
             return;
         }
@@ -1428,7 +1508,14 @@ impl Controller {
             .as_i64()
             .and_then(|r| i32::try_from(r).ok())
             .or(self.memory_of(&so.id).original);
+        // A target another ScaledObject scales is not this one's to restore.
+        let theirs = so.scale_target_ref.as_ref().is_some_and(|t| {
+            owners
+                .get(&target_key(&so.id.namespace, t))
+                .is_some_and(|(_, owner)| *owner != so.id.name)
+        });
         if so.advanced.restore_to_original_replica_count
+            && !theirs
             && let (Some(n), Some(target)) = (original, &so.scale_target_ref)
             && let Ok((t, _)) = self.read_target(&so.id, target).await
             && !self
@@ -1494,6 +1581,9 @@ impl Controller {
                 }
                 let now = SystemTime::now();
                 let seen = self.memory_of(&id);
+                if !seen.reconciled {
+                    continue;
+                }
                 if decision.active {
                     self.update(&id, |m| {
                         m.last_active = Some(humantime::format_rfc3339_seconds(now).to_string());
@@ -1504,9 +1594,9 @@ impl Controller {
                 } else {
                     // Ours, else the status's (another leader's, before a failover).
                     seen.last_active
-                        .as_deref()
-                        .or(view.raw.data["status"]["lastActiveTime"].as_str())
-                        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                        .clone()
+                        .or_else(|| stored_last_active(&view.so, &view.raw.data["status"]))
+                        .and_then(|t| humantime::parse_rfc3339_weak(&t).ok())
                 };
                 let created = view.raw.metadata.creation_timestamp.as_ref().map(|t| {
                     SystemTime::UNIX_EPOCH
@@ -1531,11 +1621,17 @@ impl Controller {
                     let due = seen.replicas.is_none() || scale_write(&view.so, &facts).is_some();
                     if due && let Some(current) = self.current_replicas(target).await {
                         facts.current = current;
-                        self.update(&id, |m| m.replicas = Some(current));
+                        self.update(&id, |m| {
+                            m.replicas = Some(current);
+                            m.replicas_at = Some(std::time::Instant::now());
+                        });
                         if let Some((n, why)) = scale_write(&view.so, &facts)
                             && self.write_scale(target, n, &id, why).await
                         {
-                            self.update(&id, |m| m.replicas = Some(n));
+                            self.update(&id, |m| {
+                                m.replicas = Some(n);
+                                m.replicas_at = Some(std::time::Instant::now());
+                            });
                             let (reason, verb) = if n > current {
                                 ("KEDAScaleTargetActivated", "Scaled")
                             } else {
@@ -1699,18 +1795,41 @@ fn covers(have: &Value, want: &Value) -> bool {
     }
 }
 
+/// How far the written `lastActiveTime` may lag while the ScaledObject is active.
+fn last_active_slack(so: &ScaledObject) -> Duration {
+    Duration::from_secs((so.cooldown_period / 2).clamp(1, 300))
+}
+
+/// The last activity another leader recorded: `lastActiveTime`, and if its status still
+/// says Active, that plus the slack it may lag by (a cooldown is never cut short by a
+/// failover; it may run that much longer).
+fn stored_last_active(so: &ScaledObject, status: &Value) -> Option<String> {
+    let t = status["lastActiveTime"].as_str()?;
+    let active = status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Active" && c["status"] == "True");
+    if !active {
+        return Some(t.to_string());
+    }
+    let at = humantime::parse_rfc3339_weak(t).ok()? + last_active_slack(so);
+    Some(humantime::format_rfc3339_seconds(at).to_string())
+}
+
 /// Keeps of an object's status only the fields a round reads back (a ScaledObject's
-/// `lastActiveTime`, `originalReplicaCount`, `hpaName`, `health` keys); an HPA's status
-/// (it changes at every HPA sync) goes entirely.
+/// `lastActiveTime`, `originalReplicaCount`, `hpaName`, `health` keys, `conditions`); an
+/// HPA's status (it changes at every HPA sync) goes entirely.
 fn slim_status(o: &mut DynamicObject) {
     let Some(status) = o.data.get_mut("status").and_then(Value::as_object_mut) else {
         return;
     };
-    const KEEP: [&str; 4] = [
+    const KEEP: [&str; 5] = [
         "lastActiveTime",
         "originalReplicaCount",
         "hpaName",
         "health",
+        "conditions",
     ];
     status.retain(|k, _| KEEP.contains(&k.as_str()));
     if let Some(health) = status.get_mut("health").and_then(Value::as_object_mut) {
@@ -1718,10 +1837,10 @@ fn slim_status(o: &mut DynamicObject) {
             *v = Value::Null;
         }
     }
-    if status.is_empty() {
-        if let Some(m) = o.data.as_object_mut() {
-            m.remove("status");
-        }
+    if status.is_empty()
+        && let Some(m) = o.data.as_object_mut()
+    {
+        m.remove("status");
     }
 }
 
@@ -2017,7 +2136,7 @@ fn status_body(
     // at every poll as KEDA does; the leader itself keeps the exact time.
     let written = view.raw.data["status"]["lastActiveTime"].as_str();
     let parse = |t: &str| humantime::parse_rfc3339_weak(t).ok();
-    let slack = Duration::from_secs((so.cooldown_period / 2).clamp(1, 300));
+    let slack = last_active_slack(so);
     let last_active = match (written, &memory.last_active) {
         (Some(w), Some(m)) if decision.is_some_and(|d| d.active) => match (parse(w), parse(m)) {
             (Some(a), Some(b)) if b.duration_since(a).unwrap_or_default() < slack => Some(w),

@@ -40,6 +40,9 @@ pub enum Outcome {
     },
     /// The trigger failed.
     Failed,
+    /// The trigger cannot run (its configuration was refused): it takes no part in the
+    /// decision, neither as demand nor as a failure.
+    Unusable,
 }
 
 /// What the decision remembers between rounds.
@@ -107,7 +110,7 @@ pub fn decide(
     for (count, outcome) in state.failures.iter_mut().zip(outcomes) {
         *count = match outcome {
             Outcome::Failed => count.saturating_add(1),
-            Outcome::Ok { .. } => 0,
+            Outcome::Ok { .. } | Outcome::Unusable => 0,
         };
     }
     let floor = spec.min.max(1).min(spec.max.max(1));
@@ -124,7 +127,7 @@ pub fn decide(
                 metric_type,
                 ..
             } => Some(per_trigger(*value, *target, *metric_type, state.replicas)),
-            Outcome::Failed => None,
+            Outcome::Failed | Outcome::Unusable => None,
         })
         .collect();
 

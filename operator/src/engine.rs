@@ -235,14 +235,17 @@ impl Engine {
         for (id, r) in to_stop {
             let _ = r.stop.send(true);
             let _ = r.task.await;
-            if !wanted.contains_key(&id) {
-                let gone = self
-                    .inner
-                    .status
-                    .write()
-                    .ok()
-                    .and_then(|mut status| status.remove(&id));
-                // Its series go with it: the families never grow with churn.
+            // Its series go with it (a restart makes those of its triggers now), so the
+            // families never grow with churn or with renamed triggers.
+            let removed = !wanted.contains_key(&id);
+            let gone = self.inner.status.write().ok().and_then(|mut status| {
+                if removed {
+                    status.remove(&id)
+                } else {
+                    status.get(&id).cloned()
+                }
+            });
+            {
                 let m = &self.inner.metrics;
                 for t in gone.iter().flat_map(|s| &s.triggers) {
                     if let Some(metric) = &t.metric {
@@ -268,6 +271,8 @@ impl Engine {
                         namespace: id.namespace.clone(),
                         scaledObject: id.name.clone(),
                     });
+            }
+            if removed {
                 self.inner.metrics.desired_replicas.remove(&ObjectLabels {
                     scaledobject: id.to_string(),
                 });
@@ -632,8 +637,15 @@ impl ObjectRun {
                         .and_then(|s| s.metric_specs().into_iter().next());
                     ts.metric = spec.as_ref().map(|m| m.name.clone());
                     ts.target = spec.map(|m| m.target);
+                    // A refused configuration is not a source failing: it neither holds
+                    // replicas nor counts for fallback (it is reported as it is).
+                    let unusable = e.kind == ErrorKind::Config;
                     ts.error = Some(e);
-                    outcomes.push(Outcome::Failed);
+                    outcomes.push(if unusable {
+                        Outcome::Unusable
+                    } else {
+                        Outcome::Failed
+                    });
                 }
             }
             statuses.push(ts);

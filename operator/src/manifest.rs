@@ -143,6 +143,8 @@ struct ObjectMeta {
     uid: Option<String>,
     #[serde(default)]
     annotations: Option<BTreeMap<String, String>>,
+    #[serde(default, rename = "creationTimestamp")]
+    creation_timestamp: Option<serde_yaml_ng::Value>,
 }
 
 /// `scaleTargetRef`.
@@ -512,6 +514,8 @@ pub struct ScaledObject {
     pub uid: Option<String>,
     /// `metadata.annotations` (`autoscaling.keda.sh/paused`, ...).
     pub annotations: BTreeMap<String, String>,
+    /// `metadata.creationTimestamp`, when it came from a cluster.
+    pub created: Option<std::time::SystemTime>,
     /// `spec.advanced`.
     pub advanced: Advanced,
     /// Its `cpu` and `memory` triggers (never polled: the HPA measures them).
@@ -1317,6 +1321,11 @@ impl ManifestSet {
             source: file.to_path_buf(),
             uid: meta.uid.clone(),
             annotations: meta.annotations.clone().unwrap_or_default(),
+            created: meta
+                .creation_timestamp
+                .as_ref()
+                .and_then(|t| t.as_str())
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok()),
             advanced: spec.advanced.clone().unwrap_or_default(),
             resource_triggers,
             trigger_indexes,

@@ -110,8 +110,12 @@ impl Validator {
         else {
             return out;
         };
+        let created = so
+            .created
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_secs()).ok());
         if let Some(other) =
-            crate::controller::claimed_by(store, &so.id.namespace, &so.id.name, target)
+            crate::controller::claimed_by(store, &so.id.namespace, &so.id.name, created, target)
         {
             out.push(format!(
                 "the workload '{}' of type '{}' is already managed by the ScaledObject '{other}'",
