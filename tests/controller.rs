@@ -755,25 +755,6 @@ fn with_keda_installed_nothing_is_written_unless_told() {
     });
 }
 
-fn curl_metric(port: u16, certs: &Path, metric: &str) -> (String, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
-        .arg("--cacert")
-        .arg(certs.join("ca.crt"))
-        .arg("--cert")
-        .arg(certs.join("tls.crt"))
-        .arg("--key")
-        .arg(certs.join("tls.key"))
-        .arg(format!(
-            "https://localhost:{port}/apis/external.metrics.k8s.io/v1beta1/namespaces/shop/{metric}?labelSelector=scaledobject.keda.sh%2Fname%3Dweb"
-        ))
-        .output()
-        .expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
-    (body.to_string(), code.to_string())
-}
-
 fn holder(s: &TestApiServer) -> Option<String> {
     s.get(
         "coordination.k8s.io",
@@ -825,7 +806,7 @@ fn two_replicas_elect_one_leader_the_follower_answers_through_it_and_takes_over(
             .to_string();
     // The follower does not poll, but answers: through the leader.
     wait_for("the follower answers through the leader", BOUND, || {
-        let (body, code) = curl_metric(b.port, b.certs.path(), &metric);
+        let (body, code) = curl_metric_of(b.port, b.certs.path(), "web", &metric);
         code == "200" && body.contains("\"value\":\"6\"")
     });
     assert_eq!(holder(&s).as_deref(), Some("op-a"));
@@ -850,6 +831,35 @@ fn two_replicas_elect_one_leader_the_follower_answers_through_it_and_takes_over(
         code == "000" || code == "401",
         "another CA's certificate got {code}"
     );
+    // And it is TLS 1.3: the internal certificate over TLS 1.2 gets no answer.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["--tlsv1.2", "--tls-max", "1.2"])
+        .arg("--cacert")
+        .arg(a.certs.path().join("ca.crt"))
+        .arg("--cert")
+        .arg(a.certs.path().join("tls.crt"))
+        .arg("--key")
+        .arg(a.certs.path().join("tls.key"))
+        .arg(format!(
+            "https://localhost:{}/apis/external.metrics.k8s.io/v1beta1",
+            a.port
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "000",
+        "TLS 1.2 reached the internal channel"
+    );
 
     // Kill the leader (no chance to give the lease up): the follower takes over once
     // the lease lapses, and no HPA write happens twice.
@@ -873,7 +883,7 @@ fn two_replicas_elect_one_leader_the_follower_answers_through_it_and_takes_over(
     let failover = killed.elapsed();
     eprintln!("failover took {failover:?} (lease 3s, renew deadline 2s, retry 500ms)");
     wait_for("the new leader answers itself", BOUND, || {
-        let (body, code) = curl_metric(b.port, b.certs.path(), &metric);
+        let (body, code) = curl_metric_of(b.port, b.certs.path(), "web", &metric);
         code == "200" && body.contains("\"value\":\"0\"")
     });
     // A new leader that forgot the cooldown would scale to zero at its first poll.

@@ -286,7 +286,8 @@ fn target_key(namespace: &str, t: &ScaleTargetRef) -> (String, String, String, S
 
 /// Another ScaledObject of the same namespace, older than this one (`created`: its
 /// creation time in seconds; `None`, being created: newer than all), already scaling
-/// `target`, if any. The older keeps a target, so its own updates are never refused.
+/// `target`, if any: the rule of the controller's rounds ([`owners`]), so that the older
+/// one's own updates are never refused.
 #[must_use]
 pub fn claimed_by(
     store: &reflector::Store<DynamicObject>,
@@ -295,20 +296,9 @@ pub fn claimed_by(
     created: Option<i64>,
     target: &ScaleTargetRef,
 ) -> Option<String> {
-    let ours = (created.unwrap_or(i64::MAX), name.to_string());
-    store.state().iter().find_map(|o| {
-        let ns = o.metadata.namespace.as_deref().unwrap_or("default");
-        let other = o.metadata.name.as_deref()?;
-        if ns != namespace || other == name || o.metadata.deletion_timestamp.is_some() {
-            return None;
-        }
-        if (time_key(o).unwrap_or(i64::MAX), other.to_string()) > ours {
-            return None;
-        }
-        let theirs: ScaleTargetRef =
-            serde_json::from_value(o.data.get("spec")?.get("scaleTargetRef")?.clone()).ok()?;
-        theirs.same_target(target).then(|| other.to_string())
-    })
+    let (their_time, owner) = owners(store).remove(&target_key(namespace, target))?;
+    let ours = (created.unwrap_or(i64::MAX), name);
+    (owner != name && (their_time.unwrap_or(i64::MAX), owner.as_str()) < ours).then_some(owner)
 }
 
 impl Controller {
@@ -1405,27 +1395,8 @@ impl Controller {
                 let l = next.metadata.labels.get_or_insert_with(BTreeMap::new);
                 l.insert(NAME_LABEL.into(), so.id.name.clone());
                 l.insert("app.kubernetes.io/managed-by".into(), MANAGER.into());
-                match api.replace(name, &PostParams::default(), &next).await {
-                    Ok(_) => {}
-                    // Its watch had not caught up: the next round has the new object.
-                    Err(kube::Error::Api(s)) if s.is_conflict() => {
-                        self.changed.notify_one();
-                        return Ok(());
-                    }
-                    Err(e) => {
-                        return Err(format!(
-                            "cannot update HPA {name}: {}",
-                            first_line(&e.to_string())
-                        ));
-                    }
-                }
-                self.metrics
-                    .hpa_writes
-                    .get_or_create(&crate::metrics::ResultLabels {
-                        result: "updated".into(),
-                    })
-                    .inc();
-                tracing::info!(scaledobject = %so.id, hpa = name, "HPA updated");
+                let written = api.replace(name, &PostParams::default(), &next).await;
+                self.hpa_written(written.map(drop), so, name, "updated")?;
             }
             None => {
                 if !self.acting() {
@@ -1438,54 +1409,67 @@ impl Controller {
                     "spec": desired,
                 });
                 let obj: DynamicObject = serde_json::from_value(obj).map_err(|e| e.to_string())?;
-                match api.create(&PostParams::default(), &obj).await {
-                    Ok(_) => {}
-                    // Created a moment ago (its watch had not caught up): next round.
-                    Err(kube::Error::Api(s)) if s.is_already_exists() || s.is_conflict() => {
-                        self.changed.notify_one();
-                        return Ok(());
-                    }
-                    Err(e) => {
-                        return Err(format!(
-                            "cannot create HPA {name}: {}",
-                            first_line(&e.to_string())
-                        ));
-                    }
-                }
-                self.metrics
-                    .hpa_writes
-                    .get_or_create(&crate::metrics::ResultLabels {
-                        result: "created".into(),
-                    })
-                    .inc();
-                tracing::info!(scaledobject = %so.id, hpa = name, "HPA created");
+                let written = api.create(&PostParams::default(), &obj).await;
+                self.hpa_written(written.map(drop), so, name, "created")?;
             }
         }
         Ok(())
+    }
+
+    /// Counts and logs an HPA write. A 409 (AlreadyExists, Conflict) means this replica's
+    /// watch had not caught up: not a problem, the next round has the new object.
+    fn hpa_written(
+        &self,
+        result: Result<(), kube::Error>,
+        so: &ScaledObject,
+        name: &str,
+        what: &str,
+    ) -> Result<(), String> {
+        match result {
+            Ok(()) => {
+                self.metrics
+                    .hpa_writes
+                    .get_or_create(&crate::metrics::ResultLabels {
+                        result: what.into(),
+                    })
+                    .inc();
+                tracing::info!(scaledobject = %so.id, hpa = name, "HPA {what}");
+                Ok(())
+            }
+            Err(kube::Error::Api(s)) if s.is_conflict() || s.is_already_exists() => {
+                self.changed.notify_one();
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "HPA {name} not {what}: {}",
+                first_line(&e.to_string())
+            )),
+        }
     }
 
     async fn delete_hpa(&self, ns: &str, name: &str, so: &ScaledObject) {
         if !self.acting() {
             return;
         }
+        // From the reflector, as in `ensure_hpa`: a paused ScaledObject costs no request
+        // per round.
+        let Some(h) = self
+            .hpas
+            .get(&reflector::ObjectRef::new_with(name, hpa_resource()).within(ns))
+        else {
+            return;
+        };
+        if !owned_by(&h, so) {
+            return;
+        }
         let api = Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &hpa_resource());
-        if let Ok(Some(h)) = api.get_opt(name).await
-            && owned_by(&h, so)
-        {
-            match api.delete(name, &DeleteParams::default()).await {
-                Ok(_) => {
-                    self.metrics
-                        .hpa_writes
-                        .get_or_create(&crate::metrics::ResultLabels {
-                            result: "deleted".into(),
-                        })
-                        .inc();
-                    tracing::info!(scaledobject = %so.id, hpa = name, "HPA deleted");
-                }
-                Err(e) => {
-                    tracing::warn!(hpa = name, error = %e, "cannot delete the HPA; retried next round")
-                }
-            }
+        let deleted = match api.delete(name, &DeleteParams::default()).await {
+            // Gone already (the watch had not caught up).
+            Err(kube::Error::Api(s)) if s.is_not_found() => return,
+            r => r.map(drop),
+        };
+        if let Err(e) = self.hpa_written(deleted, so, name, "deleted") {
+            tracing::warn!(error = %e, "retried next round");
         }
     }
 
