@@ -78,11 +78,19 @@ impl<C> Tracked<C> {
         })
     }
 
-    /// The client to use now, with its context: the same one while the anchors are
-    /// unchanged, else a new one built from a new context.
-    pub fn current(&self) -> Result<(Arc<C>, Option<TlsContext>), ScalerError> {
-        let state = self.state.load();
-        let stale = |s: &State<C>| match &s.tls {
+    /// The client to use now (see [`Tracked::current`]), without its context.
+    pub fn client(&self) -> Result<Arc<C>, ScalerError> {
+        {
+            let state = self.state.load();
+            if !self.is_stale(&state) {
+                return Ok(Arc::clone(&state.client));
+            }
+        }
+        self.current().map(|(client, _)| client)
+    }
+
+    fn is_stale(&self, s: &State<C>) -> bool {
+        match &s.tls {
             // Plaintext: nothing to follow.
             None => false,
             // The trigger's own files changed (a few stats, and only when it names files).
@@ -95,7 +103,14 @@ impl<C> Tracked<C> {
             // Verification off: the anchors play no part.
             Some(tls) if tls.is_unsafe() => false,
             Some(_) => s.generation != self.trust.anchors().generation(),
-        };
+        }
+    }
+
+    /// The client to use now, with its context: the same one while the anchors are
+    /// unchanged, else a new one built from a new context.
+    pub fn current(&self) -> Result<(Arc<C>, Option<TlsContext>), ScalerError> {
+        let state = self.state.load();
+        let stale = |s: &State<C>| self.is_stale(s);
         if !stale(&state) {
             return Ok((Arc::clone(&state.client), state.tls.clone()));
         }

@@ -29,6 +29,9 @@ pub struct AmqpClient {
     tls: Option<TlsContext>,
     name: String,
     live: tokio::sync::Mutex<Option<Live>>,
+    /// The open channel, for a poll to take under a short synchronous lock (the async
+    /// lock above is for opening and replacing).
+    ready: std::sync::Mutex<Option<(u64, Channel)>>,
     connects: AtomicU64,
 }
 
@@ -48,6 +51,7 @@ impl AmqpClient {
             tls,
             name,
             live: tokio::sync::Mutex::new(None),
+            ready: std::sync::Mutex::new(None),
             connects: AtomicU64::new(0),
         }
     }
@@ -183,7 +187,19 @@ impl AmqpClient {
             .is_some_and(|l| l.id == id && l.connection.status().connected())
     }
 
+    fn ready(&self) -> std::sync::MutexGuard<'_, Option<(u64, Channel)>> {
+        self.ready
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     async fn channel(&self, trigger: &str) -> Result<(u64, Channel), ScalerError> {
+        // A broken connection closes its channels, so an open channel means a live one.
+        if let Some((id, ch)) = self.ready().as_ref()
+            && ch.status().connected()
+        {
+            return Ok((*id, ch.clone()));
+        }
         let mut live = self.live.lock().await;
         if live
             .as_ref()
@@ -193,7 +209,9 @@ impl AmqpClient {
             close_in_background(old.connection);
         }
         if live.is_none() {
-            let connection = self.connect(trigger).await?;
+            // Boxed: connecting is a large future that only a reconnect needs; inline,
+            // every poll's future would carry its size.
+            let connection = Box::pin(self.connect(trigger)).await?;
             let id = self.connects.fetch_add(1, Ordering::Relaxed) + 1;
             *live = Some(Live {
                 id,
@@ -213,12 +231,11 @@ impl AmqpClient {
         {
             return Ok((l.id, ch.clone()));
         }
-        let channel = l
-            .connection
-            .create_channel()
+        let channel = Box::pin(l.connection.create_channel())
             .await
             .map_err(|e| amqp_error(trigger, &e, self.tls.as_ref(), &self.target()))?;
         l.channel = Some(channel.clone());
+        *self.ready() = Some((l.id, channel.clone()));
         Ok((l.id, channel))
     }
 
@@ -229,6 +246,7 @@ impl AmqpClient {
         {
             l.channel = None;
         }
+        self.forget(id);
     }
 
     async fn drop_connection(&self, id: u64) {
@@ -237,6 +255,15 @@ impl AmqpClient {
             && let Some(old) = live.take()
         {
             close_in_background(old.connection);
+        }
+        self.forget(id);
+    }
+
+    /// Forgets connection `id`'s channel for the fast path.
+    fn forget(&self, id: u64) {
+        let mut ready = self.ready();
+        if ready.as_ref().is_some_and(|(cur, _)| *cur == id) {
+            *ready = None;
         }
     }
 }

@@ -558,11 +558,12 @@ impl RabbitMqScaler {
                     // handshake may reset the connection before its alert is read.
                     Err(e) => {
                         let target = client.host_port();
-                        return Err(trustscale::scaler::refine_transport(
+                        // Boxed: only a failure takes this path.
+                        return Err(Box::pin(trustscale::scaler::refine_transport(
                             e,
                             tls.as_ref(),
                             Some(&target),
-                        )
+                        ))
                         .await);
                     }
                 };
@@ -575,6 +576,9 @@ impl RabbitMqScaler {
                 password,
                 timeout_ms,
             } => {
+                // Boxed: the HTTP request is a large future; inline, it would make every
+                // AMQP poll's future as large.
+                Box::pin(async move {
                 let (client, tls) = client.current()?;
                 let target = httpclient::target_of(url);
                 let mut req = client.get(url.clone());
@@ -645,6 +649,8 @@ impl RabbitMqScaler {
                     info.message_stats.publish_details.rate,
                     info.message_stats.deliver_get_details.rate,
                 ))
+                })
+                .await
             }
         }
     }

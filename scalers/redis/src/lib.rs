@@ -66,7 +66,10 @@ pub struct RedisClient {
     port: u16,
     tls: Option<TlsContext>,
     info: redis::RedisConnectionInfo,
-    conn: tokio::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// The live connection: a poll clones it under a short synchronous lock.
+    conn: std::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// Held while connecting, so that polls waiting for a connection make one, not many.
+    connecting: tokio::sync::Mutex<()>,
     connects: AtomicU64,
 }
 
@@ -81,12 +84,24 @@ impl RedisClient {
         self.connects.load(Ordering::Relaxed)
     }
 
+    fn live(&self) -> Option<(u64, MultiplexedConnection)> {
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     async fn connection(&self, trigger: &str) -> Result<(u64, MultiplexedConnection), ScalerError> {
-        let mut slot = self.conn.lock().await;
-        if let Some((id, conn)) = slot.as_ref() {
-            return Ok((*id, conn.clone()));
+        if let Some(live) = self.live() {
+            return Ok(live);
         }
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(trigger))
+        let _one = self.connecting.lock().await;
+        if let Some(live) = self.live() {
+            return Ok(live);
+        }
+        // Boxed: connecting (TCP, TLS, the handshake with the server) is a large future
+        // that only a reconnect needs; inline, every poll's future would carry its size.
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, Box::pin(self.connect(trigger)))
             .await
             .map_err(|_| {
                 ScalerError::new(
@@ -99,7 +114,10 @@ impl RedisClient {
                 )
             })??;
         let id = self.connects.fetch_add(1, Ordering::Relaxed) + 1;
-        *slot = Some((id, conn.clone()));
+        *self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((id, conn.clone()));
         Ok((id, conn))
     }
 
@@ -145,8 +163,11 @@ impl RedisClient {
     }
 
     /// Drops connection `id` if it is still the current one, so the next poll reconnects.
-    async fn invalidate(&self, id: u64) {
-        let mut slot = self.conn.lock().await;
+    fn invalidate(&self, id: u64) {
+        let mut slot = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if slot.as_ref().is_some_and(|(cur, _)| *cur == id) {
             *slot = None;
         }
@@ -170,7 +191,7 @@ impl RedisClient {
                         || e.is_timeout()
                         || e.is_unrecoverable_error();
                     if broken {
-                        self.invalidate(id).await;
+                        self.invalidate(id);
                     }
                     if !broken || retried {
                         return Err(redis_error(trigger, e, self.tls.as_ref(), &self.target()));
@@ -316,7 +337,8 @@ impl RedisBuilder {
                     port,
                     tls: tls.cloned(),
                     info,
-                    conn: tokio::sync::Mutex::new(None),
+                    conn: std::sync::Mutex::new(None),
+                    connecting: tokio::sync::Mutex::new(()),
                     connects: AtomicU64::new(0),
                 }
             }))
@@ -365,6 +387,9 @@ pub struct ListScaler {
     /// Index into [`LENGTH_COMMANDS`]: the key's type at the last poll. Steady state is one
     /// round trip; a WRONGTYPE answer re-reads the type.
     command: AtomicU8,
+    /// Each of [`LENGTH_COMMANDS`] for this key, built when first sent (usually only
+    /// `LLEN`), then sent as it is by every poll.
+    commands: [std::sync::OnceLock<redis::Cmd>; 4],
 }
 
 impl ListScaler {
@@ -387,13 +412,13 @@ impl ListScaler {
             list,
             activation,
             command: AtomicU8::new(0),
+            commands: Default::default(),
         })
     }
 
     async fn length(&self, client: &RedisClient) -> Result<i64, ScalerError> {
         let index = self.command.load(Ordering::Relaxed) as usize;
-        let cmd = redis::cmd(LENGTH_COMMANDS[index]).arg(&self.list).clone();
-        match client.query::<i64>(&self.label, &cmd).await {
+        match client.query::<i64>(&self.label, self.command(index)).await {
             Err(e) if is_wrong_type(&e) => {}
             other => return other,
         }
@@ -417,12 +442,12 @@ impl ListScaler {
             }
         };
         self.command.store(index as u8, Ordering::Relaxed);
-        client
-            .query(
-                &self.label,
-                redis::cmd(LENGTH_COMMANDS[index]).arg(&self.list),
-            )
-            .await
+        client.query(&self.label, self.command(index)).await
+    }
+
+    fn command(&self, index: usize) -> &redis::Cmd {
+        self.commands[index]
+            .get_or_init(|| redis::cmd(LENGTH_COMMANDS[index]).arg(&self.list).clone())
     }
 }
 
@@ -433,7 +458,7 @@ impl Scaler for ListScaler {
     }
 
     async fn poll(&self) -> Result<Poll, ScalerError> {
-        let client = self.client.current()?.0;
+        let client = self.client.client()?;
         let n = self.length(&client).await?;
         Ok(Poll::single(&self.spec.name, n as f64, self.activation))
     }
@@ -592,7 +617,7 @@ impl Scaler for StreamScaler {
     }
 
     async fn poll(&self) -> Result<Poll, ScalerError> {
-        let client = self.client.current()?.0;
+        let client = self.client.client()?;
         let v = self.value(&client).await?;
         Ok(Poll::single(&self.spec.name, v, self.activation))
     }
