@@ -12,6 +12,9 @@
 
 #[path = "../examples/support/https_source.rs"]
 mod https_source;
+mod support;
+
+use support::proc::{cpu_seconds, status_kib as proc_field};
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -19,25 +22,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use trustscale_test_apiserver::TestApiServer;
-
-fn proc_field(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 (1-based), 11 and 12 after the command.
-    (ticks(11) + ticks(12)) / 100.0
-}
 
 fn ready(s: &TestApiServer, n: usize) -> usize {
     (0..n)

@@ -67,6 +67,9 @@ pub fn cpu_seconds() -> f64 {
 #[path = "../../tests/support/kafka.rs"]
 pub mod kafka;
 
+pub mod plot;
+pub mod proc;
+
 /// The benchmarks' Kafka data: each of `topics` with 4 partitions of 5 records, and every
 /// one of `groups` committed at offset 2 on all of them (a lag of 3 per partition).
 /// Topics are made through `mock` when given, else through the admin API.

@@ -172,7 +172,8 @@ impl Default for Metrics {
         let mut root = Registry::default();
         let poll_seconds = Family::<TypeLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
             ])
         });
         let m = Metrics {
