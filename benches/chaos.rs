@@ -1,0 +1,1295 @@
+//! Faults under load, each a scripted run of the real operator that prints its figures:
+//!
+//! - `broker`: a Redis server of this run's own, killed with SIGKILL and restarted, then
+//!   cut off without dying by a fault proxy of ours (connections refused, blackholed,
+//!   reset); the same three cuts for RabbitMQ through a proxy in front of the fixture.
+//!   Other sources' triggers keep polling; failures are classified; recovery, connections
+//!   and memory are compared with before.
+//! - `rotation`: the internal certificates renewed every ~10 s and the CA once in the
+//!   middle, while clients send requests to the mutual-TLS API without pause.
+//! - `ca-churn`: files of the CA folder added, replaced and removed every few seconds
+//!   while the triggers whose CAs never leave keep polling.
+//! - `kill-rotation`: the operator killed with SIGKILL at random moments while it rotates
+//!   every 2 s, N times; the folder is checked with openssl each time (the key matches the
+//!   leaf, the leaf chains to a CA of `ca.crt`), and the restarted operator serves.
+//!
+//! ```text
+//! cargo bench --bench chaos -- broker [--triggers 10000] [--fault-secs 30] [--interval 30]
+//! cargo bench --bench chaos -- rotation [--secs 600]
+//! cargo bench --bench chaos -- ca-churn [--secs 600]
+//! cargo bench --bench chaos -- kill-rotation [--rounds 100]
+//! cargo bench --bench chaos -- soak [--secs 3600]
+//! cargo bench --bench chaos -- all --short        # CI: every scenario in seconds
+//! ```
+//!
+//! Needs `fixtures/brokers.sh start redis rabbitmq`. The brokers that are killed are this
+//! run's own; the shared fixtures are only ever cut off through a proxy.
+
+#[path = "../examples/support/https_source.rs"]
+mod https_source;
+mod support;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use support::proc::{self as pstat, Child, Scrape, connections, scrape};
+use tokio::io::AsyncWriteExt;
+
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// The scenario.
+    scenario: Scenario,
+    /// Triggers in all (metrics-api, redis and rabbitmq in the ratio 4:5:1).
+    #[arg(long, default_value_t = 10_000)]
+    triggers: usize,
+    /// Polling interval, seconds.
+    #[arg(long, default_value_t = 30)]
+    interval: u64,
+    /// How long each broker fault lasts, seconds.
+    #[arg(long, default_value_t = 30)]
+    fault_secs: u64,
+    /// How long `rotation`, `ca-churn` and `soak` run, seconds.
+    #[arg(long, default_value_t = 600)]
+    secs: u64,
+    /// `kill-rotation` rounds.
+    #[arg(long, default_value_t = 100)]
+    rounds: usize,
+    /// CI: 200 triggers, a 2 s interval, 3 s faults, 12 s runs, 5 rounds; fails when a
+    /// figure is off its goal.
+    #[arg(long)]
+    short: bool,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    Broker,
+    Rotation,
+    CaChurn,
+    KillRotation,
+    Soak,
+    All,
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if args.short {
+        args.triggers = 200;
+        args.interval = 2;
+        args.fault_secs = 3;
+        args.secs = 12;
+        args.rounds = 5;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let all = args.scenario == Scenario::All;
+        let mut failures = Vec::new();
+        if all || args.scenario == Scenario::Broker {
+            failures.extend(broker(&args).await?);
+        }
+        if all || args.scenario == Scenario::Rotation {
+            failures.extend(rotation(&args, args.secs).await?);
+        }
+        if all || args.scenario == Scenario::CaChurn {
+            failures.extend(ca_churn(&args, args.secs).await?);
+        }
+        if all || args.scenario == Scenario::KillRotation {
+            failures.extend(kill_rotation(&args).await?);
+        }
+        if args.scenario == Scenario::Soak {
+            failures.extend(soak(&args).await?);
+        }
+        if failures.is_empty() {
+            println!("all figures within their goals");
+            Ok(())
+        } else {
+            for f in &failures {
+                println!("OFF GOAL: {f}");
+            }
+            anyhow::bail!("{} figures off their goals", failures.len())
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The operator under test and its sources.
+
+struct Rig {
+    work: tempfile::TempDir,
+    env: BTreeMap<String, String>,
+    source: https_source::Source,
+    ca_dir: PathBuf,
+    certs: PathBuf,
+    api: u16,
+    prom: u16,
+    http: reqwest::Client,
+    child: Option<Child>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Rig {
+    async fn new() -> anyhow::Result<Rig> {
+        let env = support::fixture_env();
+        let work = tempfile::tempdir()?;
+        let ca_dir = work.path().join("ca");
+        let source = https_source::start(&ca_dir, "chaos-source").await?;
+        source.set(25);
+        std::fs::copy(&env["TRUSTSCALE_CA_CERT"], ca_dir.join("fixture-ca.crt"))?;
+        let declared = Command::new(&env["RABBITMQCTL"])
+            .args(["-n", &env["RABBITMQ_NODENAME"], "eval", "rabbit_amqqueue:declare(rabbit_misc:r(<<\"/\">>, queue, <<\"chaos-queue\">>), false, false, [], none, <<\"bench\">>)."])
+            .stdout(Stdio::null())
+            .status()?;
+        anyhow::ensure!(declared.success(), "declaring the RabbitMQ queue failed");
+        Ok(Rig {
+            certs: work.path().join("certs"),
+            api: free_port()?,
+            prom: free_port()?,
+            http: pstat::plain_client()?,
+            work,
+            env,
+            source,
+            ca_dir,
+            child: None,
+        })
+    }
+
+    /// Writes `triggers` triggers (4 metrics-api : 5 redis : 1 rabbitmq per ScaledObject)
+    /// against `redis` and `amqps` (host:port).
+    fn manifests(
+        &self,
+        triggers: usize,
+        interval: u64,
+        redis: &str,
+        amqps: &str,
+    ) -> anyhow::Result<PathBuf> {
+        let dir = self.work.path().join("manifests");
+        std::fs::create_dir_all(&dir)?;
+        let objects = triggers.div_ceil(10);
+        for chunk in 0..objects.div_ceil(1000) {
+            let mut out = String::new();
+            for so in chunk * 1000..objects.min((chunk + 1) * 1000) {
+                let _ = write!(
+                    out,
+                    "---\napiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata: {{name: so-{so}, namespace: chaos}}\nspec:\n  scaleTargetRef: {{name: w-{so}}}\n  pollingInterval: {interval}\n  triggers:\n"
+                );
+                for i in 0..4 {
+                    let _ = writeln!(
+                        out,
+                        "    - type: metrics-api\n      metadata: {{url: \"{}?t={i}\", valueLocation: queue.depth, targetValue: \"10\"}}",
+                        self.source.url()
+                    );
+                }
+                for i in 0..5 {
+                    let _ = writeln!(
+                        out,
+                        "    - type: redis\n      metadata: {{address: \"{redis}\", listName: \"chaos-{so}-{i}\", enableTLS: \"true\"}}"
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "    - type: rabbitmq\n      metadata: {{host: \"amqps://admin:adminpass@{amqps}/\", queueName: chaos-queue, mode: QueueLength, value: \"10\"}}"
+                );
+            }
+            std::fs::write(dir.join(format!("chaos-{chunk:03}.yaml")), out)?;
+        }
+        Ok(dir)
+    }
+
+    fn start(&mut self, manifests: &Path, extra: &[&str]) -> anyhow::Result<u32> {
+        let log = std::fs::File::create(self.work.path().join("operator.log"))?;
+        let child = Command::new(env!("CARGO_BIN_EXE_trustscale"))
+            .args(["operator", "--kube=false", "--manifests"])
+            .arg(manifests)
+            .arg("--cert-dir")
+            .arg(&self.certs)
+            .arg("--ca-dir")
+            .arg(&self.ca_dir)
+            .args(["--listen", &format!("127.0.0.1:{}", self.api)])
+            .args([
+                "--metrics-bind-address",
+                &format!("127.0.0.1:{}", self.prom),
+            ])
+            .args([
+                "--health-probe-bind-address",
+                "",
+                "--webhook-bind-address",
+                "",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let pid = child.id();
+        self.child = Some(Child(child));
+        Ok(pid)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.work.path().join("operator.log")).unwrap_or_default()
+    }
+
+    async fn scrape(&self) -> Scrape {
+        scrape(
+            &self.http,
+            &format!("http://127.0.0.1:{}/metrics", self.prom),
+        )
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Waits until every trigger has polled once.
+    async fn all_polled(&self, triggers: usize) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let polled: f64 = self.scrape().await.polls.values().map(|h| h.count()).sum();
+            if polled >= triggers as f64 {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(600),
+                "only {polled} of {triggers} triggers polled within 10 min; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// Poll and error counts by type.
+fn counts(s: &Scrape) -> (BTreeMap<String, f64>, BTreeMap<(String, String), f64>) {
+    (
+        s.polls
+            .iter()
+            .map(|(t, h)| (t.clone(), h.count()))
+            .collect(),
+        s.errors.clone(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// A fault proxy: forwards TCP to a broker until told to refuse, blackhole or reset.
+
+const PASS: u8 = 0;
+const REFUSE: u8 = 1;
+const BLACKHOLE: u8 = 2;
+const RESET: u8 = 3;
+
+struct Proxy {
+    port: u16,
+    mode: Arc<AtomicU8>,
+    /// Bumped on every mode change: connections made before it end (reset or refuse) or
+    /// stall (blackhole).
+    epoch: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> anyhow::Result<Proxy> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let mode = Arc::new(AtomicU8::new(PASS));
+        let epoch = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, e, s) = (Arc::clone(&mode), Arc::clone(&epoch), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut listener = Some(listener);
+            while !s.load(Ordering::Relaxed) {
+                // Refusing: no listener at all, so connections are refused by the kernel.
+                if m.load(Ordering::Relaxed) == REFUSE {
+                    listener = None;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                let l = match &listener {
+                    Some(l) => l,
+                    None => match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                        Ok(l) => listener.insert(l),
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                    },
+                };
+                let accepted = tokio::time::timeout(Duration::from_millis(100), l.accept()).await;
+                let Ok(Ok((client, _))) = accepted else {
+                    continue;
+                };
+                let (m, e, target) = (Arc::clone(&m), Arc::clone(&e), target.clone());
+                tokio::spawn(async move { relay(client, target, m, e).await });
+            }
+        });
+        Ok(Proxy {
+            port,
+            mode,
+            epoch,
+            stop,
+        })
+    }
+
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::Relaxed);
+        self.epoch.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.set(RESET);
+    }
+}
+
+/// Makes closing `stream` send a reset (SO_LINGER 0). Deprecated in tokio because a
+/// non-zero linger blocks on drop; a zero one never does.
+#[allow(deprecated)]
+fn reset(stream: &tokio::net::TcpStream) {
+    let _ = stream.set_linger(Some(Duration::ZERO));
+}
+
+async fn relay(
+    client: tokio::net::TcpStream,
+    target: String,
+    mode: Arc<AtomicU8>,
+    epoch: Arc<AtomicU64>,
+) {
+    let born = epoch.load(Ordering::Relaxed);
+    match mode.load(Ordering::Relaxed) {
+        RESET => {
+            reset(&client);
+            return;
+        }
+        BLACKHOLE => {
+            // Accepted, never answered, until the fault ends.
+            while epoch.load(Ordering::Relaxed) == born {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            reset(&client);
+            return;
+        }
+        _ => {}
+    }
+    let Ok(upstream) = tokio::net::TcpStream::connect(&target).await else {
+        reset(&client);
+        return;
+    };
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = upstream.into_split();
+    let mut a = [0u8; 16384];
+    let mut b = [0u8; 16384];
+    use tokio::io::AsyncReadExt;
+    loop {
+        // A fault that starts while connected: reset ends it at once; blackhole stops
+        // forwarding (both ways) until the fault ends, then resets it.
+        if epoch.load(Ordering::Relaxed) != born {
+            match mode.load(Ordering::Relaxed) {
+                BLACKHOLE => {
+                    let now = epoch.load(Ordering::Relaxed);
+                    while epoch.load(Ordering::Relaxed) == now {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    break;
+                }
+                RESET | REFUSE => break,
+                _ => {}
+            }
+        }
+        tokio::select! {
+            r = cr.read(&mut a) => match r { Ok(0) | Err(_) => break, Ok(n) => if uw.write_all(&a[..n]).await.is_err() { break } },
+            r = ur.read(&mut b) => match r { Ok(0) | Err(_) => break, Ok(n) => if cw.write_all(&b[..n]).await.is_err() { break } },
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    if let Ok(c) = cr.reunite(cw) {
+        reset(&c);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A Redis server of this run's own (TLS, the fixture's certificates).
+
+struct OwnRedis {
+    port: u16,
+    dir: PathBuf,
+    pki: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start(dir: PathBuf, pki: PathBuf) -> anyhow::Result<OwnRedis> {
+        let mut r = OwnRedis {
+            port: free_port()?,
+            dir,
+            pki,
+            child: None,
+        };
+        r.launch()?;
+        Ok(r)
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--tls-port",
+                &self.port.to_string(),
+            ])
+            .arg("--tls-cert-file")
+            .arg(self.pki.join("server-chain.crt"))
+            .arg("--tls-key-file")
+            .arg(self.pki.join("server.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(self.pki.join("ca-bundle.crt"))
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(&self.dir)
+            .args(["--logfile", "", "--maxclients", "10000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(10),
+                "own redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn sigkill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenario: broker faults.
+
+async fn broker(args: &Args) -> anyhow::Result<Vec<String>> {
+    let mut rig = Rig::new().await?;
+    let pki = PathBuf::from(&rig.env["TRUSTSCALE_CA_CERT"])
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let mut redis = OwnRedis::start(rig.work.path().join("redis"), pki)?;
+    let redis_proxy = Proxy::start(format!("127.0.0.1:{}", redis.port)).await?;
+    let amqp_proxy = Proxy::start(format!("127.0.0.1:{}", rig.env["RABBITMQ_AMQPS_PORT"])).await?;
+    let manifests = rig.manifests(
+        args.triggers,
+        args.interval,
+        &format!("localhost:{}", redis_proxy.port),
+        &format!("localhost:{}", amqp_proxy.port),
+    )?;
+    let pid = rig.start(&manifests, &[])?;
+    rig.all_polled(args.triggers).await?;
+    tokio::time::sleep(Duration::from_secs(args.interval)).await;
+    let mut off = Vec::new();
+    println!(
+        "broker faults, {} triggers polled every {} s, each fault {} s:",
+        args.triggers, args.interval, args.fault_secs
+    );
+    println!(
+        "| fault | errors of the faulted type, by kind | other types' polls during the fault (errors) | recovered after the source returned | connections before / after | RSS before / after (MiB) |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let faults: [(&str, &str, u8); 7] = [
+        ("redis", "SIGKILL, restarted", PASS),
+        ("redis", "refused", REFUSE),
+        ("redis", "blackholed", BLACKHOLE),
+        ("redis", "reset", RESET),
+        ("rabbitmq", "refused", REFUSE),
+        ("rabbitmq", "blackholed", BLACKHOLE),
+        ("rabbitmq", "reset", RESET),
+    ];
+    for (kind, what, mode) in faults {
+        let (proxy, ty) = if kind == "redis" {
+            (&redis_proxy, "redis")
+        } else {
+            (&amqp_proxy, "rabbitmq")
+        };
+        let conns0 = connections(pid, &proxy.port.to_string());
+        let rss0 = pstat::rss_kib(pid);
+        let (p0, e0) = counts(&rig.scrape().await);
+        if mode == PASS {
+            redis.sigkill();
+        } else {
+            proxy.set(mode);
+        }
+        // A blackhole shorter than the clients' 5 s timeouts only slows polls down (and a
+        // broken connection is retried within the poll): it lasts at least 7 s.
+        let secs = if mode == BLACKHOLE {
+            args.fault_secs.max(7)
+        } else {
+            args.fault_secs
+        };
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let (p1, e1) = counts(&rig.scrape().await);
+        if mode == PASS {
+            redis.launch()?;
+        } else {
+            proxy.set(PASS);
+        }
+        let back = Instant::now();
+        // Recovery: the moment after which no error of that type comes any more (quiet
+        // for an interval and a second; given up two intervals and 15 s after the return).
+        let mut last_error = Duration::ZERO;
+        let mut seen = e1.clone();
+        let quiet = Duration::from_secs(args.interval + 1);
+        while back.elapsed() < Duration::from_secs(2 * args.interval + 15)
+            && back.elapsed().saturating_sub(last_error) < quiet
+        {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let (_, e) = counts(&rig.scrape().await);
+            let now: f64 = e.iter().filter(|((t, _), _)| t == ty).map(|(_, v)| v).sum();
+            let before: f64 = seen
+                .iter()
+                .filter(|((t, _), _)| t == ty)
+                .map(|(_, v)| v)
+                .sum();
+            if now > before {
+                last_error = back.elapsed();
+            }
+            seen = e;
+        }
+        // Then one more interval: every trigger of that type polled without error.
+        let (p2, e2) = counts(&rig.scrape().await);
+        tokio::time::sleep(Duration::from_secs(args.interval + 2)).await;
+        let (p3, e3) = counts(&rig.scrape().await);
+        let new_errors: f64 = e3
+            .iter()
+            .filter(|((t, _), _)| t == ty)
+            .map(|(k, v)| v - e2.get(k).copied().unwrap_or(0.0))
+            .sum();
+        let ty_polls = p3.get(ty).copied().unwrap_or(0.0) - p2.get(ty).copied().unwrap_or(0.0);
+        let conns1 = connections(pid, &proxy.port.to_string());
+        let rss1 = pstat::rss_kib(pid);
+        let by_kind: Vec<String> = e1
+            .iter()
+            .filter(|((t, _), _)| t == ty)
+            .map(|((_, k), v)| {
+                (
+                    k,
+                    v - e0.get(&(ty.to_string(), k.clone())).copied().unwrap_or(0.0),
+                )
+            })
+            .filter(|(_, d)| *d > 0.0)
+            .map(|(k, d)| format!("{k} {d:.0}"))
+            .collect();
+        let others: Vec<String> = p1
+            .iter()
+            .filter(|(t, _)| t.as_str() != ty)
+            .map(|(t, v)| {
+                let errs: f64 = e1
+                    .iter()
+                    .filter(|((tt, _), _)| tt == t)
+                    .map(|(k, v)| v - e0.get(k).copied().unwrap_or(0.0))
+                    .sum();
+                if errs > 0.0 {
+                    off.push(format!(
+                        "{kind} {what}: {t} had {errs} errors during the fault"
+                    ));
+                }
+                format!(
+                    "{t} {:.0} ({:.0})",
+                    v - p0.get(t).copied().unwrap_or(0.0),
+                    errs + 0.0
+                )
+            })
+            .collect();
+        println!(
+            "| {kind} {what} | {} | {} | {:.1} s (then {ty_polls:.0} polls, {new_errors:.0} errors, in one interval) | {conns0} / {conns1} | {:.1} / {:.1} |",
+            if by_kind.is_empty() {
+                "none".into()
+            } else {
+                by_kind.join(", ")
+            },
+            others.join(", "),
+            last_error.as_secs_f64(),
+            rss0 as f64 / 1024.0,
+            rss1 as f64 / 1024.0
+        );
+        if by_kind.is_empty() || by_kind.iter().any(|k| !k.starts_with("connection")) {
+            off.push(format!(
+                "{kind} {what}: errors not all classified `connection`: {by_kind:?}"
+            ));
+        }
+        if last_error > Duration::from_secs(2 * args.interval) {
+            off.push(format!(
+                "{kind} {what}: errors went on {last_error:?} after the source returned"
+            ));
+        }
+        if new_errors > 0.0
+            || ty_polls < (args.triggers / 10 * if ty == "redis" { 5 } else { 1 }) as f64
+        {
+            off.push(format!("{kind} {what}: after recovery {ty_polls} polls with {new_errors} errors in one interval"));
+        }
+        if conns1 != conns0 {
+            off.push(format!(
+                "{kind} {what}: connections {conns0} before, {conns1} after"
+            ));
+        }
+    }
+    if let Some(c) = rig.child.as_mut() {
+        c.stop();
+    }
+    Ok(off)
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenario: internal certificate rotation under a client that never pauses.
+
+/// Reads the set the way a careful client reads a kubelet-style folder: through `..data`
+/// once, so that the certificate and its key come from the same set.
+fn client_tls(certs: &Path) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let set = std::fs::canonicalize(certs.join("..data")).unwrap_or_else(|_| certs.to_path_buf());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(set.join("ca.crt"))? {
+        roots.add(c?)?;
+    }
+    let chain = CertificateDer::pem_file_iter(set.join("tls.crt"))?.collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(set.join("tls.key"))?;
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)?)
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    first_failures: std::sync::Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn fail(&self, e: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let mut f = self.first_failures.lock().unwrap();
+        if f.len() < 5 {
+            f.push(e);
+        }
+    }
+}
+
+/// Sends requests without pause until `stop`: a keep-alive client rebuilt from the folder
+/// every `refresh` (`fresh` false), or a new connection for every request (`fresh` true).
+async fn hammer(
+    certs: PathBuf,
+    url: String,
+    refresh: Duration,
+    fresh: bool,
+    tally: Arc<Tally>,
+    stop: Arc<AtomicBool>,
+) {
+    let build = || -> anyhow::Result<reqwest::Client> {
+        Ok(reqwest::Client::builder()
+            .tls_backend_preconfigured(client_tls(&certs)?)
+            .timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(if fresh { 0 } else { 1 })
+            .build()?)
+    };
+    let mut client = None;
+    let mut built = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if client.is_none() || built.elapsed() >= refresh {
+            match build() {
+                Ok(c) => {
+                    client = Some(c);
+                    built = Instant::now();
+                }
+                Err(e) => {
+                    tally.fail(format!("reading the folder: {e}"));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(c) = &client else { continue };
+        match c.get(&url).send().await {
+            Ok(r) if r.status().is_success() => match r.bytes().await {
+                Ok(_) => {
+                    tally.ok.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => tally.fail(format!("body: {e}")),
+            },
+            Ok(r) => tally.fail(format!("HTTP {}", r.status())),
+            Err(e) => tally.fail(trustscale::error::Chain(&e).to_string()),
+        }
+    }
+}
+
+/// The subject key identifier of the first certificate in `path`, and how many there are.
+fn first_cert(path: &Path) -> (String, usize) {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map(|i| i.filter_map(Result::ok).collect())
+        .unwrap_or_default();
+    let id = certs
+        .first()
+        .and_then(|c| x509_parser::parse_x509_certificate(c.as_ref()).ok())
+        .map(|(_, c)| c.tbs_certificate.raw_serial_as_string())
+        .unwrap_or_default();
+    (id, certs.len())
+}
+
+async fn rotation(args: &Args, secs: u64) -> anyhow::Result<Vec<String>> {
+    let mut rig = Rig::new().await?;
+    let env = rig.env.clone();
+    let triggers = args.triggers.min(1000);
+    let manifests = rig.manifests(
+        triggers,
+        args.interval,
+        &format!("localhost:{}", env["REDIS_TLS_PORT"]),
+        &format!("localhost:{}", env["RABBITMQ_AMQPS_PORT"]),
+    )?;
+    // Leaf renewed at 70 % of its lifetime (about every 10 s); the CA at 70 % of its own,
+    // that is in the middle of the run.
+    let (leaf, ca) = if args.short {
+        ("2s".to_string(), "9s".to_string())
+    } else {
+        ("14s".to_string(), format!("{}s", secs * 10 / 14))
+    };
+    let pid = rig.start(
+        &manifests,
+        &["--cert-lifetime", &leaf, "--ca-lifetime", &ca],
+    )?;
+    rig.all_polled(triggers).await?;
+    let url = format!(
+        "https://localhost:{}/apis/external.metrics.k8s.io/v1beta1/namespaces/chaos/s0-metric-api-queue-depth?labelSelector=scaledobject.keda.sh%2Fname%3Dso-0",
+        rig.api
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let keep = Arc::new(Tally::default());
+    let fresh = Arc::new(Tally::default());
+    let refresh = if args.short {
+        Duration::from_millis(400)
+    } else {
+        Duration::from_secs(3)
+    };
+    let t1 = tokio::spawn(hammer(
+        rig.certs.clone(),
+        url.clone(),
+        refresh,
+        false,
+        Arc::clone(&keep),
+        Arc::clone(&stop),
+    ));
+    let t2 = tokio::spawn(hammer(
+        rig.certs.clone(),
+        url.clone(),
+        refresh,
+        true,
+        Arc::clone(&fresh),
+        Arc::clone(&stop),
+    ));
+    let start = Instant::now();
+    let (mut leaves, mut cas) = (
+        std::collections::BTreeSet::new(),
+        std::collections::BTreeSet::new(),
+    );
+    let mut most_cas = 0;
+    let cpu0 = pstat::cpu_seconds(pid);
+    while start.elapsed() < Duration::from_secs(secs) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (l, _) = first_cert(&rig.certs.join("tls.crt"));
+        let (c, n) = first_cert(&rig.certs.join("ca.crt"));
+        leaves.insert(l);
+        cas.insert(c);
+        most_cas = most_cas.max(n);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::join!(t1, t2);
+    let cpu = pstat::cpu_seconds(pid) - cpu0;
+    let (_, e) = counts(&rig.scrape().await);
+    let poll_errors: f64 = e.values().sum();
+    let mut off = Vec::new();
+    println!(
+        "internal certificate rotation for {secs} s (leaf lifetime {leaf}, CA lifetime {ca}), two clients without pause:"
+    );
+    for (name, t) in [
+        ("keep-alive, rebuilt from the folder", &keep),
+        ("a new connection per request", &fresh),
+    ] {
+        let (ok, failed) = (
+            t.ok.load(Ordering::Relaxed),
+            t.failed.load(Ordering::Relaxed),
+        );
+        println!(
+            "  {name}: {ok} ok, {failed} failed{}",
+            t.first_failures
+                .lock()
+                .unwrap()
+                .first()
+                .map(|f| format!(" (first: {f})"))
+                .unwrap_or_default()
+        );
+        if failed > 0 || ok == 0 {
+            off.push(format!(
+                "rotation: {name}: {ok} ok, {failed} failed: {:?}",
+                t.first_failures.lock().unwrap()
+            ));
+        }
+    }
+    println!(
+        "  leaves served: {}, CAs: {} (at most {most_cas} in ca.crt at once); operator CPU {:.0} mCPU; poll errors {:.0}",
+        leaves.len(),
+        cas.len(),
+        cpu / start.elapsed().as_secs_f64() * 1000.0,
+        poll_errors + 0.0
+    );
+    if cas.len() < 2 {
+        off.push(format!(
+            "rotation: the CA did not rotate ({} seen)",
+            cas.len()
+        ));
+    }
+    if leaves.len() < (secs / 12).max(3) as usize {
+        off.push(format!(
+            "rotation: only {} leaves in {secs} s",
+            leaves.len()
+        ));
+    }
+    if let Some(c) = rig.child.as_mut() {
+        c.stop();
+    }
+    Ok(off)
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenario: CA-folder churn.
+
+fn throwaway_ca(name: &str) -> anyhow::Result<String> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name.push(rcgen::DnType::CommonName, name);
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    Ok(p.self_signed(&key)?.pem())
+}
+
+async fn ca_churn(args: &Args, secs: u64) -> anyhow::Result<Vec<String>> {
+    let mut rig = Rig::new().await?;
+    let env = rig.env.clone();
+    let manifests = rig.manifests(
+        args.triggers,
+        args.interval,
+        &format!("localhost:{}", env["REDIS_TLS_PORT"]),
+        &format!("localhost:{}", env["RABBITMQ_AMQPS_PORT"]),
+    )?;
+    let pid = rig.start(&manifests, &[])?;
+    rig.all_polled(args.triggers).await?;
+    let (p0, e0) = counts(&rig.scrape().await);
+    let fds0 = pstat::open_fds(pid);
+    let rss0 = pstat::rss_kib(pid);
+    let period = if args.short {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(3)
+    };
+    let pool: Vec<String> = (0..8)
+        .map(|i| throwaway_ca(&format!("churn {i}")))
+        .collect::<Result<_, _>>()?;
+    let start = Instant::now();
+    let third = Duration::from_secs(secs) / 3;
+    let (mut cpu_marks, mut rss_marks) = (vec![pstat::cpu_seconds(pid)], vec![rss0]);
+    let mut step = 0usize;
+    while start.elapsed() < Duration::from_secs(secs) {
+        // Added, replaced, removed, in turn.
+        let name = rig.ca_dir.join(format!("churn-{}.crt", step % 3));
+        match step % 3 {
+            0 => std::fs::write(&name, &pool[step % pool.len()])?,
+            1 => {
+                let tmp = rig.ca_dir.join(".churn.tmp");
+                std::fs::write(&tmp, &pool[(step + 3) % pool.len()])?;
+                std::fs::rename(&tmp, rig.ca_dir.join("churn-0.crt"))?;
+            }
+            _ => {
+                let _ = std::fs::remove_file(rig.ca_dir.join("churn-0.crt"));
+            }
+        }
+        step += 1;
+        tokio::time::sleep(period).await;
+        if start.elapsed() >= third * cpu_marks.len() as u32 {
+            cpu_marks.push(pstat::cpu_seconds(pid));
+            rss_marks.push(pstat::rss_kib(pid));
+        }
+    }
+    // Let the last change reach every trigger (two intervals), then read.
+    tokio::time::sleep(Duration::from_secs(2 * args.interval + 3)).await;
+    rss_marks.push(pstat::rss_kib(pid));
+    let (p1, e1) = counts(&rig.scrape().await);
+    let fds1 = pstat::open_fds(pid);
+    let polls: f64 = p1
+        .iter()
+        .map(|(t, v)| v - p0.get(t).copied().unwrap_or(0.0))
+        .sum();
+    let errors: f64 = e1
+        .iter()
+        .map(|(k, v)| v - e0.get(k).copied().unwrap_or(0.0))
+        .sum();
+    let cpu: Vec<String> = cpu_marks
+        .windows(2)
+        .map(|w| format!("{:.0}", (w[1] - w[0]) / third.as_secs_f64() * 1000.0))
+        .collect();
+    println!(
+        "CA-folder churn for {secs} s ({step} changes, one every {period:?}), {} triggers:\n  polls {polls:.0}, failed {:.0}; operator CPU by third {} mCPU; RSS at the start, each third and two intervals after {} MiB; open fds {fds0} → {fds1} (two intervals after)",
+        args.triggers,
+        errors + 0.0,
+        cpu.join(" / "),
+        rss_marks
+            .iter()
+            .map(|r| format!("{:.1}", *r as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(" → ")
+    );
+    let mut off = Vec::new();
+    if errors > 0.0 {
+        off.push(format!("ca-churn: {errors} failed polls: {e1:?}"));
+    }
+    if fds1 > fds0 + 2 {
+        off.push(format!("ca-churn: open fds {fds0} → {fds1}"));
+    }
+    if let Some(c) = rig.child.as_mut() {
+        c.stop();
+    }
+    Ok(off)
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenario: SIGKILL during rotation.
+
+fn openssl(args: &[&str]) -> (bool, String) {
+    match Command::new("openssl").args(args).output() {
+        Ok(o) => (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        ),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
+/// Checks the folder with openssl: the key matches the leaf, and the leaf chains to a CA
+/// of `ca.crt` (through the chain's other certificates; times not checked, since the set
+/// may have expired while nothing ran). None when consistent.
+fn check_folder(dir: &Path, scratch: &Path) -> Option<String> {
+    let set = match std::fs::canonicalize(dir.join("..data")) {
+        Ok(s) => s,
+        Err(e) => return Some(format!("..data: {e}")),
+    };
+    let chain = match std::fs::read_to_string(set.join("tls.crt")) {
+        Ok(c) => c,
+        Err(e) => return Some(format!("tls.crt: {e}")),
+    };
+    let mut parts = chain.split_inclusive("-----END CERTIFICATE-----\n");
+    let Some(leaf) = parts.next().map(str::to_string) else {
+        return Some("tls.crt holds no certificate".into());
+    };
+    let rest: String = parts.collect();
+    let leaf_file = scratch.join("leaf.pem");
+    let rest_file = scratch.join("rest.pem");
+    let written = std::fs::write(&leaf_file, &leaf).and_then(|()| {
+        std::fs::write(
+            &rest_file,
+            if rest.trim().is_empty() {
+                leaf.clone()
+            } else {
+                rest
+            },
+        )
+    });
+    if let Err(e) = written {
+        return Some(format!("scratch files: {e}"));
+    }
+    let (lp, a) = openssl(&[
+        "x509",
+        "-noout",
+        "-pubkey",
+        "-in",
+        &leaf_file.to_string_lossy(),
+    ]);
+    let (kp, b) = openssl(&[
+        "pkey",
+        "-pubout",
+        "-in",
+        &set.join("tls.key").to_string_lossy(),
+    ]);
+    if !lp || !kp || a != b {
+        return Some(format!("the key does not match the leaf ({a} vs {b})"));
+    }
+    let ca = set.join("ca.crt").to_string_lossy().into_owned();
+    let (ok, out) = openssl(&[
+        "verify",
+        "-no_check_time",
+        "-CAfile",
+        &ca,
+        "-untrusted",
+        &rest_file.to_string_lossy(),
+        &leaf_file.to_string_lossy(),
+    ]);
+    (!ok).then(|| format!("the leaf does not chain to ca.crt: {out}"))
+}
+
+async fn kill_rotation(args: &Args) -> anyhow::Result<Vec<String>> {
+    let mut rig = Rig::new().await?;
+    let empty = rig.work.path().join("none");
+    std::fs::create_dir_all(&empty)?;
+    let mut off = Vec::new();
+    let (mut checked, mut absent) = (0, 0);
+    let started = Instant::now();
+    for round in 0..args.rounds {
+        rig.start(&empty, &["--cert-lifetime", "2s", "--ca-lifetime", "5s"])?;
+        tokio::time::sleep(Duration::from_millis(100 + fastrand::u64(0..2500))).await;
+        if let Some(mut c) = rig.child.take() {
+            let _ = c.0.kill();
+            let _ = c.0.wait();
+        }
+        if !rig.certs.join("..data").exists() {
+            absent += 1;
+            continue;
+        }
+        checked += 1;
+        if let Some(problem) = check_folder(&rig.certs, rig.work.path()) {
+            off.push(format!("kill-rotation round {round}: {problem}"));
+        }
+    }
+    // Negative controls: the check refuses a folder whose key is another one, and one whose
+    // ca.crt holds another CA.
+    if checked > 0 {
+        let set = std::fs::canonicalize(rig.certs.join("..data"))?;
+        for (bad, what) in [("tls.key", "a foreign key"), ("ca.crt", "a foreign CA")] {
+            let copy = rig.work.path().join("control");
+            let data = copy.join("..set");
+            std::fs::create_dir_all(&data)?;
+            for f in ["ca.crt", "tls.crt", "tls.key"] {
+                std::fs::copy(set.join(f), data.join(f))?;
+            }
+            let _ = std::fs::remove_file(copy.join("..data"));
+            std::os::unix::fs::symlink("..set", copy.join("..data"))?;
+            let other = rcgen::KeyPair::generate()?;
+            let replacement = if bad == "tls.key" {
+                other.serialize_pem()
+            } else {
+                throwaway_ca("control")?
+            };
+            std::fs::write(data.join(bad), replacement)?;
+            if check_folder(&copy, rig.work.path()).is_none() {
+                off.push(format!(
+                    "kill-rotation: the folder check passed a set with {what}"
+                ));
+            }
+        }
+    }
+    // Restarted, it serves with a valid set (curl, trusting ca.crt, presenting tls.crt).
+    rig.start(&empty, &["--cert-lifetime", "2s", "--ca-lifetime", "5s"])?;
+    let start = Instant::now();
+    let mut served = false;
+    while start.elapsed() < Duration::from_secs(15) && !served {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let set = std::fs::canonicalize(rig.certs.join("..data")).unwrap_or_default();
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "3",
+                "--cacert",
+            ])
+            .arg(set.join("ca.crt"))
+            .arg("--cert")
+            .arg(set.join("tls.crt"))
+            .arg("--key")
+            .arg(set.join("tls.key"))
+            .arg(format!(
+                "https://localhost:{}/apis/external.metrics.k8s.io/v1beta1",
+                rig.api
+            ))
+            .output()?;
+        served = String::from_utf8_lossy(&out.stdout) == "200";
+    }
+    println!(
+        "SIGKILL during rotation (leaf 2 s, CA 5 s), {} rounds in {:.0} s: {checked} folders checked with openssl, {absent} killed before the first set, {} inconsistent; restarted operator serves (curl): {served}",
+        args.rounds,
+        started.elapsed().as_secs_f64(),
+        off.len()
+    );
+    if !served {
+        off.push(format!(
+            "kill-rotation: the restarted operator did not serve; log:\n{}",
+            rig.log()
+        ));
+    }
+    if let Some(c) = rig.child.as_mut() {
+        c.stop();
+    }
+    Ok(off)
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenario: the soak: 10,000 triggers for an hour, with rotation, CA churn and a Redis cut
+// recurring.
+
+async fn soak(args: &Args) -> anyhow::Result<Vec<String>> {
+    let mut rig = Rig::new().await?;
+    let pki = PathBuf::from(&rig.env["TRUSTSCALE_CA_CERT"])
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let mut redis = OwnRedis::start(rig.work.path().join("redis"), pki)?;
+    let proxy = Proxy::start(format!("127.0.0.1:{}", redis.port)).await?;
+    let amqps = format!("localhost:{}", rig.env["RABBITMQ_AMQPS_PORT"]);
+    let manifests = rig.manifests(
+        args.triggers,
+        args.interval,
+        &format!("localhost:{}", proxy.port),
+        &amqps,
+    )?;
+    let pid = rig.start(
+        &manifests,
+        &["--cert-lifetime", "14s", "--ca-lifetime", "20m"],
+    )?;
+    rig.all_polled(args.triggers).await?;
+    // Settle one interval, then take the base line.
+    tokio::time::sleep(Duration::from_secs(args.interval * 2)).await;
+    let rss0 = pstat::rss_kib(pid);
+    let fds0 = pstat::open_fds(pid);
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let url = format!(
+        "https://localhost:{}/apis/external.metrics.k8s.io/v1beta1/namespaces/chaos/s0-metric-api-queue-depth?labelSelector=scaledobject.keda.sh%2Fname%3Dso-0",
+        rig.api
+    );
+    let client = tokio::spawn(hammer(
+        rig.certs.clone(),
+        url,
+        Duration::from_secs(3),
+        false,
+        Arc::clone(&tally),
+        Arc::clone(&stop),
+    ));
+    let pool: Vec<String> = (0..8)
+        .map(|i| throwaway_ca(&format!("soak {i}")))
+        .collect::<Result<_, _>>()?;
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    let mut cycle = 0u64;
+    let cycle_len = if args.short { 6 } else { 300 };
+    let fault = args.fault_secs;
+    while start.elapsed() < Duration::from_secs(args.secs) {
+        // Every cycle: a Redis cut (refused, blackholed, reset, killed in turn), CA churn
+        // throughout; the leaf rotates every ~10 s by itself.
+        let t = start.elapsed().as_secs();
+        if t >= cycle * cycle_len + cycle_len / 2 {
+            match cycle % 4 {
+                0 => proxy.set(REFUSE),
+                1 => proxy.set(BLACKHOLE),
+                2 => proxy.set(RESET),
+                _ => redis.sigkill(),
+            }
+            tokio::time::sleep(Duration::from_secs(fault)).await;
+            if cycle % 4 == 3 {
+                redis.launch()?;
+            } else {
+                proxy.set(PASS);
+            }
+            cycle += 1;
+            samples.push((
+                start.elapsed().as_secs(),
+                pstat::rss_kib(pid),
+                pstat::open_fds(pid),
+            ));
+        }
+        std::fs::write(
+            rig.ca_dir.join(format!("soak-{}.crt", t % 3)),
+            &pool[(t as usize) % pool.len()],
+        )?;
+        let _ = std::fs::remove_file(rig.ca_dir.join(format!("soak-{}.crt", (t + 1) % 3)));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    // Let the last fault recover before the final reading.
+    tokio::time::sleep(Duration::from_secs(args.interval * 2 + 5)).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = client.await;
+    let rss1 = pstat::rss_kib(pid);
+    let fds1 = pstat::open_fds(pid);
+    let growth = (rss1 as f64 - rss0 as f64) / rss0 as f64 * 100.0;
+    println!(
+        "soak for {} s, {} triggers, {cycle} fault cycles: RSS {:.1} → {:.1} MiB ({growth:+.1} %), open fds {fds0} → {fds1}; API {} ok, {} failed\n  samples (s, RSS MiB, fds): {}",
+        args.secs,
+        args.triggers,
+        rss0 as f64 / 1024.0,
+        rss1 as f64 / 1024.0,
+        tally.ok.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed),
+        samples
+            .iter()
+            .map(|(t, r, f)| format!("{t} {:.0} {f}", *r as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let mut off = Vec::new();
+    if growth >= 5.0 {
+        off.push(format!("soak: RSS grew {growth:.1} %"));
+    }
+    if fds1 > fds0 + 2 {
+        off.push(format!("soak: open fds {fds0} → {fds1}"));
+    }
+    if tally.failed.load(Ordering::Relaxed) > 0 {
+        off.push(format!(
+            "soak: API requests failed: {:?}",
+            tally.first_failures.lock().unwrap()
+        ));
+    }
+    if let Some(c) = rig.child.as_mut() {
+        c.stop();
+    }
+    Ok(off)
+}
