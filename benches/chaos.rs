@@ -64,6 +64,9 @@ struct Args {
     /// figure is off its goal.
     #[arg(long)]
     short: bool,
+    /// `broker`: only the faults whose name holds this (e.g. `redis refused`).
+    #[arg(long)]
+    only: Option<String>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -177,6 +180,7 @@ impl Rig {
         interval: u64,
         redis: &str,
         amqps: &str,
+        kafka: Option<&str>,
     ) -> anyhow::Result<PathBuf> {
         let dir = self.work.path().join("manifests");
         std::fs::create_dir_all(&dir)?;
@@ -195,10 +199,18 @@ impl Rig {
                         self.source.url()
                     );
                 }
-                for i in 0..5 {
+                for i in 0..if kafka.is_some() { 4 } else { 5 } {
                     let _ = writeln!(
                         out,
                         "    - type: redis\n      metadata: {{address: \"{redis}\", listName: \"chaos-{so}-{i}\", enableTLS: \"true\"}}"
+                    );
+                }
+                if let Some(bootstrap) = kafka {
+                    let _ = writeln!(
+                        out,
+                        "    - type: kafka\n      metadata: {{bootstrapServers: \"{bootstrap}\", consumerGroup: chaos-group-{}, topic: chaos-topic-{}, tls: enable}}",
+                        so % 100,
+                        so % 10
                     );
                 }
                 let _ = writeln!(
@@ -371,7 +383,8 @@ async fn relay(
 ) {
     let born = epoch.load(Ordering::Relaxed);
     match mode.load(Ordering::Relaxed) {
-        RESET => {
+        // Refusing, but accepted in the moment before the listener went: as refused.
+        RESET | REFUSE => {
             reset(&client);
             return;
         }
@@ -503,6 +516,203 @@ impl Drop for OwnRedis {
 // ---------------------------------------------------------------------------------------
 // Scenario: broker faults.
 
+/// A RabbitMQ node of this run's own: the fixture script's `rabbitmqchaos` node.
+struct OwnRabbit {
+    port: u16,
+    node: String,
+}
+
+impl OwnRabbit {
+    fn script() -> PathBuf {
+        Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fixtures/brokers.sh"
+        ))
+        .to_path_buf()
+    }
+
+    fn start() -> anyhow::Result<OwnRabbit> {
+        let t = Instant::now();
+        let ok = Command::new(Self::script())
+            .args(["start", "rabbitmqchaos"])
+            .stdout(Stdio::null())
+            .status()?;
+        anyhow::ensure!(
+            ok.success(),
+            "fixtures/brokers.sh start rabbitmqchaos failed"
+        );
+        let env = support::fixture_env();
+        let r = OwnRabbit {
+            port: env["RABBITMQCHAOS_AMQPS_PORT"].parse()?,
+            node: env["RABBITMQCHAOS_NODENAME"].clone(),
+        };
+        // A node starts from an empty database every time: the queue again.
+        let declared = Command::new(&env["RABBITMQCTL"])
+            .args(["-n", &r.node, "eval", "rabbit_amqqueue:declare(rabbit_misc:r(<<\"/\">>, queue, <<\"chaos-queue\">>), false, false, [], none, <<\"bench\">>)."])
+            .stdout(Stdio::null())
+            .status()?;
+        anyhow::ensure!(
+            declared.success(),
+            "declaring the queue on {} failed",
+            r.node
+        );
+        eprintln!(
+            "own RabbitMQ node {} ready in {:.1} s",
+            r.node,
+            t.elapsed().as_secs_f64()
+        );
+        Ok(r)
+    }
+
+    fn sigkill(&self) -> anyhow::Result<()> {
+        let pidfile = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/fixtures/run/rabbitmq-rabbitmqchaos.pid"
+        ));
+        let pid = std::fs::read_to_string(pidfile)?.trim().to_string();
+        anyhow::ensure!(
+            Command::new("kill")
+                .args(["-KILL", &pid])
+                .status()?
+                .success(),
+            "kill -KILL {pid}"
+        );
+        Ok(())
+    }
+}
+
+impl Drop for OwnRabbit {
+    fn drop(&mut self) {
+        let _ = Command::new(Self::script())
+            .args(["stop", "rabbitmqchaos"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A Kafka broker of this run's own: tansu (in memory) behind its own stunnel (the TLS
+/// front), seeded with 10 topics and 100 groups.
+#[cfg(feature = "kafka")]
+struct OwnKafka {
+    tls_port: u16,
+    conf: PathBuf,
+    tansu: std::process::Child,
+    stunnel: Option<std::process::Child>,
+}
+
+#[cfg(feature = "kafka")]
+impl OwnKafka {
+    async fn start(dir: &Path, env: &BTreeMap<String, String>) -> anyhow::Result<OwnKafka> {
+        let (plain, tls_port) = (free_port()?, free_port()?);
+        std::fs::create_dir_all(dir)?;
+        let conf = dir.join("stunnel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "foreground = yes\npid =\nsyslog = no\ndebug = notice\n[kafka]\naccept = 127.0.0.1:{tls_port}\nconnect = 127.0.0.1:{plain}\ncert = {}\nkey = {}\n",
+                env["TRUSTSCALE_SERVER_CHAIN"], env["TRUSTSCALE_SERVER_KEY"]
+            ),
+        )?;
+        let tansu = Command::new(&env["KAFKA_TANSU_BIN"])
+            .args(["broker", "--cluster-id", "trustscale-chaos"])
+            .args(["--listener-url", &format!("tcp://127.0.0.1:{plain}")])
+            .args([
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{tls_port}"),
+            ])
+            .args(["--storage-engine", "memory://tansu-chaos/"])
+            .env_remove("LISTENER_URL")
+            .env_remove("ADVERTISED_LISTENER_URL")
+            .env_remove("STORAGE_ENGINE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut k = OwnKafka {
+            tls_port,
+            conf,
+            tansu,
+            stunnel: None,
+        };
+        k.start_front()?;
+        wait_listening(plain)?;
+        let ca = PathBuf::from(&env["TRUSTSCALE_CA_CERT"]);
+        let config = support::kafka::config(&k.bootstrap(), Some(&ca), None);
+        let topics: Vec<String> = (0..10).map(|t| format!("chaos-topic-{t}")).collect();
+        let groups: Vec<String> = (0..100).map(|g| format!("chaos-group-{g}")).collect();
+        support::seed_kafka(&config, None, &topics, &groups).await;
+        Ok(k)
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.tls_port)
+    }
+
+    fn start_front(&mut self) -> anyhow::Result<()> {
+        let env = support::fixture_env();
+        self.stunnel = Some(
+            Command::new(&env["KAFKA_STUNNEL_BIN"])
+                .arg(&self.conf)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        wait_listening(self.tls_port)
+    }
+
+    fn kill_front(&mut self) {
+        if let Some(mut s) = self.stunnel.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
+
+    /// SIGSTOP (true) or SIGCONT (false) the front: alive, but answering nothing.
+    fn freeze_front(&self, stop: bool) {
+        if let Some(s) = &self.stunnel {
+            let _ = Command::new("kill")
+                .args([if stop { "-STOP" } else { "-CONT" }, &s.id().to_string()])
+                .status();
+        }
+    }
+}
+
+#[cfg(feature = "kafka")]
+impl Drop for OwnKafka {
+    fn drop(&mut self) {
+        self.freeze_front(false);
+        self.kill_front();
+        let _ = self.tansu.kill();
+        let _ = self.tansu.wait();
+    }
+}
+
+#[cfg(feature = "kafka")]
+fn wait_listening(port: u16) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "port {port} never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// How a broker fault is made.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Through the proxy: refuse, blackhole or reset.
+    Proxy(u8),
+    /// The broker process killed with SIGKILL, restarted after the fault.
+    Kill,
+    /// The broker process stopped (SIGSTOP), continued after the fault.
+    Freeze,
+}
+
 async fn broker(args: &Args) -> anyhow::Result<Vec<String>> {
     let mut rig = Rig::new().await?;
     let pki = PathBuf::from(&rig.env["TRUSTSCALE_CA_CERT"])
@@ -511,12 +721,21 @@ async fn broker(args: &Args) -> anyhow::Result<Vec<String>> {
         .unwrap_or_default();
     let mut redis = OwnRedis::start(rig.work.path().join("redis"), pki)?;
     let redis_proxy = Proxy::start(format!("127.0.0.1:{}", redis.port)).await?;
-    let amqp_proxy = Proxy::start(format!("127.0.0.1:{}", rig.env["RABBITMQ_AMQPS_PORT"])).await?;
+    let mut rabbit = Some(OwnRabbit::start()?);
+    let rabbit_port = rabbit.as_ref().map_or(0, |r| r.port);
+    let amqp_proxy = Proxy::start(format!("127.0.0.1:{rabbit_port}")).await?;
+    #[cfg(feature = "kafka")]
+    let mut kafka = OwnKafka::start(&rig.work.path().join("kafka"), &rig.env).await?;
+    #[cfg(feature = "kafka")]
+    let kafka_bootstrap = Some(kafka.bootstrap());
+    #[cfg(not(feature = "kafka"))]
+    let kafka_bootstrap: Option<String> = None;
     let manifests = rig.manifests(
         args.triggers,
         args.interval,
         &format!("localhost:{}", redis_proxy.port),
         &format!("localhost:{}", amqp_proxy.port),
+        kafka_bootstrap.as_deref(),
     )?;
     let pid = rig.start(&manifests, &[])?;
     rig.all_polled(args.triggers).await?;
@@ -530,42 +749,86 @@ async fn broker(args: &Args) -> anyhow::Result<Vec<String>> {
         "| fault | errors of the faulted type, by kind | other types' polls during the fault (errors) | recovered after the source returned | connections before / after | RSS before / after (MiB) |"
     );
     println!("| --- | --- | --- | --- | --- | --- |");
-    let faults: [(&str, &str, u8); 7] = [
-        ("redis", "SIGKILL, restarted", PASS),
-        ("redis", "refused", REFUSE),
-        ("redis", "blackholed", BLACKHOLE),
-        ("redis", "reset", RESET),
-        ("rabbitmq", "refused", REFUSE),
-        ("rabbitmq", "blackholed", BLACKHOLE),
-        ("rabbitmq", "reset", RESET),
+    let mut faults: Vec<(&str, &str, Fault)> = vec![
+        ("redis", "SIGKILL, restarted", Fault::Kill),
+        ("redis", "refused", Fault::Proxy(REFUSE)),
+        ("redis", "blackholed", Fault::Proxy(BLACKHOLE)),
+        ("redis", "reset", Fault::Proxy(RESET)),
+        ("rabbitmq", "SIGKILL, restarted", Fault::Kill),
+        ("rabbitmq", "refused", Fault::Proxy(REFUSE)),
+        ("rabbitmq", "blackholed", Fault::Proxy(BLACKHOLE)),
+        ("rabbitmq", "reset", Fault::Proxy(RESET)),
     ];
-    for (kind, what, mode) in faults {
-        let (proxy, ty) = if kind == "redis" {
-            (&redis_proxy, "redis")
-        } else {
-            (&amqp_proxy, "rabbitmq")
+    if kafka_bootstrap.is_some() {
+        faults.push(("kafka", "TLS front SIGKILL, restarted", Fault::Kill));
+        faults.push(("kafka", "TLS front stopped (SIGSTOP)", Fault::Freeze));
+    }
+    let began = Instant::now();
+    for (kind, what, fault) in faults {
+        if args
+            .only
+            .as_deref()
+            .is_some_and(|o| !format!("{kind} {what}").contains(o))
+        {
+            continue;
+        }
+        eprintln!("{:.0} s: {kind} {what}", began.elapsed().as_secs_f64());
+        let ty = kind;
+        let port = match kind {
+            "redis" => redis_proxy.port,
+            "rabbitmq" => amqp_proxy.port,
+            _ => kafka_bootstrap
+                .as_deref()
+                .and_then(|b| b.rsplit(':').next()?.parse().ok())
+                .unwrap_or(0),
         };
-        let conns0 = connections(pid, &proxy.port.to_string());
+        let proxy = if kind == "redis" {
+            &redis_proxy
+        } else {
+            &amqp_proxy
+        };
+        let conns0 = connections(pid, &port.to_string());
         let rss0 = pstat::rss_kib(pid);
         let (p0, e0) = counts(&rig.scrape().await);
-        if mode == PASS {
-            redis.sigkill();
-        } else {
-            proxy.set(mode);
+        match (kind, fault) {
+            ("redis", Fault::Kill) => redis.sigkill(),
+            ("rabbitmq", Fault::Kill) => {
+                if let Some(r) = &rabbit {
+                    r.sigkill()?;
+                }
+            }
+            #[cfg(feature = "kafka")]
+            ("kafka", Fault::Kill) => kafka.kill_front(),
+            #[cfg(feature = "kafka")]
+            ("kafka", Fault::Freeze) => kafka.freeze_front(true),
+            (_, Fault::Proxy(mode)) => proxy.set(mode),
+            _ => {}
         }
-        // A blackhole shorter than the clients' 5 s timeouts only slows polls down (and a
-        // broken connection is retried within the poll): it lasts at least 7 s.
-        let secs = if mode == BLACKHOLE {
-            args.fault_secs.max(7)
+        // A blackhole shorter than the clients' timeouts only slows polls down (a broken
+        // connection is retried within the poll).
+        let secs = if matches!(fault, Fault::Proxy(BLACKHOLE) | Fault::Freeze) || kind == "kafka" {
+            // Longer than a poll's whole retry budget (a 5 s answer timeout, then a
+            // reconnect with a 5 s timeout; librdkafka retries within a poll too), so
+            // that the cut shows as failures.
+            args.fault_secs.max(12)
         } else {
             args.fault_secs
         };
         tokio::time::sleep(Duration::from_secs(secs)).await;
         let (p1, e1) = counts(&rig.scrape().await);
-        if mode == PASS {
-            redis.launch()?;
-        } else {
-            proxy.set(PASS);
+        match (kind, fault) {
+            ("redis", Fault::Kill) => redis.launch()?,
+            ("rabbitmq", Fault::Kill) => {
+                // Stopped (what the kill left), then started again, empty.
+                drop(rabbit.take());
+                rabbit = Some(OwnRabbit::start()?);
+            }
+            #[cfg(feature = "kafka")]
+            ("kafka", Fault::Kill) => kafka.start_front()?,
+            #[cfg(feature = "kafka")]
+            ("kafka", Fault::Freeze) => kafka.freeze_front(false),
+            (_, Fault::Proxy(_)) => proxy.set(PASS),
+            _ => {}
         }
         let back = Instant::now();
         // Recovery: the moment after which no error of that type comes any more (quiet
@@ -599,7 +862,7 @@ async fn broker(args: &Args) -> anyhow::Result<Vec<String>> {
             .map(|(k, v)| v - e2.get(k).copied().unwrap_or(0.0))
             .sum();
         let ty_polls = p3.get(ty).copied().unwrap_or(0.0) - p2.get(ty).copied().unwrap_or(0.0);
-        let conns1 = connections(pid, &proxy.port.to_string());
+        let conns1 = connections(pid, &port.to_string());
         let rss1 = pstat::rss_kib(pid);
         let by_kind: Vec<String> = e1
             .iter()
@@ -656,9 +919,12 @@ async fn broker(args: &Args) -> anyhow::Result<Vec<String>> {
                 "{kind} {what}: errors went on {last_error:?} after the source returned"
             ));
         }
-        if new_errors > 0.0
-            || ty_polls < (args.triggers / 10 * if ty == "redis" { 5 } else { 1 }) as f64
-        {
+        let per_object = match ty {
+            "redis" if kafka_bootstrap.is_some() => 4,
+            "redis" => 5,
+            _ => 1,
+        };
+        if new_errors > 0.0 || ty_polls < (args.triggers / 10 * per_object) as f64 {
             off.push(format!("{kind} {what}: after recovery {ty_polls} polls with {new_errors} errors in one interval"));
         }
         if conns1 != conns0 {
@@ -713,13 +979,16 @@ impl Tally {
     }
 }
 
-/// Sends requests without pause until `stop`: a keep-alive client rebuilt from the folder
-/// every `refresh` (`fresh` false), or a new connection for every request (`fresh` true).
+/// Sends requests until `stop`, `pause` apart (zero: without pause): a keep-alive client
+/// rebuilt from the folder every `refresh` (`fresh` false), or a new connection for every
+/// request (`fresh` true).
+#[allow(clippy::too_many_arguments)]
 async fn hammer(
     certs: PathBuf,
     url: String,
     refresh: Duration,
     fresh: bool,
+    pause: Duration,
     tally: Arc<Tally>,
     stop: Arc<AtomicBool>,
 ) {
@@ -757,10 +1026,13 @@ async fn hammer(
             Ok(r) => tally.fail(format!("HTTP {}", r.status())),
             Err(e) => tally.fail(trustscale::error::Chain(&e).to_string()),
         }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
     }
 }
 
-/// The subject key identifier of the first certificate in `path`, and how many there are.
+/// The serial number identifier of the first certificate in `path`, and how many there are.
 fn first_cert(path: &Path) -> (String, usize) {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
@@ -784,6 +1056,7 @@ async fn rotation(args: &Args, secs: u64) -> anyhow::Result<Vec<String>> {
         args.interval,
         &format!("localhost:{}", env["REDIS_TLS_PORT"]),
         &format!("localhost:{}", env["RABBITMQ_AMQPS_PORT"]),
+        None,
     )?;
     // Leaf renewed at 70 % of its lifetime (about every 10 s); the CA at 70 % of its own,
     // that is in the middle of the run.
@@ -814,6 +1087,7 @@ async fn rotation(args: &Args, secs: u64) -> anyhow::Result<Vec<String>> {
         url.clone(),
         refresh,
         false,
+        Duration::ZERO,
         Arc::clone(&keep),
         Arc::clone(&stop),
     ));
@@ -822,6 +1096,7 @@ async fn rotation(args: &Args, secs: u64) -> anyhow::Result<Vec<String>> {
         url.clone(),
         refresh,
         true,
+        Duration::ZERO,
         Arc::clone(&fresh),
         Arc::clone(&stop),
     ));
@@ -917,6 +1192,7 @@ async fn ca_churn(args: &Args, secs: u64) -> anyhow::Result<Vec<String>> {
         args.interval,
         &format!("localhost:{}", env["REDIS_TLS_PORT"]),
         &format!("localhost:{}", env["RABBITMQ_AMQPS_PORT"]),
+        None,
     )?;
     let pid = rig.start(&manifests, &[])?;
     rig.all_polled(args.triggers).await?;
@@ -1191,6 +1467,7 @@ async fn soak(args: &Args) -> anyhow::Result<Vec<String>> {
         args.interval,
         &format!("localhost:{}", proxy.port),
         &amqps,
+        None,
     )?;
     let pid = rig.start(
         &manifests,
@@ -1212,6 +1489,7 @@ async fn soak(args: &Args) -> anyhow::Result<Vec<String>> {
         url,
         Duration::from_secs(3),
         false,
+        Duration::from_millis(50),
         Arc::clone(&tally),
         Arc::clone(&stop),
     ));

@@ -8,8 +8,6 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::Criterion;
-
 mod support;
 use trustscale::scaler::{BuildContext, Scaler, ScalerBuilder, TriggerSpec};
 use trustscale::trust::{TrustFactory, TrustOptions};
@@ -138,24 +136,11 @@ fn main() {
         pct(&t_scaler, 0.5).as_secs_f64() / pct(&t_bare, 0.5).as_secs_f64()
     );
 
-    let mut c = Criterion::default().configure_from_args();
-    c.bench_function("redis scaler poll (TLS, LLEN)", |b| {
-        b.to_async(&rt).iter(|| scaler.poll())
-    });
-    c.bench_function("bare redis LLEN (same TLS)", |b| {
-        b.to_async(&rt).iter(|| {
-            let mut conn = bare.clone();
-            async move {
-                let n: i64 = redis::cmd("LLEN")
-                    .arg("bench-list")
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                n
-            }
-        })
-    });
-    c.final_summary();
+    // No back-to-back criterion groups: run one after the other on this machine they
+    // disagree with each other by more than the difference they measure (84.8 vs 63.4 µs
+    // in one run, while the interleaved medians above agree within 1 %). The CPU cost of
+    // the scaler path over the bare client is counted in instructions by
+    // `cargo bench --bench overhead`, which noise cannot move.
     drop(scaler);
 
     // 1,000 triggers, identical connection settings, different lists.

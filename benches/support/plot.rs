@@ -50,7 +50,7 @@ fn rows(csv: &Path) -> anyhow::Result<Vec<Row>> {
     Ok(out)
 }
 
-/// Three panels side by side, one line per mix, logarithmic trigger axis.
+/// Three panels side by side, one line per mix, against the trigger count.
 pub fn growth(csv: &Path, svg: &Path) -> anyhow::Result<()> {
     let rows = rows(csv)?;
     anyhow::ensure!(!rows.is_empty(), "{}: no rows", csv.display());
@@ -60,12 +60,7 @@ pub fn growth(csv: &Path, svg: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(svg, (1200, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((1, 3));
-    let xmin = rows
-        .iter()
-        .map(|r| r.triggers)
-        .fold(f64::INFINITY, f64::min)
-        * 0.8;
-    let xmax = rows.iter().map(|r| r.triggers).fold(0.0, f64::max) * 1.25;
+    let xmax = rows.iter().map(|r| r.triggers).fold(0.0, f64::max) * 1.05;
     type Pick = fn(&Row) -> f64;
     let series: [(&str, Pick); 3] = [
         ("operator RSS, MiB", |r| r.rss),
@@ -79,7 +74,7 @@ pub fn growth(csv: &Path, svg: &Path) -> anyhow::Result<()> {
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(56)
-            .build_cartesian_2d((xmin..xmax).log_scale(), 0.0..ymax.max(1e-9))?;
+            .build_cartesian_2d(0.0..xmax, 0.0..ymax.max(1e-9))?;
         chart
             .configure_mesh()
             .x_desc("triggers (30 s interval)")
