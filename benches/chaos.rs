@@ -2,7 +2,9 @@
 //!
 //! - `broker`: a Redis server of this run's own, killed with SIGKILL and restarted, then
 //!   cut off without dying by a fault proxy of ours (connections refused, blackholed,
-//!   reset); the same three cuts for RabbitMQ through a proxy in front of the fixture.
+//!   reset); the same for a RabbitMQ node of the run's own (`fixtures/brokers.sh start
+//!   rabbitmqchaos`) and, with `--features kafka`, the TLS front of a Kafka broker of its
+//!   own (killed, or stopped with SIGSTOP).
 //!   Other sources' triggers keep polling; failures are classified; recovery, connections
 //!   and memory are compared with before.
 //! - `rotation`: the internal certificates renewed every ~10 s and the CA once in the
@@ -322,22 +324,43 @@ impl Proxy {
         let (m, e, s) = (Arc::clone(&mode), Arc::clone(&epoch), Arc::clone(&stop));
         tokio::spawn(async move {
             let mut listener = Some(listener);
+            // While refusing: the port bound but not listening, so the kernel refuses
+            // connections and nothing else can take the port meanwhile.
+            let mut held: Option<tokio::net::TcpSocket> = None;
             while !s.load(Ordering::Relaxed) {
-                // Refusing: no listener at all, so connections are refused by the kernel.
                 if m.load(Ordering::Relaxed) == REFUSE {
-                    listener = None;
+                    if listener.take().is_some() {
+                        held = tokio::net::TcpSocket::new_v4()
+                            .and_then(|sock| {
+                                sock.set_reuseaddr(true)?;
+                                sock.bind(([127, 0, 0, 1], port).into())?;
+                                Ok(sock)
+                            })
+                            .ok();
+                    }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
                 let l = match &listener {
                     Some(l) => l,
-                    None => match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-                        Ok(l) => listener.insert(l),
-                        Err(_) => {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
+                    None => {
+                        let again = match held.take() {
+                            Some(sock) => sock.listen(1024),
+                            None => {
+                                std::net::TcpListener::bind(("127.0.0.1", port)).and_then(|l| {
+                                    l.set_nonblocking(true)?;
+                                    tokio::net::TcpListener::from_std(l)
+                                })
+                            }
+                        };
+                        match again {
+                            Ok(l) => listener.insert(l),
+                            Err(_) => {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                continue;
+                            }
                         }
-                    },
+                    }
                 };
                 let accepted = tokio::time::timeout(Duration::from_millis(100), l.accept()).await;
                 let Ok(Ok((client, _))) = accepted else {
@@ -834,7 +857,8 @@ async fn broker(args: &Args) -> anyhow::Result<Vec<String>> {
         // Recovery: the moment after which no error of that type comes any more (quiet
         // for an interval and a second; given up two intervals and 15 s after the return).
         let mut last_error = Duration::ZERO;
-        let mut seen = e1.clone();
+        // Errors made while the broker restarted count before `back`.
+        let mut seen = counts(&rig.scrape().await).1;
         let quiet = Duration::from_secs(args.interval + 1);
         while back.elapsed() < Duration::from_secs(2 * args.interval + 15)
             && back.elapsed().saturating_sub(last_error) < quiet
@@ -1376,6 +1400,9 @@ async fn kill_rotation(args: &Args) -> anyhow::Result<Vec<String>> {
     }
     // Negative controls: the check refuses a folder whose key is another one, and one whose
     // ca.crt holds another CA.
+    if checked == 0 {
+        off.push("kill-rotation: no folder was ever checked".into());
+    }
     if checked > 0 {
         let set = std::fs::canonicalize(rig.certs.join("..data"))?;
         for (bad, what) in [("tls.key", "a foreign key"), ("ca.crt", "a foreign CA")] {

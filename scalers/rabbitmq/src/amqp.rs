@@ -206,6 +206,7 @@ impl AmqpClient {
             .is_some_and(|l| !l.connection.status().connected())
             && let Some(old) = live.take()
         {
+            self.forget(old.id);
             close_in_background(old.connection);
         }
         if live.is_none() {
