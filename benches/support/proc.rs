@@ -228,3 +228,16 @@ pub fn plain_client() -> anyhow::Result<reqwest::Client> {
         )
         .build()?)
 }
+
+/// Open file descriptors of `pid` that are not sockets (files, inotify watches, pipes):
+/// what CA-folder churn could leak, unlike sockets, whose count follows the pools.
+pub fn open_non_socket_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| {
+                std::fs::read_link(e.path())
+                    .is_ok_and(|t| !t.to_string_lossy().starts_with("socket:"))
+            })
+            .count()
+    })
+}
