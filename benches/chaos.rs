@@ -255,6 +255,14 @@ impl Rig {
         Ok(pid)
     }
 
+    /// The fixtures' PKI folder (where the CA certificate lives).
+    fn pki(&self) -> PathBuf {
+        PathBuf::from(&self.env["TRUSTSCALE_CA_CERT"])
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.work.path().join("operator.log")).unwrap_or_default()
     }
@@ -738,11 +746,7 @@ enum Fault {
 
 async fn broker(args: &Args) -> anyhow::Result<Vec<String>> {
     let mut rig = Rig::new().await?;
-    let pki = PathBuf::from(&rig.env["TRUSTSCALE_CA_CERT"])
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let mut redis = OwnRedis::start(rig.work.path().join("redis"), pki)?;
+    let mut redis = OwnRedis::start(rig.work.path().join("redis"), rig.pki())?;
     let redis_proxy = Proxy::start(format!("127.0.0.1:{}", redis.port)).await?;
     let mut rabbit = Some(OwnRabbit::start()?);
     let rabbit_port = rabbit.as_ref().map_or(0, |r| r.port);
@@ -966,26 +970,6 @@ async fn broker(args: &Args) -> anyhow::Result<Vec<String>> {
 // ---------------------------------------------------------------------------------------
 // Scenario: internal certificate rotation under a client that never pauses.
 
-/// Reads the set the way a careful client reads a kubelet-style folder: through `..data`
-/// once, so that the certificate and its key come from the same set.
-fn client_tls(certs: &Path) -> anyhow::Result<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let set = std::fs::canonicalize(certs.join("..data")).unwrap_or_else(|_| certs.to_path_buf());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(set.join("ca.crt"))? {
-        roots.add(c?)?;
-    }
-    let chain = CertificateDer::pem_file_iter(set.join("tls.crt"))?.collect::<Result<_, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(set.join("tls.key"))?;
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)?)
-}
-
 #[derive(Default)]
 struct Tally {
     ok: AtomicU64,
@@ -1018,7 +1002,7 @@ async fn hammer(
 ) {
     let build = || -> anyhow::Result<reqwest::Client> {
         Ok(reqwest::Client::builder()
-            .tls_backend_preconfigured(client_tls(&certs)?)
+            .tls_backend_preconfigured(pstat::internal_client_tls(&certs)?)
             .timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(if fresh { 0 } else { 1 })
             .build()?)
@@ -1498,11 +1482,7 @@ async fn kill_rotation(args: &Args) -> anyhow::Result<Vec<String>> {
 
 async fn soak(args: &Args) -> anyhow::Result<Vec<String>> {
     let mut rig = Rig::new().await?;
-    let pki = PathBuf::from(&rig.env["TRUSTSCALE_CA_CERT"])
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let mut redis = OwnRedis::start(rig.work.path().join("redis"), pki)?;
+    let mut redis = OwnRedis::start(rig.work.path().join("redis"), rig.pki())?;
     let proxy = Proxy::start(format!("127.0.0.1:{}", redis.port)).await?;
     let amqps = format!("localhost:{}", rig.env["RABBITMQ_AMQPS_PORT"]);
     let manifests = rig.manifests(

@@ -154,25 +154,8 @@ struct ApiClient {
     stop: AtomicBool,
 }
 
-fn api_tls(certs: &Path) -> anyhow::Result<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(certs.join("ca.crt"))? {
-        roots.add(c?)?;
-    }
-    let chain = CertificateDer::pem_file_iter(certs.join("tls.crt"))?.collect::<Result<_, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(certs.join("tls.key"))?;
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)?)
-}
-
 async fn run_api_client(client: Arc<ApiClient>, certs: PathBuf, url: String, rate: u32) {
-    let http = match api_tls(&certs).and_then(|tls| {
+    let http = match pstat::internal_client_tls(&certs).and_then(|tls| {
         Ok(reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .timeout(Duration::from_secs(5))

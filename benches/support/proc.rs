@@ -241,3 +241,25 @@ pub fn open_non_socket_fds(pid: u32) -> usize {
             .count()
     })
 }
+
+/// A TLS 1.3 client configuration from an internal certificate folder: trusting its
+/// `ca.crt`, presenting its `tls.crt` and `tls.key` (as a follower replica does). Read
+/// through `..data` when there is one, so that a certificate and its key come from the
+/// same set even while the folder rotates.
+pub fn internal_client_tls(certs: &std::path::Path) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let set = std::fs::canonicalize(certs.join("..data")).unwrap_or_else(|_| certs.to_path_buf());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(set.join("ca.crt"))? {
+        roots.add(c?)?;
+    }
+    let chain = CertificateDer::pem_file_iter(set.join("tls.crt"))?.collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(set.join("tls.key"))?;
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)?)
+}
