@@ -141,6 +141,8 @@ struct Store {
     interfere: HashMap<Key, (usize, Option<Value>)>,
     /// (method, path and query) of every request, for assertions.
     requests: Vec<(String, String)>,
+    /// (method, path and query, status code) of every request answered.
+    answered: Vec<(String, String, u16)>,
     /// Who may read external metrics where: (user or group, namespace or `*`).
     grants: Vec<(String, String)>,
 }
@@ -434,6 +436,13 @@ impl TestApiServer {
         lock(&self.shared).requests.clone()
     }
 
+    /// Every request answered so far, with its status code: (method, path with query,
+    /// status). A write that lost a race (409) shows here as what it was.
+    #[must_use]
+    pub fn answered(&self) -> Vec<(String, String, u16)> {
+        lock(&self.shared).answered.clone()
+    }
+
     /// Forgets the event history (as etcd compaction does): watches and continues from
     /// any earlier resourceVersion get 410 Expired.
     pub fn compact(&self) {
@@ -541,7 +550,18 @@ async fn serve(
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let service = hyper::service::service_fn(move |req| {
                 let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+                async move {
+                    let method = req.method().to_string();
+                    let target = req.uri().path_and_query().map_or_else(
+                        || req.uri().path().to_string(),
+                        |pq| pq.as_str().to_string(),
+                    );
+                    let response = handle(&shared, req).await;
+                    lock(&shared)
+                        .answered
+                        .push((method, target, response.status().as_u16()));
+                    Ok::<_, Infallible>(response)
+                }
             });
             let io = hyper_util::rt::TokioIo::new(tls);
             let mut builder =
