@@ -15,8 +15,11 @@
 //!
 //! Per cluster (bootstrap servers + trust + credentials), shared by every trigger on it:
 //! one metadata client, whose metadata cache holds only the topics asked for (refreshed
-//! every 15 s) and which reads the newest offsets of all of a trigger's partitions in one
-//! round, plus one committed-offset reader per consumer group. One client for every group
+//! every 15 s) and which reads newest offsets, plus one committed-offset reader per
+//! consumer group. Concurrent polls do not each send their own request: the polls waiting
+//! on a cluster (newest offsets) or on a group (committed offsets) are answered together
+//! by one request sent after they asked ([`rounds`]), so the blocking threads and broker
+//! requests follow the number of clusters and groups, not of triggers. One client for every group
 //! would need librdkafka's `ListConsumerGroupOffsets` admin call, and librdkafka 2.12
 //! aborts the whole process when a broker drops the connection under such a call (a
 //! use-after-free in its coordinator request path; reproduced here by the broker restart
@@ -30,6 +33,7 @@
 
 mod cadir;
 mod queue;
+mod rounds;
 mod tls;
 
 use std::collections::{BTreeSet, HashMap};
@@ -151,6 +155,20 @@ const METADATA_TTL: Duration = Duration::from_secs(15);
 
 type GroupReaders = HashMap<String, Arc<BaseConsumer<KafkaContext>>>;
 
+/// A partition of a topic.
+type Partition = (String, i32);
+
+/// What a round of newest-offset reads answers: per partition asked, its newest offset or
+/// why there is none; or why the whole read failed. Errors name no trigger (each poll
+/// puts its own).
+type NewestAnswer = Result<Arc<HashMap<Partition, Result<i64, ScalerError>>>, ScalerError>;
+
+/// What a round of committed-offset reads answers: the partitions with a committed offset.
+type CommittedAnswer = Result<Arc<HashMap<Partition, i64>>, ScalerError>;
+
+/// The rounds of committed-offset reads of one group.
+type GroupRounds = Arc<rounds::Rounds<Vec<Partition>, CommittedAnswer>>;
+
 /// The shared clients of one Kafka cluster.
 pub struct KafkaCluster {
     config: ClientConfig,
@@ -162,6 +180,10 @@ pub struct KafkaCluster {
     created: AtomicU64,
     /// Partitions of the topics asked for, with when they were fetched.
     partitions: Mutex<HashMap<String, (std::time::Instant, Vec<i32>)>>,
+    /// The newest offsets, read for every poll waiting in one call per round.
+    newest: Arc<rounds::Rounds<Vec<Partition>, NewestAnswer>>,
+    /// Each group's committed offsets, read for every poll waiting in one call per round.
+    committed: Mutex<HashMap<String, GroupRounds>>,
     /// The CA directory the clients read (kept as long as they live).
     _ca_dir: Option<Arc<cadir::CaDir>>,
 }
@@ -207,17 +229,21 @@ impl KafkaCluster {
         Ok(consumer)
     }
 
-    /// The partitions of `topic`: from the cache when fetched less than [`METADATA_TTL`]
-    /// ago, else from a metadata request for that topic only.
-    fn topic_partitions(&self, label: &str, topic: &str) -> Result<Vec<i32>, ScalerError> {
-        let cached = self
-            .partitions
+    /// The partitions of `topic` when the cache has them from less than [`METADATA_TTL`]
+    /// ago (never blocks).
+    fn cached_partitions(&self, topic: &str) -> Option<Vec<i32>> {
+        self.partitions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(topic)
             .filter(|(at, _)| at.elapsed() < METADATA_TTL)
-            .map(|(_, p)| p.clone());
-        if let Some(p) = cached {
+            .map(|(_, p)| p.clone())
+    }
+
+    /// The partitions of `topic`: from the cache when fetched less than [`METADATA_TTL`]
+    /// ago, else from a metadata request for that topic only (blocking).
+    fn topic_partitions(&self, label: &str, topic: &str) -> Result<Vec<i32>, ScalerError> {
+        if let Some(p) = self.cached_partitions(topic) {
             return Ok(p);
         }
         let md = self
@@ -561,6 +587,8 @@ impl ScalerBuilder for KafkaBuilder {
                         groups: Mutex::new(HashMap::new()),
                         created: AtomicU64::new(0),
                         partitions: Mutex::new(HashMap::new()),
+                        newest: Arc::default(),
+                        committed: Mutex::new(HashMap::new()),
                         _ca_dir: ca_dir.clone(),
                     })
                 })
@@ -718,82 +746,191 @@ fn group_topics(
     Ok(topics.into_iter().collect())
 }
 
-/// Reads the newest and committed offsets of every selected partition (blocking calls).
-fn read_offsets(
+/// The same error, about `label`'s trigger (a round's errors name none).
+fn relabel(e: &ScalerError, label: &str) -> ScalerError {
+    let mut e = e.clone();
+    e.trigger = label.to_string();
+    e
+}
+
+/// A round that answered nobody (its read panicked, or the runtime is stopping).
+fn lost(label: &str) -> ScalerError {
+    ScalerError::new(ErrorKind::CONNECTION, label, "offset reader stopped")
+}
+
+/// Runs a blocking librdkafka call off the async workers.
+async fn blocking<T: Send + 'static>(
     label: &str,
-    cluster: &KafkaCluster,
+    f: impl FnOnce() -> Result<T, ScalerError> + Send + 'static,
+) -> Result<T, ScalerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|_| Err(lost(label)))
+}
+
+impl KafkaCluster {
+    /// One round of newest-offset reads: every partition asked for, in one ListOffsets
+    /// (timestamp "latest").
+    fn read_newest(&self, asked: Vec<Vec<Partition>>) -> NewestAnswer {
+        // What was reported before this round is history.
+        self.serve_events();
+        let _ = self.context.take();
+        let wanted: BTreeSet<Partition> = asked.into_iter().flatten().collect();
+        if wanted.is_empty() {
+            return Ok(Arc::default());
+        }
+        let mut latest = TopicPartitionList::new();
+        for (topic, partition) in &wanted {
+            latest
+                .add_partition_offset(topic, *partition, rdkafka::Offset::End)
+                .map_err(|e| rd_error("", self, &e, "preparing the offset request"))?;
+        }
+        let newest = self
+            .client()
+            .map_err(|e| rd_error("", self, &e, "creating the Kafka client"))?
+            .offsets_for_times(latest, TIMEOUT)
+            .map_err(|e| rd_error("", self, &e, "reading the newest offsets"))?;
+        let mut out = HashMap::with_capacity(newest.count());
+        for el in newest.elements() {
+            let at = || format!("{}/{}", el.topic(), el.partition());
+            let high = match (el.error(), el.offset()) {
+                (Err(e), _) => Err(rd_error(
+                    "",
+                    self,
+                    &e,
+                    &format!("reading the newest offset of {}", at()),
+                )),
+                (Ok(()), rdkafka::Offset::Offset(o)) => Ok(o),
+                (Ok(()), other) => Err(ScalerError::new(
+                    ErrorKind::Source,
+                    "",
+                    format!("no newest offset for {} (broker answered {other:?})", at()),
+                )),
+            };
+            out.insert((el.topic().to_string(), el.partition()), high);
+        }
+        Ok(Arc::new(out))
+    }
+
+    /// One round of `group`'s committed-offset reads: every partition asked for, in one
+    /// OffsetFetch.
+    fn read_committed(&self, group: &str, asked: Vec<Vec<Partition>>) -> CommittedAnswer {
+        self.serve_events();
+        let _ = self.context.take();
+        let wanted: BTreeSet<Partition> = asked.into_iter().flatten().collect();
+        if wanted.is_empty() {
+            return Ok(Arc::default());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in &wanted {
+            tpl.add_partition(topic, *partition);
+        }
+        committed_offsets("", self, group, tpl).map(Arc::new)
+    }
+
+    /// `group`'s rounds of committed-offset reads.
+    fn committed_rounds(&self, group: &str) -> GroupRounds {
+        let mut all = self
+            .committed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(all.entry(group.to_string()).or_default())
+    }
+}
+
+/// Reads the newest and committed offsets of every selected partition: the partitions
+/// from the metadata cache (a blocking call when it is stale), the offsets in the
+/// cluster's and the group's next rounds.
+async fn read_offsets(
+    label: &str,
+    cluster: &Arc<KafkaCluster>,
     group: &str,
     topic: Option<&str>,
     only: &BTreeSet<i32>,
 ) -> Result<Vec<PartitionOffsets>, ScalerError> {
-    // What was reported before this poll is history.
-    cluster.serve_events();
-    let _ = cluster.context.take();
-    let mut committed: HashMap<(String, i32), i64> = HashMap::new();
-    let topics: Vec<String> = match topic {
-        Some(t) => vec![t.to_string()],
-        None => group_topics(label, cluster, group, &mut committed)?,
+    let selected = |topic: &str, ids: Vec<i32>| {
+        ids.into_iter()
+            .filter(|id| only.is_empty() || only.contains(id))
+            .map(|id| (topic.to_string(), id))
+            .collect::<Vec<Partition>>()
     };
-    let mut tpl = TopicPartitionList::new();
-    for name in &topics {
-        for id in cluster.topic_partitions(label, name)? {
-            if only.is_empty() || only.contains(&id) {
-                tpl.add_partition(name, id);
-            }
-        }
-    }
-    if let Some(topic) = topic {
-        if tpl.count() == 0 {
-            return Err(ScalerError::new(
-                ErrorKind::Source,
-                label,
-                format!("topic {topic:?} has no (selected) partitions"),
-            ));
-        }
-        committed = committed_offsets(label, cluster, group, tpl.clone())?;
-    }
-    // The newest offsets of every partition in one ListOffsets round (timestamp "latest"),
-    // not two requests per partition.
-    let mut latest = TopicPartitionList::new();
-    for el in tpl.elements() {
-        latest
-            .add_partition_offset(el.topic(), el.partition(), rdkafka::Offset::End)
-            .map_err(|e| rd_error(label, cluster, &e, "preparing the offset request"))?;
-    }
-    let newest = cluster
-        .client()
-        .map_err(|e| rd_error(label, cluster, &e, "creating the Kafka client"))?
-        .offsets_for_times(latest, TIMEOUT)
-        .map_err(|e| rd_error(label, cluster, &e, "reading the newest offsets"))?;
-    let mut out = Vec::with_capacity(newest.count());
-    for el in newest.elements() {
-        if let Err(e) = el.error() {
-            return Err(rd_error(
-                label,
-                cluster,
-                &e,
-                &format!(
-                    "reading the newest offset of {}/{}",
-                    el.topic(),
-                    el.partition()
-                ),
-            ));
-        }
-        let high = match el.offset() {
-            rdkafka::Offset::Offset(o) => o,
-            other => {
+    let (wanted, committed) = match topic {
+        Some(topic) => {
+            let ids = match cluster.cached_partitions(topic) {
+                Some(ids) => ids,
+                None => {
+                    let (c, l, t) = (Arc::clone(cluster), label.to_string(), topic.to_string());
+                    blocking(label, move || c.topic_partitions(&l, &t)).await?
+                }
+            };
+            let wanted = selected(topic, ids);
+            if wanted.is_empty() {
                 return Err(ScalerError::new(
                     ErrorKind::Source,
                     label,
-                    format!(
-                        "no newest offset for {}/{} (broker answered {other:?})",
-                        el.topic(),
-                        el.partition()
-                    ),
+                    format!("topic {topic:?} has no (selected) partitions"),
+                ));
+            }
+            let c = Arc::clone(cluster);
+            let g = group.to_string();
+            let committed = cluster
+                .committed_rounds(group)
+                .ask(wanted.clone(), move |asked| c.read_committed(&g, asked))
+                .await
+                .ok_or_else(|| lost(label))?
+                .map_err(|e| relabel(&e, label))?;
+            (wanted, committed)
+        }
+        // Every topic the group has offsets for: a whole-cluster metadata request, as
+        // KEDA (not coalesced: each such trigger asks about its own group).
+        None => {
+            let (c, l, g) = (Arc::clone(cluster), label.to_string(), group.to_string());
+            let (topics, committed) = blocking(label, move || {
+                c.serve_events();
+                let _ = c.context.take();
+                let mut committed = HashMap::new();
+                let topics = group_topics(&l, &c, &g, &mut committed)?;
+                let mut all = Vec::new();
+                for t in topics {
+                    all.push((c.topic_partitions(&l, &t)?, t));
+                }
+                Ok((all, committed))
+            })
+            .await?;
+            let wanted: Vec<Partition> = topics
+                .into_iter()
+                .flat_map(|(ids, t)| selected(&t, ids))
+                .collect();
+            if wanted.is_empty() {
+                return Err(ScalerError::new(
+                    ErrorKind::Source,
+                    label,
+                    format!("the topics of group {group:?} have no (selected) partitions"),
+                ));
+            }
+            (wanted, Arc::new(committed))
+        }
+    };
+    let c = Arc::clone(cluster);
+    let newest = cluster
+        .newest
+        .ask(wanted.clone(), move |asked| c.read_newest(asked))
+        .await
+        .ok_or_else(|| lost(label))?
+        .map_err(|e| relabel(&e, label))?;
+    let mut out = Vec::with_capacity(wanted.len());
+    for key in wanted {
+        let high = match newest.get(&key) {
+            Some(Ok(high)) => *high,
+            Some(Err(e)) => return Err(relabel(e, label)),
+            None => {
+                return Err(ScalerError::new(
+                    ErrorKind::Source,
+                    label,
+                    format!("no newest offset for {}/{} in the answer", key.0, key.1),
                 ));
             }
         };
-        let key = (el.topic().to_string(), el.partition());
         let c = committed.get(&key).copied();
         out.push((key, high, c));
     }
@@ -807,30 +944,20 @@ impl Scaler for KafkaScaler {
     }
 
     async fn poll(&self) -> Result<Poll, ScalerError> {
-        // rdkafka's calls block: run them off the async workers.
         let (cluster, tls) = self.cluster.current()?;
         let bootstrap = cluster
             .config
             .get("bootstrap.servers")
             .and_then(|b| b.split(',').next())
             .map(|b| b.trim().to_string());
-        let (label, group, topic, only) = (
-            self.label.clone(),
-            self.group.clone(),
-            self.topic.clone(),
-            self.opts.partitions.clone(),
-        );
-        let parts = tokio::task::spawn_blocking(move || {
-            read_offsets(&label, &cluster, &group, topic.as_deref(), &only)
-        })
-        .await
-        .map_err(|e| {
-            ScalerError::new(
-                ErrorKind::CONNECTION,
-                &self.label,
-                format!("offset reader stopped: {e}"),
-            )
-        })?;
+        let parts = read_offsets(
+            &self.label,
+            &cluster,
+            &self.group,
+            self.topic.as_deref(),
+            &self.opts.partitions,
+        )
+        .await;
         let parts = match parts {
             Ok(p) => p,
             // librdkafka's OpenSSL says "certificate verify failed" for every cause.
