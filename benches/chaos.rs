@@ -1207,6 +1207,7 @@ async fn ca_churn(args: &Args, secs: u64) -> anyhow::Result<Vec<String>> {
     let (p0, e0) = counts(&rig.scrape().await);
     let fds0 = pstat::open_fds(pid);
     let files0 = pstat::open_non_socket_fds(pid);
+    let targets0 = pstat::non_socket_fd_targets(pid);
     let rss0 = pstat::rss_kib(pid);
     let period = if args.short {
         Duration::from_millis(500)
@@ -1255,6 +1256,10 @@ async fn ca_churn(args: &Args, secs: u64) -> anyhow::Result<Vec<String>> {
     }
     let fds1 = pstat::open_fds(pid);
     let fds_back = settle.elapsed();
+    let opened = pstat::added(&targets0, &pstat::non_socket_fd_targets(pid));
+    if !opened.is_empty() {
+        println!("  descriptors (not sockets) open now that were not before: {opened:?}");
+    }
     let polls: f64 = p1
         .iter()
         .map(|(t, v)| v - p0.get(t).copied().unwrap_or(0.0))

@@ -493,3 +493,177 @@ async fn a_plain_http_source_is_read_and_a_redirect_to_https_is_not_trusted_blin
         "{err}"
     );
 }
+
+/// A plain HTTP/1.1 server that answers `{"v":1}` after `delay` (never, when `None`),
+/// counting the connections it accepted and the most requests it held at once.
+struct SlowServer {
+    port: u16,
+    connections: Arc<AtomicUsize>,
+    most_at_once: Arc<AtomicUsize>,
+    held: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowServer {
+    async fn start(delay: Option<std::time::Duration>) -> SlowServer {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let most_at_once = Arc::new(AtomicUsize::new(0));
+        let held = Arc::new(AtomicUsize::new(0));
+        let (c, m, h) = (
+            Arc::clone(&connections),
+            Arc::clone(&most_at_once),
+            Arc::clone(&held),
+        );
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let (m, held) = (Arc::clone(&m), Arc::clone(&h));
+                tokio::spawn(async move {
+                    let mut io = tokio::io::BufReader::new(tcp);
+                    loop {
+                        let mut line = String::new();
+                        // The request line and headers, up to the blank line.
+                        loop {
+                            line.clear();
+                            match io.read_line(&mut line).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) if line.trim().is_empty() => break,
+                                Ok(_) => {}
+                            }
+                        }
+                        let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                        m.fetch_max(now, Ordering::SeqCst);
+                        match delay {
+                            Some(d) => tokio::time::sleep(d).await,
+                            None => std::future::pending().await,
+                        }
+                        held.fetch_sub(1, Ordering::SeqCst);
+                        let body = "{\"v\":1}";
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if io.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        SlowServer {
+            port,
+            connections,
+            most_at_once,
+            held,
+            task,
+        }
+    }
+}
+
+impl Drop for SlowServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_to_one_host_are_bounded_and_the_rest_wait_their_turn() {
+    use trustscale::scaler::ScalerBuilder;
+    use trustscale::scaler::httpclient::MAX_IN_FLIGHT_PER_HOST;
+    let dir = ca_dir();
+    let c = ctx(dir.path());
+    let builder = Arc::new(trustscale_metrics_api::MetricsApiBuilder::default());
+    let polls = MAX_IN_FLIGHT_PER_HOST + 44;
+
+    // A slow host: every poll is answered, none opens a connection over the bound.
+    let slow = SlowServer::start(Some(std::time::Duration::from_millis(300))).await;
+    let url = format!("http://127.0.0.1:{}/", slow.port);
+    let meta = [
+        ("url", url.as_str()),
+        ("valueLocation", "v"),
+        ("targetValue", "1"),
+        ("timeout", "20000"),
+    ];
+    let mut scalers = Vec::new();
+    for _ in 0..polls {
+        scalers.push(Arc::new(builder.build(&spec(&meta), &c).await.unwrap()));
+    }
+    let running: Vec<_> = scalers
+        .iter()
+        .map(|s| {
+            let s = Arc::clone(s);
+            tokio::spawn(async move { s.poll().await })
+        })
+        .collect();
+    for r in running {
+        assert_eq!(r.await.unwrap().unwrap().metrics[0].value, 1.0);
+    }
+    let (conns, most) = (
+        slow.connections.load(Ordering::SeqCst),
+        slow.most_at_once.load(Ordering::SeqCst),
+    );
+    eprintln!("{polls} polls: {conns} connections, at most {most} requests at once");
+    assert!(
+        most <= MAX_IN_FLIGHT_PER_HOST,
+        "{most} requests in flight to one host"
+    );
+    assert!(conns <= MAX_IN_FLIGHT_PER_HOST, "{conns} connections");
+    assert!(
+        most > MAX_IN_FLIGHT_PER_HOST / 2,
+        "the polls ran concurrently"
+    );
+
+    // A host that never answers: with the bound's worth of polls in flight to it (by
+    // clients of another timeout: the bound is the host's), the next polls wait for a
+    // turn only as long as a request would wait for an answer, and fail the same way.
+    let dead = SlowServer::start(None).await;
+    let url = format!("http://127.0.0.1:{}/", dead.port);
+    let build = |timeout: &'static str| {
+        let (builder, c, url) = (Arc::clone(&builder), c.clone(), url.clone());
+        async move {
+            let meta = [
+                ("url", url.as_str()),
+                ("valueLocation", "v"),
+                ("targetValue", "1"),
+                ("timeout", timeout),
+            ];
+            Arc::new(builder.build(&spec(&meta), &c).await.unwrap())
+        }
+    };
+    let mut holders = Vec::new();
+    for _ in 0..MAX_IN_FLIGHT_PER_HOST {
+        let s = build("60000").await;
+        holders.push(tokio::spawn(async move { s.poll().await }));
+    }
+    while dead.held.load(Ordering::SeqCst) < MAX_IN_FLIGHT_PER_HOST {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut waiting = Vec::new();
+    for _ in 0..polls - MAX_IN_FLIGHT_PER_HOST {
+        let s = build("500").await;
+        waiting.push(tokio::spawn(async move { s.poll().await }));
+    }
+    for r in waiting {
+        let e = r.await.unwrap().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::CONNECTION, "{e}");
+        assert!(
+            e.message.contains("no answer within 500 ms")
+                && e.message.contains("requests to it in flight"),
+            "{e}"
+        );
+    }
+    assert_eq!(
+        dead.connections.load(Ordering::SeqCst),
+        MAX_IN_FLIGHT_PER_HOST,
+        "only the polls with a turn reached the host"
+    );
+    for h in holders {
+        h.abort();
+    }
+}

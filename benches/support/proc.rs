@@ -231,6 +231,40 @@ pub fn plain_client() -> anyhow::Result<reqwest::Client> {
 
 /// Open file descriptors of `pid` that are not sockets (files, inotify watches, pipes):
 /// what CA-folder churn could leak, unlike sockets, whose count follows the pools.
+/// What the open descriptors of `pid` that are not sockets point at (`readlink` of each).
+pub fn non_socket_fd_targets(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or_else(
+        |_| Vec::new(),
+        |d| {
+            let mut t: Vec<String> = d
+                .flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|t| t.to_string_lossy().into_owned())
+                .filter(|t| !t.starts_with("socket:"))
+                .collect();
+            t.sort();
+            t
+        },
+    )
+}
+
+/// The entries of `after` not matched by one of `before` (each counted as often as it
+/// occurs).
+pub fn added<T: PartialEq + Clone>(before: &[T], after: &[T]) -> Vec<T> {
+    let mut left = before.to_vec();
+    after
+        .iter()
+        .filter(|a| match left.iter().position(|b| b == *a) {
+            Some(i) => {
+                left.swap_remove(i);
+                false
+            }
+            None => true,
+        })
+        .cloned()
+        .collect()
+}
+
 pub fn open_non_socket_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| {
         d.flatten()

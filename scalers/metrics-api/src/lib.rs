@@ -17,7 +17,7 @@ use async_trait::async_trait;
 
 pub use extract::{Format, extract};
 
-use trustscale::scaler::httpclient::{self, HttpClients};
+use trustscale::scaler::httpclient::{self, HostLimit, HttpClients};
 use trustscale::scaler::{
     BuildContext, ErrorKind, MetricSpec, Param, Params, Poll, Scaler, ScalerBuilder, ScalerError,
     Tracked, TriggerSpec,
@@ -112,6 +112,8 @@ pub struct MetricsApiScaler {
     auth: Vec<Auth>,
     /// Rebuilt when the trust anchors change.
     client: Tracked<reqwest::Client>,
+    /// The bound on requests in flight to the host.
+    limit: HostLimit,
     timeout_ms: u64,
 }
 
@@ -223,6 +225,7 @@ impl ScalerBuilder for MetricsApiBuilder {
         let client = self
             .clients
             .tracked(ctx, &settings, tls, timeout_ms, &label)?;
+        let limit = self.clients.host_limit(&httpclient::target_of(&url));
         p.warn_unknown();
         let metric_name = spec.metric_name(&format!("metric-api-{value_location}"));
         Ok(Box::new(MetricsApiScaler {
@@ -239,6 +242,7 @@ impl ScalerBuilder for MetricsApiBuilder {
             max_body,
             auth,
             client,
+            limit,
             timeout_ms,
         }))
     }
@@ -274,7 +278,11 @@ impl MetricsApiScaler {
             }
         }
         let (client, tls) = self.client.current()?;
+        let turn = self.limit.turn(&self.label, self.timeout_ms).await?;
         let mut req = client.get(url);
+        if let Some(left) = turn.remaining {
+            req = req.timeout(left);
+        }
         for (name, value) in req_headers {
             req = req.header(name, value);
         }

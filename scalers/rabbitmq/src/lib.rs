@@ -172,6 +172,8 @@ enum Source {
     },
     Http {
         client: Tracked<reqwest::Client>,
+        /// The bound on requests in flight to the management API's host.
+        limit: httpclient::HostLimit,
         url: reqwest::Url,
         username: String,
         password: String,
@@ -465,6 +467,7 @@ impl ScalerBuilder for RabbitMqBuilder {
             let client = self.http.tracked(ctx, &settings, tls, timeout_ms, &label)?;
             Source::Http {
                 client,
+                limit: self.http.host_limit(&httpclient::target_of(&url)),
                 url,
                 username: username.unwrap_or(url_user),
                 password: password.unwrap_or(url_pass),
@@ -571,6 +574,7 @@ impl RabbitMqScaler {
             }
             Source::Http {
                 client,
+                limit,
                 url,
                 username,
                 password,
@@ -581,7 +585,11 @@ impl RabbitMqScaler {
                 Box::pin(async move {
                 let (client, tls) = client.current()?;
                 let target = httpclient::target_of(url);
+                let turn = limit.turn(&self.label, *timeout_ms).await?;
                 let mut req = client.get(url.clone());
+                if let Some(left) = turn.remaining {
+                    req = req.timeout(left);
+                }
                 if !username.is_empty() {
                     req = req.basic_auth(username, Some(password));
                 }
