@@ -180,6 +180,8 @@ pub struct KafkaCluster {
     created: AtomicU64,
     /// Partitions of the topics asked for, with when they were fetched.
     partitions: Mutex<HashMap<String, (std::time::Instant, Vec<i32>)>>,
+    /// When every client's events were last served.
+    served_all: Mutex<std::time::Instant>,
     /// The newest offsets, read for every poll waiting in one call per round.
     newest: Arc<rounds::Rounds<Vec<Partition>, NewestAnswer>>,
     /// Each group's committed offsets, read for every poll waiting in one call per round.
@@ -273,24 +275,10 @@ impl KafkaCluster {
         Ok(ids)
     }
 
-    /// Serves the log and error events waiting on the client's queue (to its context),
-    /// so they are seen and the queue stays short.
+    /// Serves the log and error events waiting on every client's queue (to the shared
+    /// context), so they are seen and the queues stay short.
     fn serve_events(&self) {
-        fn serve(c: &BaseConsumer<KafkaContext>) {
-            let waiting = queue::main_queue_len(c.client()).min(10_000);
-            for _ in 0..waiting {
-                // No subscription: nothing but events can come back.
-                let _ = c.poll(Duration::ZERO);
-            }
-        }
-        let client = self
-            .client
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        if let Some(c) = client {
-            serve(&c);
-        }
+        self.serve_metadata_events();
         let readers: Vec<_> = self
             .groups
             .lock()
@@ -301,6 +289,40 @@ impl KafkaCluster {
         for r in readers {
             serve(&r);
         }
+    }
+
+    /// Serves the events of the metadata client only.
+    fn serve_metadata_events(&self) {
+        let client = self
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(c) = client {
+            serve(&c);
+        }
+    }
+
+    /// Serves the events of `group`'s reader only, when it exists.
+    fn serve_group_events(&self, group: &str) {
+        let reader = self
+            .groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(group)
+            .cloned();
+        if let Some(r) = reader {
+            serve(&r);
+        }
+    }
+}
+
+/// Serves the log and error events waiting on a client's queue (to its context).
+fn serve(c: &BaseConsumer<KafkaContext>) {
+    let waiting = queue::main_queue_len(c.client()).min(10_000);
+    for _ in 0..waiting {
+        // No subscription: nothing but events can come back.
+        let _ = c.poll(Duration::ZERO);
     }
 }
 
@@ -587,6 +609,7 @@ impl ScalerBuilder for KafkaBuilder {
                         groups: Mutex::new(HashMap::new()),
                         created: AtomicU64::new(0),
                         partitions: Mutex::new(HashMap::new()),
+                        served_all: Mutex::new(std::time::Instant::now()),
                         newest: Arc::default(),
                         committed: Mutex::new(HashMap::new()),
                         _ca_dir: ca_dir.clone(),
@@ -772,8 +795,23 @@ impl KafkaCluster {
     /// One round of newest-offset reads: every partition asked for, in one ListOffsets
     /// (timestamp "latest").
     fn read_newest(&self, asked: Vec<Vec<Partition>>) -> NewestAnswer {
-        // What was reported before this round is history.
-        self.serve_events();
+        // What was reported before this round is history. The other clients' events are
+        // served by their own rounds, and all of them once a second here (a reader whose
+        // triggers are gone has no rounds, and its queue must not grow).
+        self.serve_metadata_events();
+        if self
+            .served_all
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .elapsed()
+            >= Duration::from_secs(1)
+        {
+            self.serve_events();
+            *self
+                .served_all
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
+        }
         let _ = self.context.take();
         let wanted: BTreeSet<Partition> = asked.into_iter().flatten().collect();
         if wanted.is_empty() {
@@ -815,7 +853,7 @@ impl KafkaCluster {
     /// One round of `group`'s committed-offset reads: every partition asked for, in one
     /// OffsetFetch.
     fn read_committed(&self, group: &str, asked: Vec<Vec<Partition>>) -> CommittedAnswer {
-        self.serve_events();
+        self.serve_group_events(group);
         let _ = self.context.take();
         let wanted: BTreeSet<Partition> = asked.into_iter().flatten().collect();
         if wanted.is_empty() {
