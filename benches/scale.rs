@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use clap::Parser;
 use support::proc::{self as pstat, Histogram, connections, scrape};
 
@@ -51,15 +52,18 @@ struct Args {
     /// Requests a second of the steady API client.
     #[arg(long, default_value_t = 20)]
     api_rate: u32,
-    /// Append the figures as a CSV line to this file (for the growth table and plot).
-    #[arg(long)]
+    /// Append the figures as a CSV line to this file (for the growth table and plot). A
+    /// relative path is taken from the workspace root (`cargo bench` runs benches in the
+    /// operator's folder).
+    #[arg(long, value_parser = from_root)]
     record: Option<PathBuf>,
     /// CI: 200 triggers at a 2 s interval, a 6 s window; fails when a poll or an API
     /// request fails.
     #[arg(long)]
     short: bool,
-    /// Draw the plot of a CSV written by `--record` into an SVG, then exit.
-    #[arg(long, num_args = 2, value_names = ["CSV", "SVG"])]
+    /// Draw the plot of a CSV written by `--record` into an SVG, then exit (relative paths
+    /// from the workspace root).
+    #[arg(long, num_args = 2, value_names = ["CSV", "SVG"], value_parser = from_root)]
     plot: Option<Vec<PathBuf>>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
@@ -220,6 +224,16 @@ fn brokers(parts: &[&str]) -> Vec<(String, u32)> {
     }
     out.sort();
     out
+}
+
+/// A path as given, relative ones taken from the workspace root.
+fn from_root(p: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(p);
+    Ok(if p.is_relative() {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(p)
+    } else {
+        p
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -468,9 +482,10 @@ async fn run(args: Args, mix: Vec<(String, usize)>, objects: usize) -> anyhow::R
             .join(", ")
     );
     println!(
-        "  operator CPU {:.1} mCPU ({:.2} mCPU per 1,000 triggers)",
+        "  operator CPU {:.1} mCPU ({:.2} mCPU per 1,000 triggers); threads {}",
         cpu / window * 1000.0,
-        cpu / window * 1000.0 / k
+        cpu / window * 1000.0 / k,
+        pstat::status_kib(pid, "Threads:")
     );
     for ((name, p), c0) in broker_pids.iter().zip(&brokers0) {
         println!(
@@ -530,7 +545,8 @@ async fn run(args: Args, mix: Vec<(String, usize)>, objects: usize) -> anyhow::R
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(path)?;
+            .open(path)
+            .with_context(|| format!("--record {}", path.display()))?;
         use std::io::Write as _;
         if new {
             writeln!(

@@ -248,6 +248,22 @@ pub fn non_socket_fd_targets(pid: u32) -> Vec<String> {
     )
 }
 
+/// The names of `pid`'s threads, sorted.
+pub fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or_else(
+        |_| Vec::new(),
+        |d| {
+            let mut t: Vec<String> = d
+                .flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+                .map(|n| n.trim().to_string())
+                .collect();
+            t.sort();
+            t
+        },
+    )
+}
+
 /// The entries of `after` not matched by one of `before` (each counted as often as it
 /// occurs).
 pub fn added<T: PartialEq + Clone>(before: &[T], after: &[T]) -> Vec<T> {
