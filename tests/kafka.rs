@@ -483,3 +483,67 @@ async fn building_connects_nowhere_polling_does() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// One poll on topic `x` and one on `y`, on one cluster and group, polled together so that
+/// they share each round (a current-thread runtime runs both up to their first wait before
+/// the round's task starts), with `errors` injected into the next ListOffsets requests.
+async fn shared_round(
+    errors: &[trustscale_kafka::rdkafka::types::RDKafkaRespErr],
+) -> (Result<Poll, ScalerError>, Result<Poll, ScalerError>) {
+    use trustscale_kafka::rdkafka::types::RDKafkaApiKey;
+    let c = Cluster::new();
+    c.topic("x", &[5]);
+    c.topic("y", &[7]);
+    c.commit("g", "x", &[Some(1)]);
+    c.commit("g", "y", &[Some(2)]);
+    let b = KafkaBuilder::default();
+    let boot = c.bootstrap();
+    let build = |topic: &str| {
+        b.build(
+            &spec(&[
+                ("bootstrapServers", &boot),
+                ("consumerGroup", "g"),
+                ("topic", topic),
+                ("lagThreshold", "1"),
+                ("allowIdleConsumers", "true"),
+            ]),
+            &ctx(),
+        )
+    };
+    let (x, y) = (build("x").await.unwrap(), build("y").await.unwrap());
+    // Alone first: the partitions cached, the group's reader made, the lag right.
+    assert_eq!(x.poll().await.unwrap().metrics[0].value, 4.0);
+    assert_eq!(y.poll().await.unwrap().metrics[0].value, 5.0);
+    c.mock.request_errors(RDKafkaApiKey::ListOffsets, errors);
+    let (x, y): (std::sync::Arc<dyn Scaler>, std::sync::Arc<dyn Scaler>) = (x.into(), y.into());
+    let px = tokio::spawn({
+        let x = std::sync::Arc::clone(&x);
+        async move { x.poll().await }
+    });
+    let py = tokio::spawn({
+        let y = std::sync::Arc::clone(&y);
+        async move { y.poll().await }
+    });
+    (px.await.unwrap(), py.await.unwrap())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_partition_error_in_a_shared_round_is_asked_again_topic_by_topic() {
+    use trustscale_kafka::rdkafka::types::RDKafkaRespErr as E;
+    // The shared request fails as a whole for one error: asked again topic by topic,
+    // both triggers get their lag.
+    let (x, y) = shared_round(&[E::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED]).await;
+    assert_eq!(x.unwrap().metrics[0].value, 4.0);
+    assert_eq!(y.unwrap().metrics[0].value, 5.0);
+    // The error comes back for the first topic asked again too: it is that topic's
+    // triggers' error, by its kind, and the other topic's triggers are unaffected.
+    let (x, y) = shared_round(&[
+        E::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        E::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+    ])
+    .await;
+    let e = x.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Auth, "{e}");
+    assert!(e.message.contains("\"x\""), "{e}");
+    assert_eq!(y.unwrap().metrics[0].value, 5.0);
+}

@@ -17,9 +17,12 @@
 //! one metadata client, whose metadata cache holds only the topics asked for (refreshed
 //! every 15 s) and which reads newest offsets, plus one committed-offset reader per
 //! consumer group. Concurrent polls do not each send their own request: the polls waiting
-//! on a cluster (newest offsets) or on a group (committed offsets) are answered together
-//! by one request sent after they asked ([`rounds`]), so the blocking threads and broker
-//! requests follow the number of clusters and groups, not of triggers. One client for every group
+//! on a cluster (newest offsets), a topic (its partitions, when the cache is stale) or a
+//! group (committed offsets) are answered together by one request sent after they asked
+//! ([`rounds`]), so the blocking threads and broker requests follow the number of
+//! clusters, topics and groups, not of triggers. When librdkafka fails a cluster's whole
+//! newest-offsets request for one partition's error, the topics are asked again one by
+//! one, so that error lands on its own topic's triggers only. One client for every group
 //! would need librdkafka's `ListConsumerGroupOffsets` admin call, and librdkafka 2.12
 //! aborts the whole process when a broker drops the connection under such a call (a
 //! use-after-free in its coordinator request path; reproduced here by the broker restart
@@ -79,7 +82,11 @@ pub const PARAMETERS: &[Param] = &[
     Param::secret("password", "SASL password."),
 ];
 
-const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one librdkafka call may take. A poll may wait for the round in flight and then
+/// for its own ([`rounds`]): twice this, for the committed offsets (a failure there ends
+/// the poll), stays inside the engine's 10 s poll timeout, so a broker that is down or
+/// refuses the handshake is reported as what it is, not as a poll that timed out.
+const TIMEOUT: Duration = Duration::from_secs(4);
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct ClusterKey {
@@ -166,6 +173,9 @@ type NewestAnswer = Result<Arc<HashMap<Partition, Result<i64, ScalerError>>>, Sc
 /// What a round of committed-offset reads answers: the partitions with a committed offset.
 type CommittedAnswer = Result<Arc<HashMap<Partition, i64>>, ScalerError>;
 
+/// The rounds of one topic's partition reads.
+type TopicRounds = Arc<rounds::Rounds<(), Result<Vec<i32>, ScalerError>>>;
+
 /// The rounds of committed-offset reads of one group.
 type GroupRounds = Arc<rounds::Rounds<Vec<Partition>, CommittedAnswer>>;
 
@@ -180,6 +190,9 @@ pub struct KafkaCluster {
     created: AtomicU64,
     /// Partitions of the topics asked for, with when they were fetched.
     partitions: Mutex<HashMap<String, (std::time::Instant, Vec<i32>)>>,
+    /// Each topic's partitions, read again (when the cache is stale) for every poll
+    /// waiting in one metadata request per round.
+    metadata: Mutex<HashMap<String, TopicRounds>>,
     /// When every client's events were last served.
     served_all: Mutex<std::time::Instant>,
     /// The newest offsets, read for every poll waiting in one call per round.
@@ -288,6 +301,26 @@ impl KafkaCluster {
             .collect();
         for r in readers {
             serve(&r);
+        }
+    }
+
+    /// Serves every client's events when that was last done a second ago or more. A round
+    /// serves its own client's events; this keeps the others' queues short too (a reader
+    /// whose triggers are gone has no rounds of its own, and its queue must not grow).
+    fn serve_all_now_and_then(&self) {
+        let due = {
+            let mut last = self
+                .served_all
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let due = last.elapsed() >= Duration::from_secs(1);
+            if due {
+                *last = std::time::Instant::now();
+            }
+            due
+        };
+        if due {
+            self.serve_events();
         }
     }
 
@@ -609,6 +642,7 @@ impl ScalerBuilder for KafkaBuilder {
                         groups: Mutex::new(HashMap::new()),
                         created: AtomicU64::new(0),
                         partitions: Mutex::new(HashMap::new()),
+                        metadata: Mutex::new(HashMap::new()),
                         served_all: Mutex::new(std::time::Instant::now()),
                         newest: Arc::default(),
                         committed: Mutex::new(HashMap::new()),
@@ -655,18 +689,10 @@ fn is_auth_message(text: &str) -> bool {
     lower.contains("sasl authentication") || lower.contains("authentication failed")
 }
 
-/// Classifies a failed call: librdkafka's own code where it says something (auth,
-/// unknown group or topic), else the newest error its callbacks reported (a TLS failure
-/// is only visible there).
-fn kafka_error(
-    label: &str,
-    cluster: &KafkaCluster,
-    code: Option<rdkafka::types::RDKafkaErrorCode>,
-    message: &str,
-    what: &str,
-) -> ScalerError {
+/// What librdkafka's code says by itself (auth, unknown group or topic), when it does.
+fn known_kind(code: Option<rdkafka::types::RDKafkaErrorCode>) -> Option<ErrorKind> {
     use rdkafka::types::RDKafkaErrorCode as C;
-    let known = match code {
+    match code {
         Some(
             C::SaslAuthenticationFailed
             | C::TopicAuthorizationFailed
@@ -679,17 +705,49 @@ fn kafka_error(
         ) => Some(ErrorKind::Source),
         Some(C::InvalidArgument) => Some(ErrorKind::Config),
         _ => None,
-    };
-    if let Some(kind) = known {
-        return ScalerError::new(kind, label, format!("{what}: {message}"));
+    }
+}
+
+/// Classifies a failed call: librdkafka's own code where it says something, else the
+/// newest error its callbacks reported (a TLS failure is only visible there).
+fn kafka_error(
+    label: &str,
+    cluster: &KafkaCluster,
+    code: Option<rdkafka::types::RDKafkaErrorCode>,
+    message: &str,
+    what: &str,
+) -> ScalerError {
+    if known_kind(code).is_some() {
+        return classify(label, code, message, what, None);
     }
     cluster.serve_events();
-    match cluster.context.take() {
+    classify(
+        label,
+        code,
+        message,
+        what,
+        cluster.context.take().as_deref(),
+    )
+}
+
+/// The error of a failed call, from librdkafka's code where it says something, else from
+/// `reason`, the newest error its callbacks reported.
+fn classify(
+    label: &str,
+    code: Option<rdkafka::types::RDKafkaErrorCode>,
+    message: &str,
+    what: &str,
+    reason: Option<&str>,
+) -> ScalerError {
+    if let Some(kind) = known_kind(code) {
+        return ScalerError::new(kind, label, format!("{what}: {message}"));
+    }
+    match reason {
         Some(reason) => {
-            let kind = if is_auth_message(&reason) {
+            let kind = if is_auth_message(reason) {
                 ErrorKind::Auth
             } else {
-                match classify_librdkafka_message(&reason) {
+                match classify_librdkafka_message(reason) {
                     Some(FailureKind::Connection) | None => ErrorKind::CONNECTION,
                     Some(k) => ErrorKind::Transport(k),
                 }
@@ -769,6 +827,26 @@ fn group_topics(
     Ok(topics.into_iter().collect())
 }
 
+/// Whether a broker's code is about partitions (their leaders, their offsets, their
+/// topic), not about the cluster or the connection.
+fn is_partition_error(code: Option<rdkafka::types::RDKafkaErrorCode>) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        code,
+        Some(
+            C::UnknownTopicOrPartition
+                | C::LeaderNotAvailable
+                | C::NotLeaderForPartition
+                | C::ReplicaNotAvailable
+                | C::TopicAuthorizationFailed
+                | C::KafkaStorageError
+                | C::FencedLeaderEpoch
+                | C::UnknownLeaderEpoch
+                | C::OffsetNotAvailable
+        )
+    )
+}
+
 /// The same error, about `label`'s trigger (a round's errors name none).
 fn relabel(e: &ScalerError, label: &str) -> ScalerError {
     let mut e = e.clone();
@@ -778,7 +856,11 @@ fn relabel(e: &ScalerError, label: &str) -> ScalerError {
 
 /// A round that answered nobody (its read panicked, or the runtime is stopping).
 fn lost(label: &str) -> ScalerError {
-    ScalerError::new(ErrorKind::CONNECTION, label, "offset reader stopped")
+    ScalerError::new(
+        ErrorKind::CONNECTION,
+        label,
+        "the Kafka read it waited for was lost (it panicked, or the runtime is stopping)",
+    )
 }
 
 /// Runs a blocking librdkafka call off the async workers.
@@ -786,58 +868,121 @@ async fn blocking<T: Send + 'static>(
     label: &str,
     f: impl FnOnce() -> Result<T, ScalerError> + Send + 'static,
 ) -> Result<T, ScalerError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|_| Err(lost(label)))
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(ScalerError::new(
+            ErrorKind::CONNECTION,
+            label,
+            format!("the Kafka read stopped: {e}"),
+        ))
+    })
 }
 
 impl KafkaCluster {
     /// One round of newest-offset reads: every partition asked for, in one ListOffsets
     /// (timestamp "latest").
     fn read_newest(&self, asked: Vec<Vec<Partition>>) -> NewestAnswer {
-        // What was reported before this round is history. The other clients' events are
-        // served by their own rounds, and all of them once a second here (a reader whose
-        // triggers are gone has no rounds, and its queue must not grow).
+        // What was reported before this round is history.
         self.serve_metadata_events();
-        if self
-            .served_all
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .elapsed()
-            >= Duration::from_secs(1)
-        {
-            self.serve_events();
-            *self
-                .served_all
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
-        }
+        self.serve_all_now_and_then();
         let _ = self.context.take();
         let wanted: BTreeSet<Partition> = asked.into_iter().flatten().collect();
         if wanted.is_empty() {
             return Ok(Arc::default());
         }
-        let mut latest = TopicPartitionList::new();
-        for (topic, partition) in &wanted {
-            latest
-                .add_partition_offset(topic, *partition, rdkafka::Offset::End)
-                .map_err(|e| rd_error("", self, &e, "preparing the offset request"))?;
-        }
-        let newest = self
+        let client = self
             .client()
-            .map_err(|e| rd_error("", self, &e, "creating the Kafka client"))?
-            .offsets_for_times(latest, TIMEOUT)
-            .map_err(|e| rd_error("", self, &e, "reading the newest offsets"))?;
-        let mut out = HashMap::with_capacity(newest.count());
+            .map_err(|e| rd_error("", self, &e, "creating the Kafka client"))?;
+        let mut out = HashMap::with_capacity(wanted.len());
+        // The callbacks' newest error, taken once for the round: every partition that
+        // failed for want of a better code gets the same reason.
+        let mut taken: Option<Option<String>> = None;
+        let mut reason = |cluster: &KafkaCluster| {
+            taken
+                .get_or_insert_with(|| {
+                    cluster.serve_events();
+                    cluster.context.take()
+                })
+                .clone()
+        };
+        let several_topics = wanted
+            .first()
+            .is_some_and(|(first, _)| wanted.iter().any(|(t, _)| t != first));
+        match self.list_newest(&client, wanted.iter(), &mut out, &mut reason) {
+            Ok(()) => {}
+            // librdkafka fails the whole call with the first partition's error: a leader
+            // moving, a topic being deleted. Asked again topic by topic, that error lands
+            // on the triggers of its topic only. A timeout or a transport failure is the
+            // cluster's: everyone gets it, without asking again.
+            Err(e) if several_topics && is_partition_error(e.rdkafka_error_code()) => {
+                let mut topics: Vec<&str> = wanted.iter().map(|(t, _)| t.as_str()).collect();
+                topics.dedup();
+                for topic in topics {
+                    let parts = wanted.iter().filter(|(t, _)| t == topic);
+                    if let Err(e) = self.list_newest(&client, parts.clone(), &mut out, &mut reason)
+                    {
+                        let what = format!("reading the newest offsets of topic {topic:?}");
+                        let r = reason(self);
+                        for p in parts {
+                            out.insert(
+                                p.clone(),
+                                Err(classify(
+                                    "",
+                                    e.rdkafka_error_code(),
+                                    &e.to_string(),
+                                    &what,
+                                    r.as_deref(),
+                                )),
+                            );
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let r = reason(self);
+                return Err(classify(
+                    "",
+                    e.rdkafka_error_code(),
+                    &e.to_string(),
+                    "reading the newest offsets",
+                    r.as_deref(),
+                ));
+            }
+        }
+        Ok(Arc::new(out))
+    }
+
+    /// The newest offsets of `parts` in one ListOffsets (timestamp "latest"), into `out`
+    /// (a partition's own error as its entry); the call's error when it failed as a whole.
+    fn list_newest<'p>(
+        &self,
+        client: &BaseConsumer<KafkaContext>,
+        parts: impl Iterator<Item = &'p Partition>,
+        out: &mut HashMap<Partition, Result<i64, ScalerError>>,
+        reason: &mut dyn FnMut(&KafkaCluster) -> Option<String>,
+    ) -> Result<(), KafkaError> {
+        let mut latest = TopicPartitionList::new();
+        for (topic, partition) in parts {
+            latest.add_partition_offset(topic, *partition, rdkafka::Offset::End)?;
+        }
+        let newest = client.offsets_for_times(latest, TIMEOUT)?;
         for el in newest.elements() {
             let at = || format!("{}/{}", el.topic(), el.partition());
             let high = match (el.error(), el.offset()) {
-                (Err(e), _) => Err(rd_error(
-                    "",
-                    self,
-                    &e,
-                    &format!("reading the newest offset of {}", at()),
-                )),
+                (Err(e), _) => {
+                    let code = e.rdkafka_error_code();
+                    let r = if known_kind(code).is_some() {
+                        None
+                    } else {
+                        reason(self)
+                    };
+                    Err(classify(
+                        "",
+                        code,
+                        &e.to_string(),
+                        &format!("reading the newest offset of {}", at()),
+                        r.as_deref(),
+                    ))
+                }
                 (Ok(()), rdkafka::Offset::Offset(o)) => Ok(o),
                 (Ok(()), other) => Err(ScalerError::new(
                     ErrorKind::Source,
@@ -847,13 +992,14 @@ impl KafkaCluster {
             };
             out.insert((el.topic().to_string(), el.partition()), high);
         }
-        Ok(Arc::new(out))
+        Ok(())
     }
 
     /// One round of `group`'s committed-offset reads: every partition asked for, in one
     /// OffsetFetch.
     fn read_committed(&self, group: &str, asked: Vec<Vec<Partition>>) -> CommittedAnswer {
         self.serve_group_events(group);
+        self.serve_all_now_and_then();
         let _ = self.context.take();
         let wanted: BTreeSet<Partition> = asked.into_iter().flatten().collect();
         if wanted.is_empty() {
@@ -864,6 +1010,15 @@ impl KafkaCluster {
             tpl.add_partition(topic, *partition);
         }
         committed_offsets("", self, group, tpl).map(Arc::new)
+    }
+
+    /// `topic`'s rounds of partition reads.
+    fn metadata_rounds(&self, topic: &str) -> TopicRounds {
+        let mut all = self
+            .metadata
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(all.entry(topic.to_string()).or_default())
     }
 
     /// `group`'s rounds of committed-offset reads.
@@ -897,8 +1052,13 @@ async fn read_offsets(
             let ids = match cluster.cached_partitions(topic) {
                 Some(ids) => ids,
                 None => {
-                    let (c, l, t) = (Arc::clone(cluster), label.to_string(), topic.to_string());
-                    blocking(label, move || c.topic_partitions(&l, &t)).await?
+                    let (c, t) = (Arc::clone(cluster), topic.to_string());
+                    cluster
+                        .metadata_rounds(topic)
+                        .ask((), move |_| c.topic_partitions("", &t))
+                        .await
+                        .ok_or_else(|| lost(label))?
+                        .map_err(|e| relabel(&e, label))?
                 }
             };
             let wanted = selected(topic, ids);

@@ -10,7 +10,7 @@
 //! - A request is answered only by a round that started after it was made: the answer is
 //!   never older than the question (a poll right after a produce sees it).
 //! - At most one round runs at a time per `Rounds`, so the blocking threads and broker
-//!   requests follow the number of clusters and groups, not the number of triggers.
+//!   requests follow the number of clusters, topics and groups, not of triggers.
 //! - The round runs on a task of its own: a poll that gives up (its timeout) does not stop
 //!   the others' round.
 
@@ -47,15 +47,16 @@ impl<Q, A> Rounds<Q, A> {
     }
 }
 
-/// Ends a driver that did not finish normally (its task dropped at shutdown, a panic):
-/// the queued requests are answered `None` (their senders dropped) and the next request
-/// starts a new driver, instead of waiting for one that is gone.
-struct Reset<'a, Q, A> {
-    rounds: &'a Rounds<Q, A>,
+/// Ends a driver that did not finish normally (its task dropped by a runtime that shuts
+/// down, before or after it first ran): the queued requests are answered `None` (their
+/// senders dropped) and the next request starts a new driver, instead of waiting for one
+/// that is gone. Made before the task is spawned, and moved into it.
+struct Reset<Q, A> {
+    rounds: Arc<Rounds<Q, A>>,
     finished: bool,
 }
 
-impl<Q, A> Drop for Reset<'_, Q, A> {
+impl<Q, A> Drop for Reset<Q, A> {
     fn drop(&mut self) {
         if !self.finished {
             let mut s = self.rounds.lock();
@@ -81,23 +82,22 @@ impl<Q: Send + 'static, A: Clone + Send + 'static> Rounds<Q, A> {
             !std::mem::replace(&mut s.running, true)
         };
         if start {
-            let me = Arc::clone(self);
-            tokio::spawn(async move { me.drive(Arc::new(run)).await });
+            let reset = Reset {
+                rounds: Arc::clone(self),
+                finished: false,
+            };
+            tokio::spawn(Self::drive(reset, Arc::new(run)));
         }
         rx.await.ok()
     }
 
-    async fn drive<F>(&self, run: Arc<F>)
+    async fn drive<F>(mut reset: Reset<Q, A>, run: Arc<F>)
     where
         F: Fn(Vec<Q>) -> A + Send + Sync + 'static,
     {
-        let mut reset = Reset {
-            rounds: self,
-            finished: false,
-        };
         loop {
             let round = {
-                let mut s = self.lock();
+                let mut s = reset.rounds.lock();
                 if s.queued.is_empty() {
                     s.running = false;
                     reset.finished = true;
@@ -122,41 +122,77 @@ impl<Q: Send + 'static, A: Clone + Send + 'static> Rounds<Q, A> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
+
+    type Log = (usize, Vec<usize>);
+
+    /// A round function whose round 0 says it started and waits to be released; each
+    /// round answers with its number and what it was asked.
+    struct Gated {
+        calls: AtomicUsize,
+        started: Mutex<std::sync::mpsc::Sender<()>>,
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    fn gated() -> (
+        Arc<Gated>,
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let g = Arc::new(Gated {
+            calls: AtomicUsize::new(0),
+            started: Mutex::new(started_tx),
+            release: Mutex::new(release_rx),
+        });
+        (g, started, release)
+    }
+
+    fn ask(
+        rounds: &Arc<Rounds<usize, Log>>,
+        g: &Arc<Gated>,
+        i: usize,
+    ) -> tokio::task::JoinHandle<Option<Log>> {
+        let (rounds, g) = (Arc::clone(rounds), Arc::clone(g));
+        tokio::spawn(async move {
+            rounds
+                .ask(i, move |qs| {
+                    let n = g.calls.fetch_add(1, Ordering::SeqCst);
+                    if n == 0 {
+                        g.started.lock().unwrap().send(()).unwrap();
+                        g.release.lock().unwrap().recv().unwrap();
+                    }
+                    (n, qs)
+                })
+                .await
+        })
+    }
+
+    async fn wait_started(started: std::sync::mpsc::Receiver<()>) {
+        tokio::task::spawn_blocking(move || started.recv_timeout(Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .expect("round 0 never started");
+    }
+
+    async fn wait_queued<Q, A>(rounds: &Rounds<Q, A>, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rounds.lock().queued.len() < n {
+            assert!(Instant::now() < deadline, "{n} requests never queued");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_requests_share_rounds_and_no_answer_predates_its_question() {
-        let rounds: Arc<Rounds<usize, (usize, Vec<usize>)>> = Arc::default();
-        let calls = Arc::new(AtomicUsize::new(0));
-        let (started_tx, started) = std::sync::mpsc::channel::<()>();
-        let (release, release_rx) = std::sync::mpsc::channel::<()>();
-        let (started_tx, release_rx) = (Mutex::new(started_tx), Mutex::new(release_rx));
-        // Round 0 says it started and waits to be released; each round answers with its
-        // number and what it was asked.
-        let run = Arc::new({
-            let calls = Arc::clone(&calls);
-            move |qs: Vec<usize>| {
-                let n = calls.fetch_add(1, Ordering::SeqCst);
-                if n == 0 {
-                    started_tx.lock().unwrap().send(()).unwrap();
-                    release_rx.lock().unwrap().recv().unwrap();
-                }
-                (n, qs)
-            }
-        });
-        let ask = |i: usize| {
-            let (rounds, run) = (Arc::clone(&rounds), Arc::clone(&run));
-            tokio::spawn(async move { rounds.ask(i, move |q| run(q)).await })
-        };
-        let first = ask(0);
-        tokio::task::spawn_blocking(move || started.recv().unwrap())
-            .await
-            .unwrap();
+        let rounds: Arc<Rounds<usize, Log>> = Arc::default();
+        let (g, started, release) = gated();
+        let first = ask(&rounds, &g, 0);
+        wait_started(started).await;
         // Asked while round 0 is in flight: all of them wait for it and go in round 1.
-        let later: Vec<_> = (1..=100).map(ask).collect();
-        while rounds.lock().queued.len() < 100 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let later: Vec<_> = (1..=100).map(|i| ask(&rounds, &g, i)).collect();
+        wait_queued(&rounds, 100).await;
         release.send(()).unwrap();
         assert_eq!(first.await.unwrap().unwrap(), (0, vec![0]));
         for (i, h) in later.into_iter().enumerate() {
@@ -165,9 +201,29 @@ mod tests {
             assert_eq!(asked.len(), 100);
             assert!(asked.contains(&(i + 1)));
         }
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "101 requests, 2 rounds");
+        assert_eq!(g.calls.load(Ordering::SeqCst), 2, "101 requests, 2 rounds");
         // Idle again: the next request starts a round of its own at once.
-        assert_eq!(ask(7).await.unwrap().unwrap(), (2, vec![7]));
+        assert_eq!(ask(&rounds, &g, 7).await.unwrap().unwrap(), (2, vec![7]));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_that_give_up_stop_no_round() {
+        let rounds: Arc<Rounds<usize, Log>> = Arc::default();
+        let (g, started, release) = gated();
+        // The caller whose request started the rounds, and one queued behind it, give up.
+        let starter = ask(&rounds, &g, 0);
+        wait_started(started).await;
+        let quitter = ask(&rounds, &g, 1);
+        wait_queued(&rounds, 1).await;
+        let stays = ask(&rounds, &g, 2);
+        wait_queued(&rounds, 2).await;
+        starter.abort();
+        quitter.abort();
+        release.send(()).unwrap();
+        // The rounds go on: the one who stayed is answered by the round that also held
+        // the question of the one who left.
+        assert_eq!(stays.await.unwrap().unwrap(), (1, vec![1, 2]));
+        assert!(starter.await.unwrap_err().is_cancelled());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,24 +236,33 @@ mod tests {
         assert_eq!(rounds.ask(2, |q| q[0] * 10).await, Some(20));
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_caller_that_gives_up_does_not_stop_the_round() {
+    #[test]
+    fn a_driver_dropped_by_a_stopping_runtime_leaves_the_rounds_usable() {
         let rounds: Arc<Rounds<u8, u8>> = Arc::default();
-        let slow = |q: Vec<u8>| {
-            std::thread::sleep(Duration::from_millis(100));
-            q.iter().sum::<u8>()
-        };
-        let gives_up = {
-            let rounds = Arc::clone(&rounds);
-            tokio::spawn(async move {
-                tokio::time::timeout(Duration::from_millis(10), rounds.ask(1, slow)).await
-            })
-        };
-        assert!(
-            gives_up.await.unwrap().is_err(),
-            "the first caller timed out"
-        );
-        // Queued behind the abandoned round, answered by the next.
-        assert_eq!(rounds.ask(2, slow).await, Some(2));
+        // A runtime that stops while a round is queued: its driver task is dropped, maybe
+        // before it ever ran.
+        {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let r = Arc::clone(&rounds);
+            rt.block_on(async move {
+                let pending = r.ask(1, |q| q[0]);
+                // Queue the request and spawn its driver, then stop before it runs.
+                let _ = tokio::time::timeout(Duration::ZERO, pending).await;
+            });
+            rt.shutdown_background();
+        }
+        let s = rounds.lock();
+        assert!(!s.running, "the rounds still think a driver runs");
+        assert!(s.queued.is_empty());
+        drop(s);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(rounds.ask(3, |q| q[0] + 1)), Some(4));
     }
 }
