@@ -229,11 +229,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panicking_round_answers_none_and_the_next_round_runs() {
         let rounds: Arc<Rounds<u8, u8>> = Arc::default();
-        let lost = rounds
-            .ask(1, |_| -> u8 { panic!("the read failed badly") })
-            .await;
-        assert_eq!(lost, None);
-        assert_eq!(rounds.ask(2, |q| q[0] * 10).await, Some(20));
+        // One function for every caller (as the contract says): it panics when asked 1.
+        let run = |q: Vec<u8>| -> u8 {
+            assert!(!q.contains(&1), "the read failed badly");
+            q[0] * 10
+        };
+        assert_eq!(rounds.ask(1, run).await, None);
+        assert_eq!(rounds.ask(2, run).await, Some(20));
     }
 
     #[test]
@@ -248,9 +250,15 @@ mod tests {
                 .unwrap();
             let r = Arc::clone(&rounds);
             rt.block_on(async move {
-                let pending = r.ask(1, |q| q[0]);
-                // Queue the request and spawn its driver, then stop before it runs.
-                let _ = tokio::time::timeout(Duration::ZERO, pending).await;
+                // Queue the request and spawn its driver (one poll of the request), then
+                // stop: block_on returns before the runtime ever polls the driver's task.
+                let mut pending = Box::pin(r.ask(1, |q| q[0]));
+                std::future::poll_fn(|cx| {
+                    let _ = pending.as_mut().poll(cx);
+                    std::task::Poll::Ready(())
+                })
+                .await;
+                assert!(r.lock().running, "the request started a driver");
             });
             rt.shutdown_background();
         }
