@@ -494,34 +494,58 @@ async fn a_plain_http_source_is_read_and_a_redirect_to_https_is_not_trusted_blin
     );
 }
 
-/// A plain HTTP/1.1 server that answers `{"v":1}` after `delay` (never, when `None`),
-/// counting the connections it accepted and the most requests it held at once.
-struct SlowServer {
+/// A plain HTTP/1.1 server that holds every request until it is opened (never, if it
+/// never is) and then answers `{"v":1}`, counting the connections it accepted and the
+/// requests it holds.
+struct HeldServer {
     port: u16,
     connections: Arc<AtomicUsize>,
-    most_at_once: Arc<AtomicUsize>,
     held: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
+    most_at_once: Arc<AtomicUsize>,
+    open: Arc<tokio::sync::Notify>,
+    opened: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+    accept: tokio::task::JoinHandle<()>,
 }
 
-impl SlowServer {
-    async fn start(delay: Option<std::time::Duration>) -> SlowServer {
+impl HeldServer {
+    async fn start() -> HeldServer {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let most_at_once = Arc::new(AtomicUsize::new(0));
-        let held = Arc::new(AtomicUsize::new(0));
-        let (c, m, h) = (
-            Arc::clone(&connections),
-            Arc::clone(&most_at_once),
-            Arc::clone(&held),
+        let s = HeldServer {
+            port,
+            connections: Arc::default(),
+            held: Arc::default(),
+            most_at_once: Arc::default(),
+            open: Arc::default(),
+            opened: Arc::default(),
+            tasks: Arc::default(),
+            accept: tokio::spawn(async {}),
+        };
+        let (c, h, m, open, opened, tasks) = (
+            Arc::clone(&s.connections),
+            Arc::clone(&s.held),
+            Arc::clone(&s.most_at_once),
+            Arc::clone(&s.open),
+            Arc::clone(&s.opened),
+            Arc::clone(&s.tasks),
         );
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
+        let accept = tokio::spawn(async move {
+            loop {
+                // A failed accept (out of descriptors) is not the end of the server.
+                let Ok((tcp, _)) = listener.accept().await else {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                };
                 c.fetch_add(1, Ordering::SeqCst);
-                let (m, held) = (Arc::clone(&m), Arc::clone(&h));
-                tokio::spawn(async move {
+                let (h, m, open, opened) = (
+                    Arc::clone(&h),
+                    Arc::clone(&m),
+                    Arc::clone(&open),
+                    Arc::clone(&opened),
+                );
+                tasks.lock().unwrap().spawn(async move {
                     let mut io = tokio::io::BufReader::new(tcp);
                     loop {
                         let mut line = String::new();
@@ -534,13 +558,13 @@ impl SlowServer {
                                 Ok(_) => {}
                             }
                         }
-                        let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                        let now = h.fetch_add(1, Ordering::SeqCst) + 1;
                         m.fetch_max(now, Ordering::SeqCst);
-                        match delay {
-                            Some(d) => tokio::time::sleep(d).await,
-                            None => std::future::pending().await,
+                        let notified = open.notified();
+                        if !opened.load(Ordering::SeqCst) {
+                            notified.await;
                         }
-                        held.fetch_sub(1, Ordering::SeqCst);
+                        h.fetch_sub(1, Ordering::SeqCst);
                         let body = "{\"v\":1}";
                         let answer = format!(
                             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
@@ -553,19 +577,33 @@ impl SlowServer {
                 });
             }
         });
-        SlowServer {
-            port,
-            connections,
-            most_at_once,
-            held,
-            task,
+        HeldServer { accept, ..s }
+    }
+
+    /// Answers everything held and everything to come.
+    fn open(&self) {
+        self.opened.store(true, Ordering::SeqCst);
+        self.open.notify_waiters();
+    }
+
+    /// Waits (at most 30 s) until `n` requests are held.
+    async fn wait_held(&self, n: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.held.load(Ordering::SeqCst) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} requests never reached the server (it holds {})",
+                self.held.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 }
 
-impl Drop for SlowServer {
+impl Drop for HeldServer {
     fn drop(&mut self) {
-        self.task.abort();
+        self.accept.abort();
+        self.tasks.lock().unwrap().abort_all();
     }
 }
 
@@ -579,53 +617,9 @@ async fn requests_in_flight_to_one_host_are_bounded_and_the_rest_wait_their_turn
     let dir = ca_dir();
     let c = ctx(dir.path());
     let builder = Arc::new(trustscale_metrics_api::MetricsApiBuilder::default());
-    let polls = MAX_IN_FLIGHT_PER_HOST + 44;
-
-    // A slow host: every poll is answered, none opens a connection over the bound.
-    let slow = SlowServer::start(Some(std::time::Duration::from_millis(300))).await;
-    let url = format!("http://127.0.0.1:{}/", slow.port);
-    let meta = [
-        ("url", url.as_str()),
-        ("valueLocation", "v"),
-        ("targetValue", "1"),
-        ("timeout", "20000"),
-    ];
-    let mut scalers = Vec::new();
-    for _ in 0..polls {
-        scalers.push(Arc::new(builder.build(&spec(&meta), &c).await.unwrap()));
-    }
-    let running: Vec<_> = scalers
-        .iter()
-        .map(|s| {
-            let s = Arc::clone(s);
-            tokio::spawn(async move { s.poll().await })
-        })
-        .collect();
-    for r in running {
-        assert_eq!(r.await.unwrap().unwrap().metrics[0].value, 1.0);
-    }
-    let (conns, most) = (
-        slow.connections.load(Ordering::SeqCst),
-        slow.most_at_once.load(Ordering::SeqCst),
-    );
-    eprintln!("{polls} polls: {conns} connections, at most {most} requests at once");
-    assert!(
-        most <= MAX_IN_FLIGHT_PER_HOST,
-        "{most} requests in flight to one host"
-    );
-    assert!(conns <= MAX_IN_FLIGHT_PER_HOST, "{conns} connections");
-    assert!(
-        most > MAX_IN_FLIGHT_PER_HOST / 2,
-        "the polls ran concurrently"
-    );
-
-    // A host that never answers: with the bound's worth of polls in flight to it (by
-    // clients of another timeout: the bound is the host's), the next polls wait for a
-    // turn only as long as a request would wait for an answer, and fail the same way.
-    let dead = SlowServer::start(None).await;
-    let url = format!("http://127.0.0.1:{}/", dead.port);
-    let build = |timeout: &'static str| {
-        let (builder, c, url) = (Arc::clone(&builder), c.clone(), url.clone());
+    let over = 44;
+    let build = |url: String, timeout: &'static str| {
+        let (builder, c) = (Arc::clone(&builder), c.clone());
         async move {
             let meta = [
                 ("url", url.as_str()),
@@ -636,32 +630,64 @@ async fn requests_in_flight_to_one_host_are_bounded_and_the_rest_wait_their_turn
             Arc::new(builder.build(&spec(&meta), &c).await.unwrap())
         }
     };
+    {
+        // A host that holds every request: the bound's worth reach it, the rest wait,
+        // and once it answers, every poll is answered.
+        let server = HeldServer::start().await;
+        let url = format!("http://127.0.0.1:{}/", server.port);
+        let mut polls = Vec::new();
+        for _ in 0..MAX_IN_FLIGHT_PER_HOST + over {
+            let s = build(url.clone(), "60000").await;
+            polls.push(tokio::spawn(async move { s.poll().await }));
+        }
+        server.wait_held(MAX_IN_FLIGHT_PER_HOST).await;
+        // Give the others every chance to get through (they would, without the bound).
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(
+            server.held.load(Ordering::SeqCst),
+            MAX_IN_FLIGHT_PER_HOST,
+            "requests in flight to one host"
+        );
+        server.open();
+        for p in polls {
+            assert_eq!(p.await.unwrap().unwrap().metrics[0].value, 1.0);
+        }
+        let most = server.most_at_once.load(Ordering::SeqCst);
+        assert!(
+            most <= MAX_IN_FLIGHT_PER_HOST,
+            "{most} requests in flight to one host"
+        );
+    }
+
+    // A host that never answers: with the bound's worth of polls in flight to it (by
+    // clients of another timeout: the bound is the host's), the next polls wait for a
+    // turn only as long as their timeout, and fail as a request that timed out does.
+    let dead = HeldServer::start().await;
+    let url = format!("http://127.0.0.1:{}/", dead.port);
     let mut holders = Vec::new();
     for _ in 0..MAX_IN_FLIGHT_PER_HOST {
-        let s = build("60000").await;
+        let s = build(url.clone(), "60000").await;
         holders.push(tokio::spawn(async move { s.poll().await }));
     }
-    while dead.held.load(Ordering::SeqCst) < MAX_IN_FLIGHT_PER_HOST {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    dead.wait_held(MAX_IN_FLIGHT_PER_HOST).await;
+    let connections = dead.connections.load(Ordering::SeqCst);
     let mut waiting = Vec::new();
-    for _ in 0..polls - MAX_IN_FLIGHT_PER_HOST {
-        let s = build("500").await;
+    for _ in 0..over {
+        let s = build(url.clone(), "500").await;
         waiting.push(tokio::spawn(async move { s.poll().await }));
     }
     for r in waiting {
         let e = r.await.unwrap().unwrap_err();
         assert_eq!(e.kind, ErrorKind::CONNECTION, "{e}");
         assert!(
-            e.message.contains("no answer within 500 ms")
-                && e.message.contains("requests to it in flight"),
+            e.message.contains("waited 500 ms for a turn") && e.message.contains("in flight"),
             "{e}"
         );
     }
     assert_eq!(
         dead.connections.load(Ordering::SeqCst),
-        MAX_IN_FLIGHT_PER_HOST,
-        "only the polls with a turn reached the host"
+        connections,
+        "a poll without a turn reached the host"
     );
     for h in holders {
         h.abort();

@@ -32,12 +32,14 @@ struct Key {
     timeout_ms: u64,
 }
 
-/// Requests in flight at once to one host (`host:port`) through one [`HttpClients`], and
-/// so the most connections its clients keep open to that host. A poll over the bound
-/// waits its turn in a fair queue. Without it, when a host slows down, every poll waits in
-/// the connection pool's own list of waiters, which is scanned in full each time a
-/// connection is handed back: quadratic in the number waiting (measured at 40,000
-/// triggers on one host).
+/// Requests in flight at once to one host (`host:port` of the trigger's URL) through one
+/// [`HttpClients`], whatever their trust or timeout. A poll over the bound waits its turn
+/// in a fair queue. Without it, when a host slows down, every poll waits in the connection
+/// pool's own list of waiters, which is scanned in full each time a connection is handed
+/// back: quadratic in the number waiting (measured at 40,000 triggers on one host). The
+/// connections stay near the bound too, though not exactly: the pool takes a connection
+/// back on a task of its own, and a request that gets its turn first opens a new one.
+/// Scalers take their turn with [`HostLimit::turn`]; the bound is theirs to use.
 pub const MAX_IN_FLIGHT_PER_HOST: usize = 256;
 
 /// The bound of [`MAX_IN_FLIGHT_PER_HOST`] on one host, shared by every trigger on it.
@@ -59,8 +61,8 @@ pub struct Turn<'a> {
 
 impl HostLimit {
     /// Waits for a turn within the request's timeout; when none comes (the host has had
-    /// [`MAX_IN_FLIGHT_PER_HOST`] requests in flight for all that time), the same
-    /// `connection` error as a request that timed out.
+    /// [`MAX_IN_FLIGHT_PER_HOST`] requests in flight for all that time), a `connection`
+    /// error, as for a request that timed out.
     pub async fn turn(&self, trigger: &str, timeout_ms: u64) -> Result<Turn<'_>, ScalerError> {
         if let Ok(p) = self.0.turns.try_acquire() {
             return Ok(Turn {
@@ -83,7 +85,7 @@ impl HostLimit {
                 ErrorKind::CONNECTION,
                 trigger,
                 format!(
-                    "{}: no answer within {timeout_ms} ms ({MAX_IN_FLIGHT_PER_HOST} requests to it in flight all that time)",
+                    "{}: waited {timeout_ms} ms for a turn, with {MAX_IN_FLIGHT_PER_HOST} requests to it in flight all that time",
                     self.0.target
                 ),
             )),
