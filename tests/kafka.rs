@@ -484,6 +484,22 @@ async fn building_connects_nowhere_polling_does() {
     }
 }
 
+/// A trigger on `topic` of group `g`, one replica per record of lag.
+async fn lag_trigger(b: &KafkaBuilder, boot: &str, topic: &str) -> Box<dyn Scaler> {
+    b.build(
+        &spec(&[
+            ("bootstrapServers", boot),
+            ("consumerGroup", "g"),
+            ("topic", topic),
+            ("lagThreshold", "1"),
+            ("allowIdleConsumers", "true"),
+        ]),
+        &ctx(),
+    )
+    .await
+    .unwrap()
+}
+
 /// One poll on topic `x` and one on `y`, on one cluster and group, polled together so that
 /// they share each round (a current-thread runtime runs both up to their first wait before
 /// the round's task starts), with `errors` injected into the next ListOffsets requests.
@@ -498,19 +514,10 @@ async fn shared_round(
     c.commit("g", "y", &[Some(2)]);
     let b = KafkaBuilder::default();
     let boot = c.bootstrap();
-    let build = |topic: &str| {
-        b.build(
-            &spec(&[
-                ("bootstrapServers", &boot),
-                ("consumerGroup", "g"),
-                ("topic", topic),
-                ("lagThreshold", "1"),
-                ("allowIdleConsumers", "true"),
-            ]),
-            &ctx(),
-        )
-    };
-    let (x, y) = (build("x").await.unwrap(), build("y").await.unwrap());
+    let (x, y) = (
+        lag_trigger(&b, &boot, "x").await,
+        lag_trigger(&b, &boot, "y").await,
+    );
     // Alone first: the partitions cached, the group's reader made, the lag right.
     assert_eq!(x.poll().await.unwrap().metrics[0].value, 4.0);
     assert_eq!(y.poll().await.unwrap().metrics[0].value, 5.0);

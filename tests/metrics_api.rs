@@ -513,24 +513,18 @@ impl HeldServer {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let s = HeldServer {
-            port,
-            connections: Arc::default(),
-            held: Arc::default(),
-            most_at_once: Arc::default(),
-            open: Arc::default(),
-            opened: Arc::default(),
-            tasks: Arc::default(),
-            accept: tokio::spawn(async {}),
-        };
-        let (c, h, m, open, opened, tasks) = (
-            Arc::clone(&s.connections),
-            Arc::clone(&s.held),
-            Arc::clone(&s.most_at_once),
-            Arc::clone(&s.open),
-            Arc::clone(&s.opened),
-            Arc::clone(&s.tasks),
+        let connections: Arc<AtomicUsize> = Arc::default();
+        let held: Arc<AtomicUsize> = Arc::default();
+        let most_at_once: Arc<AtomicUsize> = Arc::default();
+        let open: Arc<tokio::sync::Notify> = Arc::default();
+        let opened: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let tasks: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>> = Arc::default();
+        let (c, h, m) = (
+            Arc::clone(&connections),
+            Arc::clone(&held),
+            Arc::clone(&most_at_once),
         );
+        let (open_, opened_, tasks_) = (Arc::clone(&open), Arc::clone(&opened), Arc::clone(&tasks));
         let accept = tokio::spawn(async move {
             loop {
                 // A failed accept (out of descriptors) is not the end of the server.
@@ -542,10 +536,10 @@ impl HeldServer {
                 let (h, m, open, opened) = (
                     Arc::clone(&h),
                     Arc::clone(&m),
-                    Arc::clone(&open),
-                    Arc::clone(&opened),
+                    Arc::clone(&open_),
+                    Arc::clone(&opened_),
                 );
-                tasks.lock().unwrap().spawn(async move {
+                tasks_.lock().unwrap().spawn(async move {
                     let mut io = tokio::io::BufReader::new(tcp);
                     loop {
                         let mut line = String::new();
@@ -577,7 +571,16 @@ impl HeldServer {
                 });
             }
         });
-        HeldServer { accept, ..s }
+        HeldServer {
+            port,
+            connections,
+            held,
+            most_at_once,
+            open,
+            opened,
+            tasks,
+            accept,
+        }
     }
 
     /// Answers everything held and everything to come.
