@@ -552,7 +552,8 @@ async fn run(args: Args, mix: Vec<(String, usize)>, objects: usize) -> anyhow::R
             writeln!(
                 f,
                 "triggers,mix,interval_s,window_s,rss_mib,cpu_mcpu,polls,failed,p50_ms,p99_ms,max_ms_bound,api_p99_ms,api_failed"
-            )?;
+            )
+            .with_context(|| format!("--record {}", path.display()))?;
         }
         writeln!(
             f,
@@ -568,7 +569,8 @@ async fn run(args: Args, mix: Vec<(String, usize)>, objects: usize) -> anyhow::R
             polls.max_bound() * 1000.0,
             exact_percentile(&lat, 0.99),
             api_failed.len()
-        )?;
+        )
+        .with_context(|| format!("--record {}", path.display()))?;
     }
     child.stop();
     if args.short {

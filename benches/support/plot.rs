@@ -14,7 +14,8 @@ struct Row {
 }
 
 fn rows(csv: &Path) -> anyhow::Result<Vec<Row>> {
-    let text = std::fs::read_to_string(csv)?;
+    let text = std::fs::read_to_string(csv)
+        .map_err(|e| anyhow::anyhow!("--plot: reading {}: {e}", csv.display()))?;
     let mut out = Vec::new();
     let mut lines = text.lines();
     let head: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
@@ -105,6 +106,7 @@ pub fn growth(csv: &Path, svg: &Path) -> anyhow::Result<()> {
             .label_font(("sans-serif", 11))
             .draw()?;
     }
-    root.present()?;
+    root.present()
+        .map_err(|e| anyhow::anyhow!("--plot: writing {}: {e}", svg.display()))?;
     Ok(())
 }

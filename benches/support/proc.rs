@@ -229,8 +229,6 @@ pub fn plain_client() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-/// Open file descriptors of `pid` that are not sockets (files, inotify watches, pipes):
-/// what CA-folder churn could leak, unlike sockets, whose count follows the pools.
 /// What the open descriptors of `pid` that are not sockets point at (`readlink` of each).
 pub fn non_socket_fd_targets(pid: u32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or_else(
@@ -281,6 +279,8 @@ pub fn added<T: PartialEq + Clone>(before: &[T], after: &[T]) -> Vec<T> {
         .collect()
 }
 
+/// Open file descriptors of `pid` that are not sockets (files, inotify watches, pipes):
+/// what CA-folder churn could leak, unlike sockets, whose count follows the pools.
 pub fn open_non_socket_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| {
         d.flatten()
