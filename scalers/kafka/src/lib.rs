@@ -82,10 +82,12 @@ pub const PARAMETERS: &[Param] = &[
     Param::secret("password", "SASL password."),
 ];
 
-/// How long one librdkafka call may take. A poll may wait for the round in flight and then
-/// for its own ([`rounds`]): twice this, for the committed offsets (a failure there ends
-/// the poll), stays inside the engine's 10 s poll timeout, so a broker that is down or
-/// refuses the handshake is reported as what it is, not as a poll that timed out.
+/// How long one librdkafka call may take. At each step of a poll (the partitions, when the
+/// cache is stale; the committed offsets; the newest offsets) it may wait for the round in
+/// flight and then for its own ([`rounds`]): twice this, inside the engine's 10 s poll
+/// timeout. A failed step ends the poll, so a broker that is down or refuses the handshake
+/// is reported as what it is, not as a poll that timed out; a broker that answers slowly
+/// at one step and fails at the next can still take the poll past 10 s.
 const TIMEOUT: Duration = Duration::from_secs(4);
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -100,10 +102,19 @@ struct ClusterKey {
 /// The client context of a cluster's clients: librdkafka's log lines go to `tracing`, and
 /// the newest error or TLS log line is kept (shared by the cluster's clients), because the
 /// errors returned by librdkafka's calls only say that no broker answered.
+///
+/// What is kept is read, not taken, and counts for [`REASON_WINDOW`]: the cluster's clients
+/// share their trust and credentials, so one client's handshake failure is the others'
+/// too, and concurrent rounds (of the cluster and of each group) must not erase the
+/// reason another round's failure is about to read.
 #[derive(Clone, Default)]
 pub struct KafkaContext {
-    last: Arc<Mutex<Option<String>>>,
+    last: Arc<Mutex<Option<(std::time::Instant, String)>>>,
 }
+
+/// How long a reported error counts as the reason of a failed call: as long as a poll's
+/// longest step (the round in flight and its own).
+const REASON_WINDOW: Duration = Duration::from_secs(2 * TIMEOUT.as_secs());
 
 impl KafkaContext {
     /// Keeps `text` unless what is kept already names a TLS or login failure and `text`
@@ -120,17 +131,24 @@ impl KafkaContext {
             .last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.as_deref().is_some_and(tls) && !tls(&text) {
+        if last
+            .as_ref()
+            .is_some_and(|(at, t)| at.elapsed() < REASON_WINDOW && tls(t))
+            && !tls(&text)
+        {
             return;
         }
-        *last = Some(text);
+        *last = Some((std::time::Instant::now(), text));
     }
 
-    fn take(&self) -> Option<String> {
+    /// The error reported last, if within [`REASON_WINDOW`].
+    fn recent(&self) -> Option<String> {
         self.last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < REASON_WINDOW)
+            .map(|(_, t)| t.clone())
     }
 }
 
@@ -726,7 +744,7 @@ fn kafka_error(
         code,
         message,
         what,
-        cluster.context.take().as_deref(),
+        cluster.context.recent().as_deref(),
     )
 }
 
@@ -881,10 +899,8 @@ impl KafkaCluster {
     /// One round of newest-offset reads: every partition asked for, in one ListOffsets
     /// (timestamp "latest").
     fn read_newest(&self, asked: Vec<Vec<Partition>>) -> NewestAnswer {
-        // What was reported before this round is history.
         self.serve_metadata_events();
         self.serve_all_now_and_then();
-        let _ = self.context.take();
         let wanted: BTreeSet<Partition> = asked.into_iter().flatten().collect();
         if wanted.is_empty() {
             return Ok(Arc::default());
@@ -900,7 +916,7 @@ impl KafkaCluster {
             taken
                 .get_or_insert_with(|| {
                     cluster.serve_events();
-                    cluster.context.take()
+                    cluster.context.recent()
                 })
                 .clone()
         };
@@ -913,13 +929,25 @@ impl KafkaCluster {
             // moving, a topic being deleted. Asked again topic by topic, that error lands
             // on the triggers of its topic only. A timeout or a transport failure is the
             // cluster's: everyone gets it, without asking again.
-            Err(e) if several_topics && is_partition_error(e.rdkafka_error_code()) => {
+            // The topics are asked again within one TIMEOUT in all: once it is spent, or
+            // once an answer fails for the cluster's sake, the topics not yet asked get
+            // the error at hand without asking.
+            Err(first) if several_topics && is_partition_error(first.rdkafka_error_code()) => {
                 let mut topics: Vec<&str> = wanted.iter().map(|(t, _)| t.as_str()).collect();
                 topics.dedup();
+                let until = std::time::Instant::now() + TIMEOUT;
+                let mut given_up: Option<KafkaError> = None;
                 for topic in topics {
                     let parts = wanted.iter().filter(|(t, _)| t == topic);
-                    if let Err(e) = self.list_newest(&client, parts.clone(), &mut out, &mut reason)
-                    {
+                    let answer = match &given_up {
+                        Some(e) => Err(e.clone()),
+                        None if std::time::Instant::now() >= until => Err(first.clone()),
+                        None => self.list_newest(&client, parts.clone(), &mut out, &mut reason),
+                    };
+                    if let Err(e) = answer {
+                        if given_up.is_none() && !is_partition_error(e.rdkafka_error_code()) {
+                            given_up = Some(e.clone());
+                        }
                         let what = format!("reading the newest offsets of topic {topic:?}");
                         let r = reason(self);
                         for p in parts {
@@ -1000,7 +1028,6 @@ impl KafkaCluster {
     fn read_committed(&self, group: &str, asked: Vec<Vec<Partition>>) -> CommittedAnswer {
         self.serve_group_events(group);
         self.serve_all_now_and_then();
-        let _ = self.context.take();
         let wanted: BTreeSet<Partition> = asked.into_iter().flatten().collect();
         if wanted.is_empty() {
             return Ok(Arc::default());
@@ -1085,7 +1112,6 @@ async fn read_offsets(
             let (c, l, g) = (Arc::clone(cluster), label.to_string(), group.to_string());
             let (topics, committed) = blocking(label, move || {
                 c.serve_events();
-                let _ = c.context.take();
                 let mut committed = HashMap::new();
                 let topics = group_topics(&l, &c, &g, &mut committed)?;
                 let mut all = Vec::new();
