@@ -229,37 +229,34 @@ pub fn plain_client() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+/// What `read` gives for each entry of `dir`, sorted (entries it gives nothing for left
+/// out; nothing when `dir` cannot be read, the process being gone).
+fn sorted_entries(dir: String, read: impl Fn(&std::path::Path) -> Option<String>) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().filter_map(|e| read(&e.path())).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
 /// What the open descriptors of `pid` that are not sockets point at (`readlink` of each).
 pub fn non_socket_fd_targets(pid: u32) -> Vec<String> {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or_else(
-        |_| Vec::new(),
-        |d| {
-            let mut t: Vec<String> = d
-                .flatten()
-                .filter_map(|e| std::fs::read_link(e.path()).ok())
-                .map(|t| t.to_string_lossy().into_owned())
-                .filter(|t| !t.starts_with("socket:"))
-                .collect();
-            t.sort();
-            t
-        },
-    )
+    sorted_entries(format!("/proc/{pid}/fd"), |p| {
+        let t = std::fs::read_link(p).ok()?.to_string_lossy().into_owned();
+        (!t.starts_with("socket:")).then_some(t)
+    })
 }
 
 /// The names of `pid`'s threads, sorted.
 pub fn thread_names(pid: u32) -> Vec<String> {
-    std::fs::read_dir(format!("/proc/{pid}/task")).map_or_else(
-        |_| Vec::new(),
-        |d| {
-            let mut t: Vec<String> = d
-                .flatten()
-                .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
-                .map(|n| n.trim().to_string())
-                .collect();
-            t.sort();
-            t
-        },
-    )
+    sorted_entries(format!("/proc/{pid}/task"), |p| {
+        Some(
+            std::fs::read_to_string(p.join("comm"))
+                .ok()?
+                .trim()
+                .to_string(),
+        )
+    })
 }
 
 /// The entries of `after` not matched by one of `before` (each counted as often as it
@@ -282,14 +279,7 @@ pub fn added<T: PartialEq + Clone>(before: &[T], after: &[T]) -> Vec<T> {
 /// Open file descriptors of `pid` that are not sockets (files, inotify watches, pipes):
 /// what CA-folder churn could leak, unlike sockets, whose count follows the pools.
 pub fn open_non_socket_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| {
-        d.flatten()
-            .filter(|e| {
-                std::fs::read_link(e.path())
-                    .is_ok_and(|t| !t.to_string_lossy().starts_with("socket:"))
-            })
-            .count()
-    })
+    non_socket_fd_targets(pid).len()
 }
 
 /// A TLS 1.3 client configuration from an internal certificate folder: trusting its

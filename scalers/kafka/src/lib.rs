@@ -1041,21 +1041,21 @@ impl KafkaCluster {
 
     /// `topic`'s rounds of partition reads.
     fn metadata_rounds(&self, topic: &str) -> TopicRounds {
-        let mut all = self
-            .metadata
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Arc::clone(all.entry(topic.to_string()).or_default())
+        rounds_of(&self.metadata, topic)
     }
 
     /// `group`'s rounds of committed-offset reads.
     fn committed_rounds(&self, group: &str) -> GroupRounds {
-        let mut all = self
-            .committed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Arc::clone(all.entry(group.to_string()).or_default())
+        rounds_of(&self.committed, group)
     }
+}
+
+/// The rounds kept for `name` in `all` (made on first use).
+fn rounds_of<R: Default>(all: &Mutex<HashMap<String, Arc<R>>>, name: &str) -> Arc<R> {
+    let mut all = all
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Arc::clone(all.entry(name.to_string()).or_default())
 }
 
 /// Reads the newest and committed offsets of every selected partition: the partitions
