@@ -703,3 +703,97 @@ async fn a_server_certificate_for_another_host_or_expired_is_named_for_amqps_and
         "{err}"
     );
 }
+
+/// A TCP relay to `target` that can stop forwarding (both ways, connections kept open),
+/// as a network partition does.
+async fn silent_relay(target: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let silent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = std::sync::Arc::clone(&silent);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let s = std::sync::Arc::clone(&s);
+            tokio::spawn(async move {
+                let Ok(upstream) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut ur, mut uw) = upstream.into_split();
+                let (mut a, mut b) = ([0u8; 16384], [0u8; 16384]);
+                loop {
+                    if s.load(Ordering::Relaxed) {
+                        // Partitioned: nothing passes, nothing closes, until it heals.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    tokio::select! {
+                        r = cr.read(&mut a) => match r {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => if uw.write_all(&a[..n]).await.is_err() { return },
+                        },
+                        r = ur.read(&mut b) => match r {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => if cw.write_all(&b[..n]).await.is_err() { return },
+                        },
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+            });
+        }
+    });
+    (port, silent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_stops_answering_is_cut_and_the_next_poll_connects_again() {
+    use std::sync::atomic::Ordering;
+    let mgmt = Mgmt::new("RABBITMQ_MGMT_URL");
+    let q = unique("silent");
+    mgmt.create_queue(&q).await;
+    mgmt.publish(&q, 2).await;
+    let (port, silent) = silent_relay(Fixtures::get().port("RABBITMQ_AMQPS_PORT")).await;
+    let ctx = trusted();
+    let builder = RabbitMqBuilder::default();
+    let scaler = builder
+        .build(
+            &spec(
+                &unique("silent-so"),
+                &[
+                    (
+                        "host",
+                        &format!("amqps://admin:adminpass@localhost:{port}/"),
+                    ),
+                    ("queueName", &q),
+                ],
+            ),
+            &ctx,
+        )
+        .await
+        .unwrap();
+    assert_eq!(scaler.poll().await.unwrap().metrics[0].value, 2.0);
+
+    // The broker no longer answers: the poll fails on its own (the bound here only keeps
+    // a regression from hanging the suite), classified and named.
+    silent.store(true, Ordering::Relaxed);
+    let err = tokio::time::timeout(Duration::from_secs(60), scaler.poll())
+        .await
+        .expect("a poll on a silent connection must end by itself")
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::CONNECTION, "{err}");
+    assert!(err.to_string().contains("no answer in 5s"), "{err}");
+
+    // Healed: the cut connection is replaced by a new one at the next poll.
+    silent.store(false, Ordering::Relaxed);
+    mgmt.publish(&q, 1).await;
+    let healed = scaler.poll().await.unwrap();
+    assert_eq!(
+        healed.metrics[0].value, 3.0,
+        "the poll after the partition healed"
+    );
+    assert_eq!(builder.amqp_clients()[0].connects(), 2);
+    mgmt.delete_queue(&q).await;
+}

@@ -1,6 +1,8 @@
 //! A shared AMQP connection, opened over the factory's rustls configuration.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::AsFd as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use lapin::options::QueueDeclareOptions;
@@ -13,25 +15,117 @@ use trustscale::scaler::{ErrorKind, ScalerError};
 use trustscale::trust::TlsContext;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long calls may wait on a connection that answers none of them before it is cut.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a connection's watchdog looks.
+const WATCH_TICK: Duration = Duration::from_millis(500);
+
+/// A second descriptor of a connection's socket. Shutting it down ends lapin's I/O loop
+/// whatever the peer does (its pending calls fail at once, its thread ends); dropping it
+/// only closes this descriptor.
+#[derive(Default)]
+struct Socket(std::sync::Mutex<Option<std::net::TcpStream>>);
+
+impl Socket {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<std::net::TcpStream>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn shutdown(&self) {
+        if let Some(s) = self.slot().take() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// A connection's calls, as its watchdog sees them.
+#[derive(Default)]
+struct Watch {
+    socket: Socket,
+    /// Calls waiting for their answer.
+    waiting: AtomicU64,
+    /// Answers received (errors included).
+    answered: AtomicU64,
+    /// Set when the watchdog cut the connection.
+    cut: AtomicBool,
+}
+
+/// One waiting call; dropped when it is answered or given up.
+struct Waiting<'a>(&'a Watch);
+
+impl<'a> Waiting<'a> {
+    fn new(watch: &'a Watch) -> Self {
+        watch.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(watch)
+    }
+
+    fn answered(self) {
+        self.0.answered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Cuts the connection when calls have waited longer than [`CALL_TIMEOUT`] and none was
+/// answered meanwhile. One task per connection instead of a timer per call; it ends
+/// with the connection.
+async fn watchdog(watch: Weak<Watch>) {
+    let mut tick = tokio::time::interval(WATCH_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut seen, mut silent) = (0, Duration::ZERO);
+    loop {
+        tick.tick().await;
+        let Some(w) = watch.upgrade() else { return };
+        let answered = w.answered.load(Ordering::Relaxed);
+        if w.waiting.load(Ordering::Relaxed) > 0 && answered == seen {
+            silent += WATCH_TICK;
+        } else {
+            silent = Duration::ZERO;
+        }
+        seen = answered;
+        // A call that came in after the last tick counts a whole tick: strictly more
+        // than the timeout means it has waited at least that long.
+        if silent > CALL_TIMEOUT {
+            w.cut.store(true, Ordering::Relaxed);
+            w.socket.shutdown();
+            return;
+        }
+    }
+}
+
+/// An open channel and its connection's watch, for a poll to take whole.
+struct Ready {
+    id: u64,
+    channel: Channel,
+    watch: Arc<Watch>,
+}
 
 struct Live {
     id: u64,
     connection: Connection,
-    channel: Option<Channel>,
+    watch: Arc<Watch>,
+    channel: Option<Arc<Ready>>,
 }
 
 /// One AMQP connection (and one channel on it), shared by every trigger with the same
 /// host, vhost, credentials and trust. Broken connections and channels are replaced;
-/// replaced connections are closed, so none leak.
+/// replaced connections are closed, so none leak. A connection that answers no call for
+/// [`CALL_TIMEOUT`] is cut by its watchdog.
 pub struct AmqpClient {
     uri: AMQPUri,
     tls: Option<TlsContext>,
     name: String,
     live: tokio::sync::Mutex<Option<Live>>,
     /// The open channel, for a poll to take under a short synchronous lock (the async
-    /// lock above is for opening and replacing).
-    ready: std::sync::Mutex<Option<(u64, Channel)>>,
+    /// lock above is for opening and replacing). In an `Arc`: a poll takes one reference,
+    /// not a clone of the channel's dozen handles.
+    ready: std::sync::Mutex<Option<Arc<Ready>>>,
     connects: AtomicU64,
 }
 
@@ -76,7 +170,7 @@ impl AmqpClient {
         self.uri.query.auth_mechanism == Some(SASLMechanism::External)
     }
 
-    async fn connect(&self, trigger: &str) -> Result<Connection, ScalerError> {
+    async fn connect(&self, trigger: &str) -> Result<(Connection, Arc<Watch>), ScalerError> {
         let target = self.target();
         let tls = self.tls.clone();
         let host = self.uri.authority.host.clone();
@@ -98,65 +192,87 @@ impl AmqpClient {
             )
         })?;
         let props = ConnectionProperties::default().with_connection_name(self.name.clone().into());
+        let watch = Arc::new(Watch::default());
+        let socket = Arc::clone(&watch);
         // The transport: TCP, then TLS from the trigger's context. The URI's scheme never
-        // chooses a TLS stack of its own.
+        // chooses a TLS stack of its own. The socket's second descriptor is kept once the
+        // transport is up (lapin may call this again after a failed attempt).
         let connect = async move |uri: AMQPUri, runtime| {
             let addrs: Vec<std::net::SocketAddr> =
                 tokio::net::lookup_host((uri.authority.host.as_str(), uri.authority.port))
                     .await?
                     .collect();
-            let stream = AsyncTcpStream::connect(&runtime, addrs).await?;
-            match (&connector, &sni) {
+            let stream: AsyncTcpStream<async_compat::Compat<tokio::net::TcpStream>> =
+                AsyncTcpStream::connect(&runtime, addrs).await?;
+            let second = match &stream {
+                AsyncTcpStream::Plain(s) => Some(s.get_ref().as_fd().try_clone_to_owned()?),
+                _ => None,
+            };
+            let stream = match (&connector, &sni) {
                 (Some(connector), Some(sni)) => {
-                    Ok(stream.into_rustls(connector, &sni.to_str()).await?)
+                    stream.into_rustls(connector, &sni.to_str()).await?
                 }
-                _ => Ok(stream),
-            }
+                _ => stream,
+            };
+            *socket.socket.slot() = second.map(std::net::TcpStream::from);
+            Ok(stream)
         };
         let connecting = Connection::connector(self.uri.clone(), runtime, connect, props);
-        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| {
-                ScalerError::new(
-                    ErrorKind::CONNECTION,
-                    trigger,
-                    format!("{target}: connecting timed out after {CONNECT_TIMEOUT:?}"),
-                )
-            })?
-            .map_err(|e| amqp_error(trigger, &e, tls.as_ref(), &target))?;
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, connecting).await;
+        let connection = match connected {
+            Ok(Ok(c)) => c,
+            failed => {
+                // A connection given up, in the middle of its handshake or after it: cut,
+                // so that lapin's attempt ends here too.
+                watch.socket.shutdown();
+                return Err(match failed {
+                    Ok(Err(e)) => amqp_error(trigger, &e, tls.as_ref(), &target),
+                    _ => ScalerError::new(
+                        ErrorKind::CONNECTION,
+                        trigger,
+                        format!("{target}: connecting timed out after {CONNECT_TIMEOUT:?}"),
+                    ),
+                });
+            }
+        };
+        tokio::spawn(watchdog(Arc::downgrade(&watch)));
         tracing::debug!(target = %target, tls = tls.is_some(), "connected to rabbitmq");
-        Ok(connection)
+        Ok((connection, watch))
     }
 
     /// The number of ready messages of `queue` (a passive declare).
     pub async fn ready_messages(&self, trigger: &str, queue: &str) -> Result<u32, ScalerError> {
         let mut retried = false;
         loop {
-            let (id, channel) = self.channel(trigger).await?;
-            let declare = channel.queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            );
-            let result = tokio::time::timeout(CALL_TIMEOUT, declare).await;
+            let ready = self.channel(trigger).await?;
+            let waiting = Waiting::new(&ready.watch);
+            let result = ready
+                .channel
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            waiting.answered();
             let err = match result {
-                Ok(Ok(q)) => return Ok(q.message_count()),
-                Ok(Err(e)) => e,
-                Err(_) => {
-                    self.drop_connection(id).await;
-                    return Err(ScalerError::new(
-                        ErrorKind::CONNECTION,
-                        trigger,
-                        format!("{}: no answer in time", self.target()),
-                    ));
-                }
+                Ok(q) => return Ok(q.message_count()),
+                Err(e) => e,
             };
+            if ready.watch.cut.load(Ordering::Relaxed) {
+                self.drop_connection(ready.id).await;
+                return Err(ScalerError::new(
+                    ErrorKind::CONNECTION,
+                    trigger,
+                    format!("{}: no answer in {CALL_TIMEOUT:?}", self.target()),
+                ));
+            }
             if is_not_found(&err) {
                 // The broker closed the channel; the connection stays.
-                self.drop_channel(id).await;
+                self.drop_channel(ready.id).await;
                 return Err(ScalerError::new(
                     ErrorKind::Source,
                     trigger,
@@ -167,11 +283,11 @@ impl AmqpClient {
                     ),
                 ));
             }
-            let connection_broken = !self.connection_alive(id).await;
+            let connection_broken = !self.connection_alive(ready.id).await;
             if connection_broken {
-                self.drop_connection(id).await;
+                self.drop_connection(ready.id).await;
             } else {
-                self.drop_channel(id).await;
+                self.drop_channel(ready.id).await;
             }
             if retried {
                 return Err(amqp_error(trigger, &err, self.tls.as_ref(), &self.target()));
@@ -187,18 +303,18 @@ impl AmqpClient {
             .is_some_and(|l| l.id == id && l.connection.status().connected())
     }
 
-    fn ready(&self) -> std::sync::MutexGuard<'_, Option<(u64, Channel)>> {
+    fn ready(&self) -> std::sync::MutexGuard<'_, Option<Arc<Ready>>> {
         self.ready
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn channel(&self, trigger: &str) -> Result<(u64, Channel), ScalerError> {
+    async fn channel(&self, trigger: &str) -> Result<Arc<Ready>, ScalerError> {
         // A broken connection closes its channels, so an open channel means a live one.
-        if let Some((id, ch)) = self.ready().as_ref()
-            && ch.status().connected()
+        if let Some(ready) = self.ready().as_ref()
+            && ready.channel.status().connected()
         {
-            return Ok((*id, ch.clone()));
+            return Ok(Arc::clone(ready));
         }
         let mut live = self.live.lock().await;
         if live
@@ -207,16 +323,17 @@ impl AmqpClient {
             && let Some(old) = live.take()
         {
             self.forget(old.id);
-            close_in_background(old.connection);
+            close_in_background(old);
         }
         if live.is_none() {
             // Boxed: connecting is a large future that only a reconnect needs; inline,
             // every poll's future would carry its size.
-            let connection = Box::pin(self.connect(trigger)).await?;
+            let (connection, watch) = Box::pin(self.connect(trigger)).await?;
             let id = self.connects.fetch_add(1, Ordering::Relaxed) + 1;
             *live = Some(Live {
                 id,
                 connection,
+                watch,
                 channel: None,
             });
         }
@@ -227,17 +344,22 @@ impl AmqpClient {
                 "no connection",
             ));
         };
-        if let Some(ch) = &l.channel
-            && ch.status().connected()
+        if let Some(ready) = &l.channel
+            && ready.channel.status().connected()
         {
-            return Ok((l.id, ch.clone()));
+            return Ok(Arc::clone(ready));
         }
         let channel = Box::pin(l.connection.create_channel())
             .await
             .map_err(|e| amqp_error(trigger, &e, self.tls.as_ref(), &self.target()))?;
-        l.channel = Some(channel.clone());
-        *self.ready() = Some((l.id, channel.clone()));
-        Ok((l.id, channel))
+        let ready = Arc::new(Ready {
+            id: l.id,
+            channel,
+            watch: Arc::clone(&l.watch),
+        });
+        l.channel = Some(Arc::clone(&ready));
+        *self.ready() = Some(Arc::clone(&ready));
+        Ok(ready)
     }
 
     async fn drop_channel(&self, id: u64) {
@@ -255,7 +377,7 @@ impl AmqpClient {
         if live.as_ref().is_some_and(|l| l.id == id)
             && let Some(old) = live.take()
         {
-            close_in_background(old.connection);
+            close_in_background(old);
         }
         self.forget(id);
     }
@@ -263,7 +385,7 @@ impl AmqpClient {
     /// Forgets connection `id`'s channel for the fast path.
     fn forget(&self, id: u64) {
         let mut ready = self.ready();
-        if ready.as_ref().is_some_and(|(cur, _)| *cur == id) {
+        if ready.as_ref().is_some_and(|r| r.id == id) {
             *ready = None;
         }
     }
@@ -272,17 +394,27 @@ impl AmqpClient {
 impl Drop for AmqpClient {
     fn drop(&mut self) {
         if let Some(l) = self.live.get_mut().take() {
-            close_in_background(l.connection);
+            close_in_background(l);
         }
     }
 }
 
-fn close_in_background(connection: Connection) {
-    if let Ok(handle) = tokio::runtime::Handle::try_current() {
-        handle.spawn(async move {
-            let _ =
-                tokio::time::timeout(CALL_TIMEOUT, connection.close(200, "closing".into())).await;
-        });
+/// Closes `live` politely, within [`CALL_TIMEOUT`], then cuts its socket: a connection
+/// whose peer never answers the close must not keep lapin's I/O loop (a thread and its
+/// buffers) alive.
+fn close_in_background(live: Live) {
+    let Live {
+        connection, watch, ..
+    } = live;
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(async move {
+                let _ = tokio::time::timeout(CALL_TIMEOUT, connection.close(200, "closing".into()))
+                    .await;
+                watch.socket.shutdown();
+            });
+        }
+        Err(_) => watch.socket.shutdown(),
     }
 }
 
