@@ -14,6 +14,9 @@
 //! - `kill-rotation`: the operator killed with SIGKILL at random moments while it rotates
 //!   every 2 s, N times; the folder is checked with openssl each time (the key matches the
 //!   leaf, the leaf chains to a CA of `ca.crt`), and the restarted operator serves.
+//! - `soak`: `broker`'s load and faults (one every 5 minutes, in turn) with the recurring
+//!   activities of the others all at once: leaf rotation, CA-folder churn and an API
+//!   client. RSS growth and open descriptors from a base line taken once those run.
 //!
 //! ```text
 //! cargo bench --bench chaos -- broker [--triggers 10000] [--fault-secs 30] [--interval 30]
@@ -112,7 +115,7 @@ fn main() -> anyhow::Result<()> {
         if all || args.scenario == Scenario::KillRotation {
             failures.extend(kill_rotation(&args).await?);
         }
-        if args.scenario == Scenario::Soak {
+        if all || args.scenario == Scenario::Soak {
             failures.extend(soak(&args).await?);
         }
         if failures.is_empty() {
@@ -744,26 +747,148 @@ enum Fault {
     Freeze,
 }
 
+/// The run's own brokers and the proxies in front of Redis and RabbitMQ: what the fault
+/// scenarios cut off, kill and bring back.
+struct Brokers {
+    redis: OwnRedis,
+    redis_proxy: Proxy,
+    rabbit: Option<OwnRabbit>,
+    amqp_proxy: Proxy,
+    #[cfg(feature = "kafka")]
+    kafka: OwnKafka,
+}
+
+impl Brokers {
+    async fn start(rig: &Rig) -> anyhow::Result<Brokers> {
+        let redis = OwnRedis::start(rig.work.path().join("redis"), rig.pki())?;
+        let redis_proxy = Proxy::start(format!("127.0.0.1:{}", redis.port)).await?;
+        let rabbit = OwnRabbit::start()?;
+        let amqp_proxy = Proxy::start(format!("127.0.0.1:{}", rabbit.port)).await?;
+        Ok(Brokers {
+            redis,
+            redis_proxy,
+            rabbit: Some(rabbit),
+            amqp_proxy,
+            #[cfg(feature = "kafka")]
+            kafka: OwnKafka::start(&rig.work.path().join("kafka"), &rig.env).await?,
+        })
+    }
+
+    /// The manifests of `triggers` triggers against these brokers (through the proxies).
+    fn manifests(&self, rig: &Rig, triggers: usize, interval: u64) -> anyhow::Result<PathBuf> {
+        rig.manifests(
+            triggers,
+            interval,
+            &format!("localhost:{}", self.redis_proxy.port),
+            &format!("localhost:{}", self.amqp_proxy.port),
+            self.kafka_bootstrap().as_deref(),
+        )
+    }
+
+    fn kafka_bootstrap(&self) -> Option<String> {
+        #[cfg(feature = "kafka")]
+        return Some(self.kafka.bootstrap());
+        #[cfg(not(feature = "kafka"))]
+        None
+    }
+
+    /// Every fault, in the order the scenarios make them.
+    fn faults(&self) -> Vec<(&'static str, &'static str, Fault)> {
+        let mut faults = vec![
+            ("redis", "SIGKILL, restarted", Fault::Kill),
+            ("redis", "refused", Fault::Proxy(REFUSE)),
+            ("redis", "blackholed", Fault::Proxy(BLACKHOLE)),
+            ("redis", "reset", Fault::Proxy(RESET)),
+            ("rabbitmq", "SIGKILL, restarted", Fault::Kill),
+            ("rabbitmq", "refused", Fault::Proxy(REFUSE)),
+            ("rabbitmq", "blackholed", Fault::Proxy(BLACKHOLE)),
+            ("rabbitmq", "reset", Fault::Proxy(RESET)),
+        ];
+        if self.kafka_bootstrap().is_some() {
+            faults.push(("kafka", "TLS front SIGKILL, restarted", Fault::Kill));
+            faults.push(("kafka", "TLS front stopped (SIGSTOP)", Fault::Freeze));
+        }
+        faults
+    }
+
+    /// The port the operator connects to for `kind`.
+    fn port(&self, kind: &str) -> u16 {
+        match kind {
+            "redis" => self.redis_proxy.port,
+            "rabbitmq" => self.amqp_proxy.port,
+            _ => self
+                .kafka_bootstrap()
+                .as_deref()
+                .and_then(|b| b.rsplit(':').next()?.parse().ok())
+                .unwrap_or(0),
+        }
+    }
+
+    fn proxy(&self, kind: &str) -> &Proxy {
+        if kind == "redis" {
+            &self.redis_proxy
+        } else {
+            &self.amqp_proxy
+        }
+    }
+
+    /// How long `fault` of `kind` lasts: a blackhole shorter than the clients' timeouts
+    /// only slows polls down (a broken connection is retried within the poll), so those
+    /// last longer than a poll's whole retry budget (a 5 s answer timeout, then a
+    /// reconnect with a 5 s timeout; librdkafka retries within a poll too), so that the
+    /// cut shows as failures.
+    fn fault_secs(args: &Args, kind: &str, fault: Fault) -> u64 {
+        if matches!(fault, Fault::Proxy(BLACKHOLE) | Fault::Freeze) || kind == "kafka" {
+            args.fault_secs.max(12)
+        } else {
+            args.fault_secs
+        }
+    }
+
+    /// Starts `fault` of `kind`.
+    fn begin(&mut self, kind: &str, fault: Fault) -> anyhow::Result<()> {
+        match (kind, fault) {
+            ("redis", Fault::Kill) => self.redis.sigkill(),
+            ("rabbitmq", Fault::Kill) => {
+                if let Some(r) = &self.rabbit {
+                    r.sigkill()?;
+                }
+            }
+            #[cfg(feature = "kafka")]
+            ("kafka", Fault::Kill) => self.kafka.kill_front(),
+            #[cfg(feature = "kafka")]
+            ("kafka", Fault::Freeze) => self.kafka.freeze_front(true),
+            (_, Fault::Proxy(mode)) => self.proxy(kind).set(mode),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Ends `fault` of `kind`: the broker restarted, continued or passed through again.
+    fn end(&mut self, kind: &str, fault: Fault) -> anyhow::Result<()> {
+        match (kind, fault) {
+            ("redis", Fault::Kill) => self.redis.launch()?,
+            ("rabbitmq", Fault::Kill) => {
+                // Stopped (what the kill left), then started again, empty.
+                drop(self.rabbit.take());
+                self.rabbit = Some(OwnRabbit::start()?);
+            }
+            #[cfg(feature = "kafka")]
+            ("kafka", Fault::Kill) => self.kafka.start_front()?,
+            #[cfg(feature = "kafka")]
+            ("kafka", Fault::Freeze) => self.kafka.freeze_front(false),
+            (_, Fault::Proxy(_)) => self.proxy(kind).set(PASS),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
 async fn broker(args: &Args) -> anyhow::Result<Vec<String>> {
     let mut rig = Rig::new().await?;
-    let mut redis = OwnRedis::start(rig.work.path().join("redis"), rig.pki())?;
-    let redis_proxy = Proxy::start(format!("127.0.0.1:{}", redis.port)).await?;
-    let mut rabbit = Some(OwnRabbit::start()?);
-    let rabbit_port = rabbit.as_ref().map_or(0, |r| r.port);
-    let amqp_proxy = Proxy::start(format!("127.0.0.1:{rabbit_port}")).await?;
-    #[cfg(feature = "kafka")]
-    let mut kafka = OwnKafka::start(&rig.work.path().join("kafka"), &rig.env).await?;
-    #[cfg(feature = "kafka")]
-    let kafka_bootstrap = Some(kafka.bootstrap());
-    #[cfg(not(feature = "kafka"))]
-    let kafka_bootstrap: Option<String> = None;
-    let manifests = rig.manifests(
-        args.triggers,
-        args.interval,
-        &format!("localhost:{}", redis_proxy.port),
-        &format!("localhost:{}", amqp_proxy.port),
-        kafka_bootstrap.as_deref(),
-    )?;
+    let mut brokers = Brokers::start(&rig).await?;
+    let kafka_bootstrap = brokers.kafka_bootstrap();
+    let manifests = brokers.manifests(&rig, args.triggers, args.interval)?;
     let pid = rig.start(&manifests, &[])?;
     rig.all_polled(args.triggers).await?;
     tokio::time::sleep(Duration::from_secs(args.interval)).await;
@@ -776,22 +901,8 @@ async fn broker(args: &Args) -> anyhow::Result<Vec<String>> {
         "| fault | errors of the faulted type, by kind | other types' polls during the fault (errors) | recovered after the source returned | connections before / after | RSS before / after (MiB) |"
     );
     println!("| --- | --- | --- | --- | --- | --- |");
-    let mut faults: Vec<(&str, &str, Fault)> = vec![
-        ("redis", "SIGKILL, restarted", Fault::Kill),
-        ("redis", "refused", Fault::Proxy(REFUSE)),
-        ("redis", "blackholed", Fault::Proxy(BLACKHOLE)),
-        ("redis", "reset", Fault::Proxy(RESET)),
-        ("rabbitmq", "SIGKILL, restarted", Fault::Kill),
-        ("rabbitmq", "refused", Fault::Proxy(REFUSE)),
-        ("rabbitmq", "blackholed", Fault::Proxy(BLACKHOLE)),
-        ("rabbitmq", "reset", Fault::Proxy(RESET)),
-    ];
-    if kafka_bootstrap.is_some() {
-        faults.push(("kafka", "TLS front SIGKILL, restarted", Fault::Kill));
-        faults.push(("kafka", "TLS front stopped (SIGSTOP)", Fault::Freeze));
-    }
     let began = Instant::now();
-    for (kind, what, fault) in faults {
+    for (kind, what, fault) in brokers.faults() {
         if args
             .only
             .as_deref()
@@ -801,62 +912,15 @@ async fn broker(args: &Args) -> anyhow::Result<Vec<String>> {
         }
         eprintln!("{:.0} s: {kind} {what}", began.elapsed().as_secs_f64());
         let ty = kind;
-        let port = match kind {
-            "redis" => redis_proxy.port,
-            "rabbitmq" => amqp_proxy.port,
-            _ => kafka_bootstrap
-                .as_deref()
-                .and_then(|b| b.rsplit(':').next()?.parse().ok())
-                .unwrap_or(0),
-        };
-        let proxy = if kind == "redis" {
-            &redis_proxy
-        } else {
-            &amqp_proxy
-        };
+        let port = brokers.port(kind);
         let conns0 = connections(pid, &port.to_string());
         let rss0 = pstat::rss_kib(pid);
         let (p0, e0) = counts(&rig.scrape().await);
-        match (kind, fault) {
-            ("redis", Fault::Kill) => redis.sigkill(),
-            ("rabbitmq", Fault::Kill) => {
-                if let Some(r) = &rabbit {
-                    r.sigkill()?;
-                }
-            }
-            #[cfg(feature = "kafka")]
-            ("kafka", Fault::Kill) => kafka.kill_front(),
-            #[cfg(feature = "kafka")]
-            ("kafka", Fault::Freeze) => kafka.freeze_front(true),
-            (_, Fault::Proxy(mode)) => proxy.set(mode),
-            _ => {}
-        }
-        // A blackhole shorter than the clients' timeouts only slows polls down (a broken
-        // connection is retried within the poll).
-        let secs = if matches!(fault, Fault::Proxy(BLACKHOLE) | Fault::Freeze) || kind == "kafka" {
-            // Longer than a poll's whole retry budget (a 5 s answer timeout, then a
-            // reconnect with a 5 s timeout; librdkafka retries within a poll too), so
-            // that the cut shows as failures.
-            args.fault_secs.max(12)
-        } else {
-            args.fault_secs
-        };
+        brokers.begin(kind, fault)?;
+        let secs = Brokers::fault_secs(args, kind, fault);
         tokio::time::sleep(Duration::from_secs(secs)).await;
         let (p1, e1) = counts(&rig.scrape().await);
-        match (kind, fault) {
-            ("redis", Fault::Kill) => redis.launch()?,
-            ("rabbitmq", Fault::Kill) => {
-                // Stopped (what the kill left), then started again, empty.
-                drop(rabbit.take());
-                rabbit = Some(OwnRabbit::start()?);
-            }
-            #[cfg(feature = "kafka")]
-            ("kafka", Fault::Kill) => kafka.start_front()?,
-            #[cfg(feature = "kafka")]
-            ("kafka", Fault::Freeze) => kafka.freeze_front(false),
-            (_, Fault::Proxy(_)) => proxy.set(PASS),
-            _ => {}
-        }
+        brokers.end(kind, fault)?;
         let back = Instant::now();
         // Recovery: the moment after which no error of that type comes any more (quiet
         // for an interval and a second; given up two intervals and 15 s after the return).
@@ -1495,27 +1559,92 @@ async fn kill_rotation(args: &Args) -> anyhow::Result<Vec<String>> {
 // Scenario: the soak: 10,000 triggers for an hour, with rotation, CA churn and a Redis cut
 // recurring.
 
+/// CA-folder churn for the soak: every 2 s one of three files gets a throwaway CA and the
+/// next one goes, until `stop`.
+async fn churn_ca_folder(ca_dir: PathBuf, stop: Arc<AtomicBool>) -> anyhow::Result<u64> {
+    let pool: Vec<String> = (0..8)
+        .map(|i| throwaway_ca(&format!("soak {i}")))
+        .collect::<Result<_, _>>()?;
+    let mut step = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        std::fs::write(
+            ca_dir.join(format!("soak-{}.crt", step % 3)),
+            &pool[(step as usize) % pool.len()],
+        )?;
+        let _ = std::fs::remove_file(ca_dir.join(format!("soak-{}.crt", (step + 1) % 3)));
+        step += 1;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    Ok(step)
+}
+
+/// The least-squares slope of `points` (seconds, KiB), MiB per hour.
+fn mib_per_hour(points: &[(u64, u64)]) -> f64 {
+    let n = points.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let mx = points.iter().map(|p| p.0 as f64).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1 as f64).sum::<f64>() / n;
+    let sxy: f64 = points
+        .iter()
+        .map(|p| (p.0 as f64 - mx) * (p.1 as f64 - my))
+        .sum();
+    let sxx: f64 = points.iter().map(|p| (p.0 as f64 - mx).powi(2)).sum();
+    if sxx == 0.0 {
+        0.0
+    } else {
+        sxy / sxx * 3600.0 / 1024.0
+    }
+}
+
+/// The soak: the load of `broker` with every recurring activity of the other scenarios at
+/// once (the API client without pause, CA-folder churn, leaf rotation every ~10 s) and a
+/// broker fault of `broker`'s list every cycle, in turn.
+///
+/// RSS growth is measured from a base line taken once the recurring activities have run
+/// for two intervals (the working set of that load), to a reading taken after the last
+/// fault has recovered with the same activities still running. The reading before each
+/// fault gives the trend; the one right after it, the peak. The step from idle to the
+/// load (the cold reading) is printed as well. Open descriptors are compared at rest:
+/// before the activities start and after they stop.
 async fn soak(args: &Args) -> anyhow::Result<Vec<String>> {
     let mut rig = Rig::new().await?;
-    let mut redis = OwnRedis::start(rig.work.path().join("redis"), rig.pki())?;
-    let proxy = Proxy::start(format!("127.0.0.1:{}", redis.port)).await?;
-    let amqps = format!("localhost:{}", rig.env["RABBITMQ_AMQPS_PORT"]);
-    let manifests = rig.manifests(
-        args.triggers,
-        args.interval,
-        &format!("localhost:{}", proxy.port),
-        &amqps,
-        None,
-    )?;
+    let mut brokers = Brokers::start(&rig).await?;
+    let manifests = brokers.manifests(&rig, args.triggers, args.interval)?;
     let pid = rig.start(
         &manifests,
         &["--cert-lifetime", "14s", "--ca-lifetime", "20m"],
     )?;
     rig.all_polled(args.triggers).await?;
-    // Settle one interval, then take the base line.
-    tokio::time::sleep(Duration::from_secs(args.interval * 2)).await;
-    let rss0 = pstat::rss_kib(pid);
-    let fds0 = pstat::open_fds(pid);
+    tokio::time::sleep(Duration::from_secs(args.interval)).await;
+    let (cold, quiet0) = (pstat::rss_kib(pid), pstat::open_fds(pid));
+    // Kinds, not identities: a client rebuilt for a new anchor generation (librdkafka's)
+    // has new pipes; tokio's blocking pool grows and shrinks with the Kafka polls.
+    let files = || -> Vec<String> {
+        pstat::non_socket_fd_targets(pid)
+            .into_iter()
+            .map(|t| match t.split_once(":[") {
+                Some((kind, _)) if kind == "pipe" => kind.to_string(),
+                _ => t,
+            })
+            .collect()
+    };
+    let threads = || -> Vec<String> {
+        pstat::thread_names(pid)
+            .into_iter()
+            .filter(|t| t != "tokio-rt-worker")
+            .collect()
+    };
+    let (files0, threads0) = (files(), threads());
+    let kinds = ["redis", "rabbitmq", "kafka"];
+    let conns = |brokers: &Brokers| -> Vec<usize> {
+        kinds
+            .iter()
+            .map(|k| connections(pid, &brokers.port(k).to_string()))
+            .collect()
+    };
+    let conns0 = conns(&brokers);
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let url = format!(
@@ -1531,72 +1660,129 @@ async fn soak(args: &Args) -> anyhow::Result<Vec<String>> {
         Arc::clone(&tally),
         Arc::clone(&stop),
     ));
-    let pool: Vec<String> = (0..8)
-        .map(|i| throwaway_ca(&format!("soak {i}")))
-        .collect::<Result<_, _>>()?;
-    let start = Instant::now();
-    let mut samples = Vec::new();
-    let mut cycle = 0u64;
+    let churn = tokio::spawn(churn_ca_folder(rig.ca_dir.clone(), Arc::clone(&stop)));
+    // The recurring activities' working set: two intervals, every client rebuilt at least
+    // once for a new anchor generation.
+    tokio::time::sleep(Duration::from_secs(args.interval * 2)).await;
+    let rss0 = pstat::rss_kib(pid);
+    let (_, e0) = counts(&rig.scrape().await);
+    let cpu0 = pstat::cpu_seconds(pid);
+    let faults = brokers.faults();
     let cycle_len = if args.short { 6 } else { 300 };
-    let fault = args.fault_secs;
-    while start.elapsed() < Duration::from_secs(args.secs) {
-        // Every cycle: a Redis cut (refused, blackholed, reset, killed in turn), CA churn
-        // throughout; the leaf rotates every ~10 s by itself.
-        let t = start.elapsed().as_secs();
-        if t >= cycle * cycle_len + cycle_len / 2 {
-            match cycle % 4 {
-                0 => proxy.set(REFUSE),
-                1 => proxy.set(BLACKHOLE),
-                2 => proxy.set(RESET),
-                _ => redis.sigkill(),
-            }
-            tokio::time::sleep(Duration::from_secs(fault)).await;
-            if cycle % 4 == 3 {
-                redis.launch()?;
-            } else {
-                proxy.set(PASS);
-            }
-            cycle += 1;
-            samples.push((
-                start.elapsed().as_secs(),
-                pstat::rss_kib(pid),
-                pstat::open_fds(pid),
-            ));
-        }
-        std::fs::write(
-            rig.ca_dir.join(format!("soak-{}.crt", t % 3)),
-            &pool[(t as usize) % pool.len()],
-        )?;
-        let _ = std::fs::remove_file(rig.ca_dir.join(format!("soak-{}.crt", (t + 1) % 3)));
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    let start = Instant::now();
+    // (s, RSS KiB, fds) before and right after each fault.
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    let mut made = Vec::new();
+    let mut cycle = 0u64;
+    while cycle * cycle_len + cycle_len / 2 < args.secs {
+        let at = Duration::from_secs(cycle * cycle_len + cycle_len / 2);
+        tokio::time::sleep(at.saturating_sub(start.elapsed())).await;
+        let (kind, what, fault) = faults[cycle as usize % faults.len()];
+        before.push((
+            start.elapsed().as_secs(),
+            pstat::rss_kib(pid),
+            pstat::open_fds(pid),
+        ));
+        eprintln!("{} s: {kind} {what}", start.elapsed().as_secs());
+        brokers.begin(kind, fault)?;
+        tokio::time::sleep(Duration::from_secs(Brokers::fault_secs(args, kind, fault))).await;
+        brokers.end(kind, fault)?;
+        after.push((
+            start.elapsed().as_secs(),
+            pstat::rss_kib(pid),
+            pstat::open_fds(pid),
+        ));
+        made.push(format!("{kind} {what}"));
+        cycle += 1;
     }
-    // Let the last fault recover before the final reading.
-    tokio::time::sleep(Duration::from_secs(args.interval * 2 + 5)).await;
+    // The last fault recovers (every trigger polls twice more), then the final reading,
+    // with the recurring activities still running.
+    let rest = Duration::from_secs(args.secs).saturating_sub(start.elapsed());
+    tokio::time::sleep(rest.max(Duration::from_secs(args.interval * 2 + 5))).await;
+    let rss1 = pstat::rss_kib(pid);
+    let cpu = (pstat::cpu_seconds(pid) - cpu0) / start.elapsed().as_secs_f64() * 1000.0;
+    let (p1, e1) = counts(&rig.scrape().await);
     stop.store(true, Ordering::Relaxed);
     let _ = client.await;
-    let rss1 = pstat::rss_kib(pid);
-    let fds1 = pstat::open_fds(pid);
-    let growth = (rss1 as f64 - rss0 as f64) / rss0 as f64 * 100.0;
+    let changes = churn.await??;
+    // Descriptors are compared at rest, as at the start: while the folder changes, every
+    // client of an old generation (a Kafka client holds several) is on its way out. Two
+    // intervals for the last change to reach every trigger, then up to 10 s more. Files,
+    // watches and threads must be those of the start (but for lapin's I/O runtime, which
+    // starts once, at the first reconnection: a thread, two epolls and an eventfd), and
+    // the brokers' connections as many; the HTTPS pool's sockets follow the load.
+    tokio::time::sleep(Duration::from_secs(args.interval * 2 + 5)).await;
+    let settle = Instant::now();
+    let at_rest = |brokers: &Brokers| {
+        (
+            pstat::added(&files0, &files()),
+            pstat::added(&threads0, &threads()),
+            conns(brokers),
+        )
+    };
+    let (mut opened, mut started, mut conns1) = at_rest(&brokers);
+    while (opened.len() > 3 || started.len() > 1 || conns1 != conns0)
+        && settle.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        (opened, started, conns1) = at_rest(&brokers);
+    }
+    let quiet1 = pstat::open_fds(pid);
     println!(
-        "soak for {} s, {} triggers, {cycle} fault cycles: RSS {:.1} → {:.1} MiB ({growth:+.1} %), open fds {fds0} → {fds1}; API {} ok, {} failed\n  samples (s, RSS MiB, fds): {}",
-        args.secs,
-        args.triggers,
-        rss0 as f64 / 1024.0,
-        rss1 as f64 / 1024.0,
-        tally.ok.load(Ordering::Relaxed),
-        tally.failed.load(Ordering::Relaxed),
-        samples
-            .iter()
-            .map(|(t, r, f)| format!("{t} {:.0} {f}", *r as f64 / 1024.0))
+        "  at rest, before and after: open fds {quiet0} → {quiet1}; connections to {kinds:?} {conns0:?} → {conns1:?}; descriptors (not sockets) open that were not at the start: {opened:?}; threads: {started:?}"
+    );
+    let growth = (rss1 as f64 - rss0 as f64) / rss0 as f64 * 100.0;
+    let mut trend: Vec<(u64, u64)> = before.iter().map(|(t, r, _)| (*t, *r)).collect();
+    trend.push((start.elapsed().as_secs(), rss1));
+    let mib = |k: u64| k as f64 / 1024.0;
+    let list = |v: &[(u64, u64, usize)]| {
+        v.iter()
+            .map(|(t, r, f)| format!("{t} {:.1} {f}", mib(*r)))
             .collect::<Vec<_>>()
             .join("; ")
+    };
+    let errors: Vec<String> = e1
+        .iter()
+        .map(|(k, v)| (k, v - e0.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d > 0.0)
+        .map(|((t, k), d)| format!("{t} {k} {d:.0}"))
+        .collect();
+    println!(
+        "soak for {} s, {} triggers, {cycle} faults ({}), {changes} CA-folder changes, leaf rotation every ~10 s, an API client 20 times a second:\n  RSS {:.1} MiB idle, {:.1} MiB base line (two intervals of the recurring activities) → {:.1} MiB at the end ({growth:+.1} % from the base line, {:+.1} % from idle); trend of the readings before each fault and at the end {:+.1} MiB/h\n  operator CPU {cpu:.0} mCPU; API {} ok, {} failed; polls {:.0}, poll errors since the base line: {}\n  before each fault (s, RSS MiB, fds): {}\n  right after each fault: {}",
+        args.secs,
+        args.triggers,
+        made.join(", "),
+        mib(cold),
+        mib(rss0),
+        mib(rss1),
+        (rss1 as f64 - cold as f64) / cold as f64 * 100.0,
+        mib_per_hour(&trend),
+        tally.ok.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed),
+        p1.values().sum::<f64>(),
+        if errors.is_empty() {
+            "none".to_string()
+        } else {
+            errors.join(", ")
+        },
+        list(&before),
+        list(&after),
     );
     let mut off = Vec::new();
-    if growth >= 5.0 {
+    // A short run is too short to tell growth from the last fault's working set: it
+    // checks the rest.
+    if growth >= 5.0 && !args.short {
         off.push(format!("soak: RSS grew {growth:.1} %"));
     }
-    if fds1 > fds0 + 2 {
-        off.push(format!("soak: open fds {fds0} → {fds1}"));
+    if opened.len() > 3 || started.len() > 1 {
+        off.push(format!(
+            "soak: at rest, descriptors {opened:?} and threads {started:?} that were not there at the start"
+        ));
+    }
+    if conns1 != conns0 {
+        off.push(format!(
+            "soak: connections to {kinds:?} {conns0:?} at the start, {conns1:?} at rest"
+        ));
     }
     if tally.failed.load(Ordering::Relaxed) > 0 {
         off.push(format!(
