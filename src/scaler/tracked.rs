@@ -6,11 +6,20 @@
 //! context, so new connections use the new anchors. The old client is dropped with its
 //! last holder (a poll under way keeps it until it ends), which closes its connections.
 //!
+//! Triggers whose settings are equal and that were given the same (pooled) client share
+//! one slot: the first of them to use it after a change rebuilds it for all, and the old
+//! client goes at once instead of when the last of them next polls. Otherwise, with the
+//! folder changing faster than the polling interval, every generation of the interval
+//! would stay alive in the triggers that have not polled since (a Kafka client is a
+//! handful of threads and sockets).
+//!
 //! Rebuilds are coalesced by construction: one happens only at a use, only when the
 //! generation differs, and the factory only moves the generation when the trust really
 //! changed (its folder watch compares at most once a second while files keep changing).
 
-use std::sync::{Arc, Mutex};
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 
@@ -31,26 +40,61 @@ struct State<C> {
     tls: Option<TlsContext>,
 }
 
+/// The state that triggers with equal settings and the same client share.
+struct Slot<C> {
+    settings: TlsSettings,
+    state: ArcSwap<State<C>>,
+    rebuilding: Mutex<()>,
+}
+
+/// Where a trigger finds the slot of its client: the client's type and address, the
+/// factory and the settings. A slot is filed again under its new client when it is
+/// rebuilt, so an address is only ever looked up while its client lives.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct SlotKey {
+    ty: TypeId,
+    client: usize,
+    factory: usize,
+    settings: TlsSettings,
+}
+
+type Slots = Mutex<HashMap<SlotKey, Weak<dyn Any + Send + Sync>>>;
+
+static SLOTS: LazyLock<Slots> = LazyLock::new(Slots::default);
+
+fn slots() -> std::sync::MutexGuard<'static, HashMap<SlotKey, Weak<dyn Any + Send + Sync>>> {
+    SLOTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn slot_key<C: 'static>(trust: &TrustFactory, settings: &TlsSettings, client: &Arc<C>) -> SlotKey {
+    SlotKey {
+        ty: TypeId::of::<C>(),
+        client: Arc::as_ptr(client) as usize,
+        factory: Arc::as_ptr(&trust.inner) as usize,
+        settings: settings.clone(),
+    }
+}
+
 /// A client that is rebuilt when the anchors it trusts change.
 pub struct Tracked<C> {
     trust: TrustFactory,
-    settings: TlsSettings,
     trigger: String,
-    state: ArcSwap<State<C>>,
+    slot: Arc<Slot<C>>,
     make: MakeClient<C>,
-    rebuilding: Mutex<()>,
 }
 
 impl<C> std::fmt::Debug for Tracked<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tracked")
             .field("trigger", &self.trigger)
-            .field("generation", &self.state.load().generation)
+            .field("generation", &self.slot.state.load().generation)
             .finish_non_exhaustive()
     }
 }
 
-impl<C> Tracked<C> {
+impl<C: Send + Sync + 'static> Tracked<C> {
     /// The client for `tls` (the context the trigger's `settings` gave; `None` for a
     /// plaintext source, which is never rebuilt), made now by `make`.
     pub fn new(
@@ -63,25 +107,51 @@ impl<C> Tracked<C> {
         let stamps = crate::trust::file_stamps(settings);
         let client = make(tls.as_ref())?;
         let generation = tls.as_ref().map_or(0, TlsContext::generation);
+        let fresh = |client: Arc<C>| {
+            Arc::new(Slot {
+                settings: settings.clone(),
+                state: ArcSwap::from_pointee(State {
+                    generation,
+                    stamps: stamps.clone(),
+                    client,
+                    tls: tls.clone(),
+                }),
+                rebuilding: Mutex::new(()),
+            })
+        };
+        let slot = if tls.is_some() {
+            let key = slot_key(&ctx.trust, settings, &client);
+            let mut slots = slots();
+            let found = slots
+                .get(&key)
+                .and_then(Weak::upgrade)
+                .and_then(|any| any.downcast::<Slot<C>>().ok())
+                .filter(|slot| Arc::ptr_eq(&slot.state.load().client, &client));
+            match found {
+                Some(slot) => slot,
+                None => {
+                    let slot = fresh(client);
+                    let erased: Arc<dyn Any + Send + Sync> = slot.clone();
+                    slots.insert(key, Arc::downgrade(&erased));
+                    prune(&mut slots);
+                    slot
+                }
+            }
+        } else {
+            fresh(client)
+        };
         Ok(Tracked {
             trust: ctx.trust.clone(),
-            settings: settings.clone(),
             trigger: trigger.to_string(),
-            state: ArcSwap::from_pointee(State {
-                generation,
-                stamps,
-                client,
-                tls,
-            }),
+            slot,
             make,
-            rebuilding: Mutex::new(()),
         })
     }
 
     /// The client to use now (see [`Tracked::current`]), without its context.
     pub fn client(&self) -> Result<Arc<C>, ScalerError> {
         {
-            let state = self.state.load();
+            let state = self.slot.state.load();
             if !self.is_stale(&state) {
                 return Ok(Arc::clone(&state.client));
             }
@@ -96,7 +166,7 @@ impl<C> Tracked<C> {
             // The trigger's own files changed (a few stats, and only when it names files).
             Some(_)
                 if !s.stamps.is_empty()
-                    && crate::trust::file_stamps(&self.settings) != s.stamps =>
+                    && crate::trust::file_stamps(&self.slot.settings) != s.stamps =>
             {
                 true
             }
@@ -109,32 +179,142 @@ impl<C> Tracked<C> {
     /// The client to use now, with its context: the same one while the anchors are
     /// unchanged, else a new one built from a new context.
     pub fn current(&self) -> Result<(Arc<C>, Option<TlsContext>), ScalerError> {
-        let state = self.state.load();
+        let slot = &*self.slot;
+        let state = slot.state.load();
         let stale = |s: &State<C>| self.is_stale(s);
         if !stale(&state) {
             return Ok((Arc::clone(&state.client), state.tls.clone()));
         }
-        let _one = self
+        let _one = slot
             .rebuilding
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let state = self.state.load();
+        let state = slot.state.load();
         if !stale(&state) {
             return Ok((Arc::clone(&state.client), state.tls.clone()));
         }
-        let stamps = crate::trust::file_stamps(&self.settings);
+        let stamps = crate::trust::file_stamps(&slot.settings);
         let tls = self
             .trust
-            .context(&self.settings, &self.trigger)
+            .context(&slot.settings, &self.trigger)
             .map_err(|e| ScalerError::from_trust(&self.trigger, e))?;
         let client = (self.make)(Some(&tls))?;
         tracing::debug!(trigger = %self.trigger, generation = tls.generation(), "client rebuilt for new trust anchors or changed trigger files");
-        self.state.store(Arc::new(State {
+        // Filed under the new client, no longer under the old one.
+        {
+            let mut slots = slots();
+            let old = slot_key(&self.trust, &slot.settings, &state.client);
+            if slots
+                .get(&old)
+                .is_some_and(|w| std::ptr::addr_eq(w.as_ptr(), Arc::as_ptr(&self.slot)))
+            {
+                slots.remove(&old);
+            }
+            let erased: Arc<dyn Any + Send + Sync> = self.slot.clone();
+            let entry = slots
+                .entry(slot_key(&self.trust, &slot.settings, &client))
+                .or_insert_with(|| Weak::<Slot<C>>::new() as Weak<dyn Any + Send + Sync>);
+            // A live slot already there (a trigger that came after the change) keeps it.
+            if entry.strong_count() == 0 {
+                *entry = Arc::downgrade(&erased);
+            }
+        }
+        slot.state.store(Arc::new(State {
             generation: tls.generation(),
             stamps,
             client: Arc::clone(&client),
             tls: Some(tls.clone()),
         }));
         Ok((client, Some(tls)))
+    }
+}
+
+/// Drops the entries of slots no trigger holds any more, once the map has doubled.
+fn prune(slots: &mut HashMap<SlotKey, Weak<dyn Any + Send + Sync>>) {
+    static PRUNE_AT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(64);
+    use std::sync::atomic::Ordering;
+    if slots.len() > PRUNE_AT.load(Ordering::Relaxed) {
+        slots.retain(|_, w| w.strong_count() > 0);
+        PRUNE_AT.store((slots.len() * 2).max(64), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::SharedPool;
+    use crate::trust::{Fingerprint, TrustOptions};
+
+    /// A client as the scalers pool them: one per context fingerprint.
+    struct Client;
+
+    fn ca(name: &str) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn a_rebuild_retires_the_old_client_for_every_trigger_that_shares_it() {
+        let dir = std::env::temp_dir().join(format!(
+            "trustscale-tracked-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.crt"), ca("a")).unwrap();
+        let trust = TrustFactory::new(
+            TrustOptions::default()
+                .ca_dirs([&dir])
+                .watch(false)
+                .system_roots(false),
+        )
+        .unwrap();
+        let ctx = BuildContext {
+            trust: trust.clone(),
+        };
+        let pool: Arc<SharedPool<Fingerprint, Client>> = Arc::default();
+        let tracked = |settings: &TlsSettings, name: &str| {
+            let pool = Arc::clone(&pool);
+            let make: MakeClient<Client> = Box::new(move |tls: Option<&TlsContext>| {
+                Ok(pool.get_or_insert_with(&tls.unwrap().fingerprint(), || Client))
+            });
+            let tls = trust.context(settings, name).unwrap();
+            Tracked::new(&ctx, settings, Some(tls), name, make).unwrap()
+        };
+        let plain = TlsSettings::default();
+        let named = TlsSettings {
+            server_name: Some("other.example".into()),
+            ..TlsSettings::default()
+        };
+        let (a, b, c) = (
+            tracked(&plain, "a"),
+            tracked(&plain, "b"),
+            tracked(&named, "c"),
+        );
+        let old = a.client().unwrap();
+        assert!(Arc::ptr_eq(&old, &b.client().unwrap()));
+        let (old_shared, old_own) = (Arc::downgrade(&old), Arc::downgrade(&c.client().unwrap()));
+        drop(old);
+
+        std::fs::write(dir.join("b.crt"), ca("b")).unwrap();
+        trust.reload().unwrap();
+        let new = a.client().unwrap();
+        assert!(
+            old_shared.upgrade().is_none(),
+            "b has not polled, yet the old client is gone"
+        );
+        assert!(
+            Arc::ptr_eq(&new, &b.client().unwrap()),
+            "b uses a's rebuild"
+        );
+        // Control: other settings are another slot, kept until their own trigger polls.
+        assert!(old_own.upgrade().is_some());
+        let own = c.client().unwrap();
+        assert!(!Arc::ptr_eq(&own, &new));
+        assert!(old_own.upgrade().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
