@@ -12,17 +12,17 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// A map from key to a shared value. Entries die with their last holder.
-pub struct SharedPool<K, V> {
+pub struct SharedPool<K, V: ?Sized> {
     inner: Mutex<Map<K, V>>,
 }
 
-struct Map<K, V> {
+struct Map<K, V: ?Sized> {
     map: HashMap<K, Weak<V>>,
     /// The size at which dead entries are pruned next.
     prune_at: usize,
 }
 
-impl<K, V> Default for SharedPool<K, V> {
+impl<K, V: ?Sized> Default for SharedPool<K, V> {
     fn default() -> Self {
         SharedPool {
             inner: Mutex::new(Map {
@@ -33,7 +33,7 @@ impl<K, V> Default for SharedPool<K, V> {
     }
 }
 
-impl<K, V> std::fmt::Debug for SharedPool<K, V> {
+impl<K, V: ?Sized> std::fmt::Debug for SharedPool<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedPool")
             .field("live", &self.live_count())
@@ -41,7 +41,7 @@ impl<K, V> std::fmt::Debug for SharedPool<K, V> {
     }
 }
 
-impl<K, V> SharedPool<K, V> {
+impl<K, V: ?Sized> SharedPool<K, V> {
     fn lock(&self) -> MutexGuard<'_, Map<K, V>> {
         self.inner
             .lock()
@@ -67,7 +67,7 @@ impl<K, V> SharedPool<K, V> {
     }
 }
 
-impl<K: Hash + Eq + Clone, V> SharedPool<K, V> {
+impl<K: Hash + Eq + Clone, V: ?Sized> SharedPool<K, V> {
     /// The live value for `key`, if any.
     pub fn get(&self, key: &K) -> Option<Arc<V>> {
         self.lock().map.get(key).and_then(Weak::upgrade)
@@ -84,8 +84,28 @@ impl<K: Hash + Eq + Clone, V> SharedPool<K, V> {
         value
     }
 
+    /// Keeps `value` for `key`, in place of whatever was there.
+    pub fn put(&self, key: K, value: &Arc<V>) {
+        self.lock().insert(key, value);
+    }
+
+    /// Forgets `key` if it holds `value`.
+    pub fn remove_if(&self, key: &K, value: &Arc<V>) {
+        let mut inner = self.lock();
+        if inner
+            .map
+            .get(key)
+            .is_some_and(|w| std::ptr::addr_eq(w.as_ptr(), Arc::as_ptr(value)))
+        {
+            inner.map.remove(key);
+        }
+    }
+
     /// The value for `key`, made by `make` if no live one exists.
-    pub fn get_or_insert_with(&self, key: &K, make: impl FnOnce() -> V) -> Arc<V> {
+    pub fn get_or_insert_with(&self, key: &K, make: impl FnOnce() -> V) -> Arc<V>
+    where
+        V: Sized,
+    {
         match self.try_get_or_insert_with(key, || Ok::<_, std::convert::Infallible>(make())) {
             Ok(v) => v,
             Err(never) => match never {},
@@ -98,7 +118,10 @@ impl<K: Hash + Eq + Clone, V> SharedPool<K, V> {
         &self,
         key: &K,
         make: impl FnOnce() -> Result<V, E>,
-    ) -> Result<Arc<V>, E> {
+    ) -> Result<Arc<V>, E>
+    where
+        V: Sized,
+    {
         let mut inner = self.lock();
         if let Some(live) = inner.map.get(key).and_then(Weak::upgrade) {
             return Ok(live);
@@ -109,7 +132,7 @@ impl<K: Hash + Eq + Clone, V> SharedPool<K, V> {
     }
 }
 
-impl<K: Hash + Eq, V> Map<K, V> {
+impl<K: Hash + Eq, V: ?Sized> Map<K, V> {
     fn insert(&mut self, key: K, value: &Arc<V>) {
         self.map.insert(key, Arc::downgrade(value));
         if self.map.len() > self.prune_at {

@@ -18,12 +18,12 @@
 //! changed (its folder watch compares at most once a second while files keep changing).
 
 use std::any::{Any, TypeId};
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use arc_swap::ArcSwap;
 
 use super::{BuildContext, ScalerError};
+use crate::pool::SharedPool;
 use crate::trust::{TlsContext, TlsSettings, TrustFactory};
 
 /// Makes a client for a context (`None`: plaintext). Pooled clients are looked up by the
@@ -58,15 +58,9 @@ struct SlotKey {
     settings: TlsSettings,
 }
 
-type Slots = Mutex<HashMap<SlotKey, Weak<dyn Any + Send + Sync>>>;
-
-static SLOTS: LazyLock<Slots> = LazyLock::new(Slots::default);
-
-fn slots() -> std::sync::MutexGuard<'static, HashMap<SlotKey, Weak<dyn Any + Send + Sync>>> {
-    SLOTS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+/// Every slot, by key; an entry dies with its slot.
+static SLOTS: LazyLock<SharedPool<SlotKey, dyn Any + Send + Sync>> =
+    LazyLock::new(SharedPool::default);
 
 fn slot_key<C: 'static>(trust: &TrustFactory, settings: &TlsSettings, client: &Arc<C>) -> SlotKey {
     SlotKey {
@@ -121,20 +115,20 @@ impl<C: Send + Sync + 'static> Tracked<C> {
         };
         let slot = if tls.is_some() {
             let key = slot_key(&ctx.trust, settings, &client);
-            let mut slots = slots();
-            let found = slots
-                .get(&key)
-                .and_then(Weak::upgrade)
-                .and_then(|any| any.downcast::<Slot<C>>().ok())
-                .filter(|slot| Arc::ptr_eq(&slot.state.load().client, &client));
-            match found {
+            let mine = fresh(Arc::clone(&client));
+            let erased: Arc<dyn Any + Send + Sync> = mine.clone();
+            // The live slot of this client, else ours (filed in place of one that holds
+            // another client now).
+            match SLOTS
+                .insert_or_existing(key.clone(), erased.clone())
+                .downcast::<Slot<C>>()
+                .ok()
+                .filter(|slot| Arc::ptr_eq(&slot.state.load().client, &client))
+            {
                 Some(slot) => slot,
                 None => {
-                    let slot = fresh(client);
-                    let erased: Arc<dyn Any + Send + Sync> = slot.clone();
-                    slots.insert(key, Arc::downgrade(&erased));
-                    prune(&mut slots);
-                    slot
+                    SLOTS.put(key, &erased);
+                    mine
                 }
             }
         } else {
@@ -200,25 +194,14 @@ impl<C: Send + Sync + 'static> Tracked<C> {
             .map_err(|e| ScalerError::from_trust(&self.trigger, e))?;
         let client = (self.make)(Some(&tls))?;
         tracing::debug!(trigger = %self.trigger, generation = tls.generation(), "client rebuilt for new trust anchors or changed trigger files");
-        // Filed under the new client, no longer under the old one.
-        {
-            let mut slots = slots();
-            let old = slot_key(&self.trust, &slot.settings, &state.client);
-            if slots
-                .get(&old)
-                .is_some_and(|w| std::ptr::addr_eq(w.as_ptr(), Arc::as_ptr(&self.slot)))
-            {
-                slots.remove(&old);
-            }
-            let erased: Arc<dyn Any + Send + Sync> = self.slot.clone();
-            let entry = slots
-                .entry(slot_key(&self.trust, &slot.settings, &client))
-                .or_insert_with(|| Weak::<Slot<C>>::new() as Weak<dyn Any + Send + Sync>);
-            // A live slot already there (a trigger that came after the change) keeps it.
-            if entry.strong_count() == 0 {
-                *entry = Arc::downgrade(&erased);
-            }
-        }
+        // Filed under the new client (unless a live slot of it is there already), no
+        // longer under the old one.
+        let erased: Arc<dyn Any + Send + Sync> = self.slot.clone();
+        SLOTS.remove_if(
+            &slot_key(&self.trust, &slot.settings, &state.client),
+            &erased,
+        );
+        SLOTS.insert_or_existing(slot_key(&self.trust, &slot.settings, &client), erased);
         slot.state.store(Arc::new(State {
             generation: tls.generation(),
             stamps,
@@ -229,20 +212,9 @@ impl<C: Send + Sync + 'static> Tracked<C> {
     }
 }
 
-/// Drops the entries of slots no trigger holds any more, once the map has doubled.
-fn prune(slots: &mut HashMap<SlotKey, Weak<dyn Any + Send + Sync>>) {
-    static PRUNE_AT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(64);
-    use std::sync::atomic::Ordering;
-    if slots.len() > PRUNE_AT.load(Ordering::Relaxed) {
-        slots.retain(|_, w| w.strong_count() > 0);
-        PRUNE_AT.store((slots.len() * 2).max(64), Ordering::Relaxed);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::SharedPool;
     use crate::trust::{Fingerprint, TrustOptions};
 
     /// A client as the scalers pool them: one per context fingerprint.
