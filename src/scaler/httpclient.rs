@@ -152,8 +152,9 @@ impl HttpClients {
         }
     }
 
-    /// The shared client for a trigger as a [`Tracked`] client: rebuilt from a new
-    /// context (and found again in this pool) when the trust anchors change.
+    /// The shared client for a trigger as a [`Tracked`] client: its next handshakes use
+    /// new trust anchors; it is rebuilt from a new context (and found again in this pool)
+    /// only when an anchor its servers' chains could use is removed.
     pub fn tracked(
         &self,
         ctx: &BuildContext,
@@ -164,7 +165,7 @@ impl HttpClients {
     ) -> Result<Tracked<reqwest::Client>, ScalerError> {
         let clients = self.clone();
         let label = trigger.to_string();
-        Tracked::new(
+        Tracked::new_rustls(
             ctx,
             settings,
             tls,

@@ -13,12 +13,25 @@
 //! would stay alive in the triggers that have not polled since (a Kafka client is a
 //! handful of threads and sockets).
 //!
-//! Rebuilds are coalesced by construction: one happens only at a use, only when the
+//! A client that verifies through the context's rustls configuration (made with
+//! [`Tracked::new_rustls`]) is not rebuilt for a change that cannot alter a verification
+//! it already made: its context follows the new anchors (see [`TlsContext::follow`]), so
+//! the next handshake uses them while the connections it holds stay. Only the removal of
+//! an anchor that could have ended a chain it accepted makes a new client, which closes
+//! the connections verified through that anchor. A CA folder that keeps changing with CAs
+//! no server of the trigger uses costs such a client nothing.
+//!
+//! Other clients (librdkafka's, which take the anchors as files) are rebuilt at every
+//! change, but while the anchors keep changing at most once every [`REBUILD_GAP`] per
+//! slot: the first change after a quiet spell applies at once, and the last change of a
+//! burst is always in force within that gap. Rebuilds happen only at a use, only when the
 //! generation differs, and the factory only moves the generation when the trust really
 //! changed (its folder watch compares at most once a second while files keep changing).
 
 use std::any::{Any, TypeId};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -40,11 +53,31 @@ struct State<C> {
     tls: Option<TlsContext>,
 }
 
+/// While the anchors keep changing, a client that cannot follow them is rebuilt at most
+/// once in this time (per slot).
+pub const REBUILD_GAP: Duration = Duration::from_secs(10);
+
+/// The time base of [`Slot::rebuilt_at`].
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Milliseconds from an hour before [`EPOCH`]: never 0 (which means "never"), and a
+/// time a gap ago always exists.
+fn now_ms() -> u64 {
+    u64::try_from(EPOCH.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(3_600_000)
+}
+
 /// The state that triggers with equal settings and the same client share.
 struct Slot<C> {
     settings: TlsSettings,
     state: ArcSwap<State<C>>,
     rebuilding: Mutex<()>,
+    /// The client verifies through its context's rustls configuration, so the context
+    /// can follow new anchors without a new client.
+    follows: bool,
+    /// When the client was last rebuilt for new anchors ([`now_ms`]); 0: never.
+    rebuilt_at: AtomicU64,
 }
 
 /// Where a trigger finds the slot of its client: the client's type and address, the
@@ -90,13 +123,41 @@ impl<C> std::fmt::Debug for Tracked<C> {
 
 impl<C: Send + Sync + 'static> Tracked<C> {
     /// The client for `tls` (the context the trigger's `settings` gave; `None` for a
-    /// plaintext source, which is never rebuilt), made now by `make`.
+    /// plaintext source, which is never rebuilt), made now by `make`. It is rebuilt at
+    /// every change of the anchors (at most once every [`REBUILD_GAP`] while they keep
+    /// changing): for clients that take the trust in another form than the context's
+    /// rustls configuration (PEM, files).
     pub fn new(
         ctx: &BuildContext,
         settings: &TlsSettings,
         tls: Option<TlsContext>,
         trigger: &str,
         make: MakeClient<C>,
+    ) -> Result<Self, ScalerError> {
+        Self::with(ctx, settings, tls, trigger, make, false)
+    }
+
+    /// As [`Tracked::new`], for a client that verifies servers only through the context's
+    /// rustls configuration ([`TlsContext::rustls_config`] or [`TlsContext::connect`]):
+    /// a change of the anchors reaches its next handshake without a new client, and a new
+    /// client is made only when an anchor its servers' chains could use was removed.
+    pub fn new_rustls(
+        ctx: &BuildContext,
+        settings: &TlsSettings,
+        tls: Option<TlsContext>,
+        trigger: &str,
+        make: MakeClient<C>,
+    ) -> Result<Self, ScalerError> {
+        Self::with(ctx, settings, tls, trigger, make, true)
+    }
+
+    fn with(
+        ctx: &BuildContext,
+        settings: &TlsSettings,
+        tls: Option<TlsContext>,
+        trigger: &str,
+        make: MakeClient<C>,
+        follows: bool,
     ) -> Result<Self, ScalerError> {
         let stamps = crate::trust::file_stamps(settings);
         let client = make(tls.as_ref())?;
@@ -111,6 +172,8 @@ impl<C: Send + Sync + 'static> Tracked<C> {
                     tls: tls.clone(),
                 }),
                 rebuilding: Mutex::new(()),
+                follows,
+                rebuilt_at: AtomicU64::new(0),
             })
         };
         let slot = if tls.is_some() {
@@ -166,8 +229,17 @@ impl<C: Send + Sync + 'static> Tracked<C> {
             }
             // Verification off: the anchors play no part.
             Some(tls) if tls.is_unsafe() => false,
-            Some(_) => s.generation != self.trust.anchors().generation(),
+            Some(_) => {
+                s.generation != self.trust.anchors().generation()
+                    && (self.slot.follows || self.gap_passed())
+            }
         }
+    }
+
+    /// Whether a client that cannot follow the anchors may be rebuilt for them again.
+    fn gap_passed(&self) -> bool {
+        let at = self.slot.rebuilt_at.load(Ordering::Relaxed);
+        at == 0 || now_ms().saturating_sub(at) >= REBUILD_GAP.as_millis() as u64
     }
 
     /// The client to use now, with its context: the same one while the anchors are
@@ -192,7 +264,26 @@ impl<C: Send + Sync + 'static> Tracked<C> {
             .trust
             .context(&slot.settings, &self.trigger)
             .map_err(|e| ScalerError::from_trust(&self.trigger, e))?;
+        // Only the anchors changed: a client that verifies through its context keeps its
+        // connections when the change cannot alter their verification.
+        if slot.follows
+            && stamps == state.stamps
+            && let Some(mine) = &state.tls
+            && mine.follow(&tls)
+        {
+            tracing::debug!(trigger = %self.trigger, generation = tls.generation(), "client follows the new trust anchors");
+            slot.state.store(Arc::new(State {
+                generation: tls.generation(),
+                stamps,
+                client: Arc::clone(&state.client),
+                tls: Some(mine.clone()),
+            }));
+            return Ok((Arc::clone(&state.client), Some(mine.clone())));
+        }
         let client = (self.make)(Some(&tls))?;
+        if tls.generation() != state.generation {
+            slot.rebuilt_at.store(now_ms(), Ordering::Relaxed);
+        }
         tracing::debug!(trigger = %self.trigger, generation = tls.generation(), "client rebuilt for new trust anchors or changed trigger files");
         // Filed under the new client (unless a live slot of it is there already), no
         // longer under the old one.
@@ -287,6 +378,210 @@ mod tests {
         let own = c.client().unwrap();
         assert!(!Arc::ptr_eq(&own, &new));
         assert!(old_own.upgrade().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A CA and a server certificate for `localhost` it signed, as PEM and as a rustls
+    /// server configuration.
+    fn ca_and_server(name: &str) -> (String, Arc<rustls::ServerConfig>) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = p.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::from_params(&p, &ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        (ca.pem(), Arc::new(config))
+    }
+
+    /// A TLS server on loopback that accepts with `config` for as long as the runtime
+    /// runs; returns its port.
+    async fn serve(config: Arc<rustls::ServerConfig>) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        let _ = tokio::io::AsyncWriteExt::write_all(&mut tls, b"ok").await;
+                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// Whether a handshake to `port` through `ctx`'s rustls configuration succeeds.
+    async fn handshake(ctx: &TlsContext, port: u16) -> bool {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        ctx.connect("localhost", tcp).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_rustls_client_follows_anchor_changes_its_servers_do_not_use_and_is_rebuilt_when_theirs_goes()
+     {
+        let dir = std::env::temp_dir().join(format!(
+            "trustscale-follow-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (used_ca, used_server) = ca_and_server("used");
+        let (later_ca, later_server) = ca_and_server("added later");
+        std::fs::write(dir.join("used.crt"), &used_ca).unwrap();
+        let trust = TrustFactory::new(
+            TrustOptions::default()
+                .ca_dirs([&dir])
+                .watch(false)
+                .system_roots(false),
+        )
+        .unwrap();
+        let ctx = BuildContext {
+            trust: trust.clone(),
+        };
+        // Pooled by the context's fingerprint, as the scalers pool their clients.
+        let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&made);
+        let pool: Arc<SharedPool<Fingerprint, Client>> = Arc::default();
+        let make: MakeClient<Client> = Box::new(move |tls: Option<&TlsContext>| {
+            Ok(pool.get_or_insert_with(&tls.unwrap().fingerprint(), || {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Client
+            }))
+        });
+        let settings = TlsSettings::default();
+        let tls = trust.context(&settings, "t").unwrap();
+        let tracked = Tracked::new_rustls(&ctx, &settings, Some(tls), "t", make).unwrap();
+        let (used_port, later_port) = (serve(used_server).await, serve(later_server).await);
+
+        let (first, ctx0) = tracked.current().unwrap();
+        let ctx0 = ctx0.unwrap();
+        assert!(handshake(&ctx0, used_port).await);
+        assert!(
+            !handshake(&ctx0, later_port).await,
+            "control: not trusted yet"
+        );
+
+        // A CA no server of this client uses comes, is replaced, goes: the same client,
+        // whose next handshakes trust the new CA.
+        for (file, pem) in [("other.crt", ca("other")), ("other.crt", ca("other 2"))] {
+            std::fs::write(dir.join(file), pem).unwrap();
+            trust.reload().unwrap();
+            let (client, now) = tracked.current().unwrap();
+            assert!(Arc::ptr_eq(&client, &first));
+            assert_eq!(now.unwrap().generation(), trust.anchors().generation());
+        }
+        std::fs::write(dir.join("later.crt"), &later_ca).unwrap();
+        trust.reload().unwrap();
+        let (client, now) = tracked.current().unwrap();
+        assert!(
+            Arc::ptr_eq(&client, &first),
+            "an added CA needs no new client"
+        );
+        assert!(
+            handshake(&now.unwrap(), later_port).await,
+            "the kept client's next handshake trusts the added CA"
+        );
+        std::fs::remove_file(dir.join("other.crt")).unwrap();
+        trust.reload().unwrap();
+        assert!(Arc::ptr_eq(&tracked.client().unwrap(), &first));
+        assert_eq!(made.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // The CA its server chains to goes: a new client, which no longer trusts it.
+        std::fs::remove_file(dir.join("used.crt")).unwrap();
+        trust.reload().unwrap();
+        let (client, now) = tracked.current().unwrap();
+        assert!(
+            !Arc::ptr_eq(&client, &first),
+            "a removed CA in use: rebuilt"
+        );
+        assert_eq!(made.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let now = now.unwrap();
+        assert!(!handshake(&now, used_port).await);
+        assert!(handshake(&now, later_port).await);
+
+        // The CA back, used, removed again: the anchors then read as they did when the
+        // current client was made, yet it follows the CA since, so it is not taken back
+        // from the pool.
+        std::fs::write(dir.join("used.crt"), &used_ca).unwrap();
+        trust.reload().unwrap();
+        let (back, now) = tracked.current().unwrap();
+        assert!(Arc::ptr_eq(&back, &client));
+        assert!(handshake(&now.unwrap(), used_port).await);
+        std::fs::remove_file(dir.join("used.crt")).unwrap();
+        trust.reload().unwrap();
+        let (again, now) = tracked.current().unwrap();
+        assert!(!Arc::ptr_eq(&again, &client), "the followed client is not reused");
+        assert_eq!(made.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert!(!handshake(&now.unwrap(), used_port).await);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_client_that_cannot_follow_is_rebuilt_at_once_then_at_most_once_per_gap() {
+        let dir = std::env::temp_dir().join(format!(
+            "trustscale-gap-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.crt"), ca("a")).unwrap();
+        let trust = TrustFactory::new(
+            TrustOptions::default()
+                .ca_dirs([&dir])
+                .watch(false)
+                .system_roots(false),
+        )
+        .unwrap();
+        let ctx = BuildContext {
+            trust: trust.clone(),
+        };
+        let make: MakeClient<Client> = Box::new(|_| Ok(Arc::new(Client)));
+        let settings = TlsSettings::default();
+        let tls = trust.context(&settings, "k").unwrap();
+        let tracked = Tracked::new(&ctx, &settings, Some(tls), "k", make).unwrap();
+        let first = tracked.client().unwrap();
+        std::fs::write(dir.join("b.crt"), ca("b")).unwrap();
+        trust.reload().unwrap();
+        let second = tracked.client().unwrap();
+        assert!(
+            !Arc::ptr_eq(&first, &second),
+            "the first change applies at once"
+        );
+        std::fs::write(dir.join("c.crt"), ca("c")).unwrap();
+        trust.reload().unwrap();
+        assert!(
+            Arc::ptr_eq(&second, &tracked.client().unwrap()),
+            "within the gap: kept"
+        );
+        // The gap, passed (as if the rebuild had been that long ago).
+        tracked
+            .slot
+            .rebuilt_at
+            .store(now_ms() - REBUILD_GAP.as_millis() as u64, Ordering::Relaxed);
+        let (third, now) = tracked.current().unwrap();
+        assert!(!Arc::ptr_eq(&second, &third));
+        assert_eq!(now.unwrap().generation(), trust.anchors().generation());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

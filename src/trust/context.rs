@@ -11,8 +11,9 @@ use super::anchors::Anchors;
 use super::settings::Secret;
 use super::version::TlsVersion;
 
-/// A stable digest of the effective trust, identity and policy of a context: equal
-/// fingerprints mean interchangeable clients, so it is the key for sharing connections.
+/// A stable digest of the trust, identity and policy of a context and the anchor
+/// generation it was built in: equal fingerprints mean interchangeable clients, so it is
+/// the key for sharing connections.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Fingerprint(pub(crate) [u8; 32]);
 
@@ -69,6 +70,9 @@ pub(crate) struct Identity {
 pub(crate) struct ContextInner {
     pub config: Arc<ClientConfig>,
     pub verifier: Arc<dyn ServerCertVerifier>,
+    /// The verifier in `config` when certificates are verified: it can move to newer
+    /// anchors (see [`TlsContext::follow`]).
+    pub following: Option<Arc<super::verify::Following>>,
     pub fingerprint: Fingerprint,
     pub anchors: Arc<Anchors>,
     pub trigger_ca: Vec<CertificateDer<'static>>,
@@ -133,16 +137,41 @@ impl TlsContext {
         self.inner.min_tls
     }
 
-    /// The shared anchors this context was built from.
+    /// The shared anchors this context verifies against: those it was built from, or
+    /// newer ones it follows (see [`TlsContext::follow`]).
     #[must_use]
-    pub fn anchors(&self) -> &Arc<Anchors> {
-        &self.inner.anchors
+    pub fn anchors(&self) -> Arc<Anchors> {
+        match &self.inner.following {
+            Some(f) => f.anchors(),
+            None => Arc::clone(&self.inner.anchors),
+        }
     }
 
-    /// The anchors generation this context was built from.
+    /// The generation of [`TlsContext::anchors`].
     #[must_use]
     pub fn generation(&self) -> u64 {
-        self.inner.generation
+        match &self.inner.following {
+            Some(f) => f.anchors().generation(),
+            None => self.inner.generation,
+        }
+    }
+
+    /// Makes this context verify against `newer`'s anchors from the next handshake on,
+    /// when that cannot alter a verification already made on a connection opened through
+    /// this context's rustls configuration: no anchor that could have ended one of the
+    /// chains it accepted (by issuer or subject name) is missing from `newer`. Returns
+    /// whether it follows `newer` now; on `false` the connections made so far must be
+    /// dropped, so the caller makes a new client from `newer`.
+    ///
+    /// `newer` must come from the same settings (the same trigger `ca`, identity and
+    /// policy). Contexts that do not verify (`unsafeSsl`) never follow.
+    pub fn follow(&self, newer: &TlsContext) -> bool {
+        match (&self.inner.following, &newer.inner.following) {
+            (Some(mine), Some(theirs)) if self.inner.trigger_ca == newer.inner.trigger_ca => {
+                mine.follow(theirs)
+            }
+            _ => false,
+        }
     }
 
     /// Certificates trusted by this trigger only (its `ca` parameter).
@@ -157,7 +186,7 @@ impl TlsContext {
     /// bundle is not needed.
     #[must_use]
     pub fn trust_pem(&self) -> String {
-        let mut bundle = self.inner.anchors.pem_bundle().to_string();
+        let mut bundle = self.anchors().pem_bundle().to_string();
         bundle.push_str(&super::material::certs_to_pem(self.inner.trigger_ca.iter()));
         bundle
     }
@@ -200,7 +229,7 @@ impl TlsContext {
     /// Where trust comes from, for error messages.
     #[must_use]
     pub fn describe_trust(&self) -> String {
-        let mut s = self.inner.anchors.describe();
+        let mut s = self.anchors().describe();
         if !self.inner.trigger_ca.is_empty() {
             s.push_str(&format!(
                 " + {} from the trigger's `ca`",
@@ -246,7 +275,7 @@ impl fmt::Debug for TlsContext {
             .field("fingerprint", &self.inner.fingerprint)
             .field("min_tls", &self.inner.min_tls)
             .field("unsafe_ssl", &self.inner.unsafe_ssl)
-            .field("anchors", &self.inner.anchors.len())
+            .field("anchors", &self.anchors().len())
             .field("trigger_ca", &self.inner.trigger_ca.len())
             .field("client_identity", &self.inner.identity.is_some())
             .field("server_name", &self.inner.server_name)

@@ -518,10 +518,20 @@ impl TrustFactory {
             });
         }
 
+        // The configuration's verifier can move to newer anchors without a new client.
+        let following = (!unsafe_ssl).then(|| {
+            Arc::new(verify::Following::new(
+                Arc::clone(&verifier),
+                Arc::clone(&anchors),
+            ))
+        });
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(min_tls.rustls_versions())?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::clone(&verifier));
+            .with_custom_certificate_verifier(match &following {
+                Some(f) => Arc::clone(f) as Arc<dyn ServerCertVerifier>,
+                None => Arc::clone(&verifier),
+            });
         let config = match &identity {
             Some(id) => builder
                 .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
@@ -539,8 +549,12 @@ impl TrustFactory {
 
         let fingerprint = {
             let mut h = Sha256::new();
-            h.update(b"trustscale-context-v1");
+            h.update(b"trustscale-context-v2");
             h.update(anchors.digest());
+            // And the generation: a context of an earlier generation may follow newer
+            // anchors since (`TlsContext::follow`), so it must never be taken for a new
+            // one whose anchors read the same (a CA removed, then added back).
+            h.update(anchors.generation().to_be_bytes());
             for cert in &trigger_ca {
                 h.update(b"ca");
                 h.update(Sha256::digest(cert.as_ref()));
@@ -567,6 +581,7 @@ impl TrustFactory {
             inner: Arc::new(ContextInner {
                 config: Arc::new(config),
                 verifier,
+                following,
                 fingerprint,
                 anchors,
                 trigger_ca,

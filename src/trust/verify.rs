@@ -223,3 +223,171 @@ impl ServerCertVerifier for PinnedVerifier {
         self.inner.supported_verify_schemes()
     }
 }
+
+/// The trust a [`Following`] verifier uses now: a verifier and the anchors it was built
+/// from.
+pub(crate) struct Followed {
+    pub verifier: Arc<dyn ServerCertVerifier>,
+    pub anchors: Arc<super::anchors::Anchors>,
+}
+
+/// Names recorded past this many are not kept: the context is then treated as if every
+/// anchor were in use.
+const MAX_NAMES: usize = 256;
+
+/// The verifier a context's rustls configuration holds: it verifies with the trust it
+/// follows now, which moves to a newer anchor generation as long as the change cannot
+/// alter a verification already made on a connection the context opened (no anchor that
+/// could have ended one of those chains was removed). To answer that, it remembers the
+/// issuer and subject names of every chain it accepted.
+pub(crate) struct Following {
+    now: arc_swap::ArcSwap<Followed>,
+    /// Issuer and subject names (DER) of the certificates of accepted chains; `None`
+    /// once more than [`MAX_NAMES`] were seen.
+    names: Mutex<Option<std::collections::HashSet<Vec<u8>>>>,
+    moving: Mutex<()>,
+}
+
+impl std::fmt::Debug for Following {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Following")
+            .field("generation", &self.now.load().anchors.generation())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Following {
+    pub fn new(
+        verifier: Arc<dyn ServerCertVerifier>,
+        anchors: Arc<super::anchors::Anchors>,
+    ) -> Self {
+        Following {
+            now: arc_swap::ArcSwap::from_pointee(Followed { verifier, anchors }),
+            names: Mutex::new(Some(std::collections::HashSet::new())),
+            moving: Mutex::new(()),
+        }
+    }
+
+    /// The anchors verified against now.
+    pub fn anchors(&self) -> Arc<super::anchors::Anchors> {
+        Arc::clone(&self.now.load().anchors)
+    }
+
+    /// Moves to `to` unless an anchor of the trust followed now that `to` no longer has
+    /// could have ended a chain this verifier accepted; `false` then (the connections
+    /// opened so far must go: the caller makes a new client).
+    pub fn follow(&self, to: &Following) -> bool {
+        let _one = self
+            .moving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (from, to) = (self.now.load_full(), to.now.load_full());
+        if Arc::ptr_eq(&from.anchors, &to.anchors) {
+            return true;
+        }
+        let kept: std::collections::HashSet<&[u8]> = to
+            .anchors
+            .ders
+            .iter()
+            .chain(&to.anchors.pinned)
+            .map(|c| c.as_ref())
+            .collect();
+        let names = self
+            .names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let in_use = |cert: &CertificateDer<'_>| match names.as_ref() {
+            None => true,
+            Some(names) => match x509_parser::parse_x509_certificate(cert.as_ref()) {
+                Ok((_, x509)) => names.contains(x509.subject().as_raw()),
+                Err(_) => true,
+            },
+        };
+        let removed_in_use = from
+            .anchors
+            .ders
+            .iter()
+            .chain(&from.anchors.pinned)
+            .filter(|c| !kept.contains(c.as_ref()))
+            .any(in_use);
+        if removed_in_use {
+            return false;
+        }
+        drop(names);
+        self.now.store(to);
+        true
+    }
+
+    fn remember(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) {
+        let mut names = self
+            .names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(set) = names.as_mut() else { return };
+        for cert in std::iter::once(end_entity).chain(intermediates) {
+            match x509_parser::parse_x509_certificate(cert.as_ref()) {
+                Ok((_, x509)) => {
+                    for name in [x509.issuer().as_raw(), x509.subject().as_raw()] {
+                        if !set.contains(name) {
+                            set.insert(name.to_vec());
+                        }
+                    }
+                }
+                // Accepted yet unreadable here: assume every anchor is in use.
+                Err(_) => {
+                    *names = None;
+                    return;
+                }
+            }
+        }
+        if set.len() > MAX_NAMES {
+            *names = None;
+        }
+    }
+}
+
+impl ServerCertVerifier for Following {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.now.load().verifier.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        self.remember(end_entity, intermediates);
+        Ok(verified)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.now
+            .load()
+            .verifier
+            .verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.now
+            .load()
+            .verifier
+            .verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.now.load().verifier.supported_verify_schemes()
+    }
+}

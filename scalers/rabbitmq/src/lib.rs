@@ -431,7 +431,7 @@ impl ScalerBuilder for RabbitMqBuilder {
                 }))
             };
             Source::Amqp {
-                client: Tracked::new(ctx, &settings, tls, &label, Box::new(make))?,
+                client: Tracked::new_rustls(ctx, &settings, tls, &label, Box::new(make))?,
             }
         } else {
             let mut url = reqwest::Url::parse(&host)

@@ -343,7 +343,7 @@ impl RedisBuilder {
                 }
             }))
         };
-        Tracked::new(ctx, &settings, tls, &trigger, Box::new(make))
+        Tracked::new_rustls(ctx, &settings, tls, &trigger, Box::new(make))
     }
 }
 
