@@ -2,9 +2,10 @@
 //!
 //! A scaler's client is built from a [`TlsContext`], and a context from the anchors of
 //! its generation. When the CA folders change, the factory publishes a new generation; a
-//! [`Tracked`] client notices it at its next use and is replaced by one built from a new
-//! context, so new connections use the new anchors. The old client is dropped with its
-//! last holder (a poll under way keeps it until it ends), which closes its connections.
+//! [`Tracked`] client notices it at its next use, and either follows it (below) or is
+//! replaced by one built from a new context, so new connections use the new anchors. A
+//! replaced client is dropped with its last holder (a poll under way keeps it until it
+//! ends), which closes its connections.
 //!
 //! Triggers whose settings are equal and that were given the same (pooled) client share
 //! one slot: the first of them to use it after a change rebuilds it for all, and the old
@@ -21,10 +22,15 @@
 //! the connections verified through that anchor. A CA folder that keeps changing with CAs
 //! no server of the trigger uses costs such a client nothing.
 //!
+//! A context that followed is filed for its settings, so that triggers made later (a
+//! changed ScaledObject) are given it, and with it the same pooled client, instead of a
+//! new context and a client of their own.
+//!
 //! Other clients (librdkafka's, which take the anchors as files) are rebuilt at every
 //! change, but while the anchors keep changing at most once every [`REBUILD_GAP`] per
-//! slot: the first change after a quiet spell applies at once, and the last change of a
-//! burst is always in force within that gap. Rebuilds happen only at a use, only when the
+//! slot: the first change after a quiet spell applies at once, a later one at the first
+//! use once the gap has passed. So while the folders keep changing, such a client may
+//! trust a removed CA for up to that gap longer. Rebuilds happen only at a use, only when the
 //! generation differs, and the factory only moves the generation when the trust really
 //! changed (its folder watch compares at most once a second while files keep changing).
 
@@ -95,12 +101,48 @@ struct SlotKey {
 static SLOTS: LazyLock<SharedPool<SlotKey, dyn Any + Send + Sync>> =
     LazyLock::new(SharedPool::default);
 
+/// Where triggers made later find a context that followed newer anchors: the factory,
+/// the settings and their files' stamps.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct FollowKey {
+    factory: usize,
+    settings: TlsSettings,
+    stamps: Vec<crate::trust::FileStamp>,
+}
+
+/// The last context that followed, for each key; an entry dies with its context.
+static FOLLOWED: LazyLock<SharedPool<FollowKey, crate::trust::ContextInner>> =
+    LazyLock::new(SharedPool::default);
+
+fn follow_key(
+    trust: &TrustFactory,
+    settings: &TlsSettings,
+    stamps: &[crate::trust::FileStamp],
+) -> FollowKey {
+    FollowKey {
+        factory: Arc::as_ptr(&trust.inner) as usize,
+        settings: settings.clone(),
+        stamps: stamps.to_vec(),
+    }
+}
+
 fn slot_key<C: 'static>(trust: &TrustFactory, settings: &TlsSettings, client: &Arc<C>) -> SlotKey {
     SlotKey {
         ty: TypeId::of::<C>(),
         client: Arc::as_ptr(client) as usize,
         factory: Arc::as_ptr(&trust.inner) as usize,
         settings: settings.clone(),
+    }
+}
+
+/// The generation a client made from `tls` trusts: the one its rustls configuration
+/// verifies against for a client that follows, else the one the context was built from
+/// (what its PEM forms hold).
+fn generation_of(tls: &TlsContext, follows: bool) -> u64 {
+    if follows {
+        tls.verifying_generation()
+    } else {
+        tls.generation()
     }
 }
 
@@ -160,8 +202,22 @@ impl<C: Send + Sync + 'static> Tracked<C> {
         follows: bool,
     ) -> Result<Self, ScalerError> {
         let stamps = crate::trust::file_stamps(settings);
+        // A context of these settings that follows the anchors in force now, if there is
+        // one: its client is shared instead of a new one made for this trigger.
+        let tls = match tls {
+            Some(fresh) if follows && !fresh.is_unsafe() => Some(
+                FOLLOWED
+                    .get(&follow_key(&ctx.trust, settings, &stamps))
+                    .map(|inner| TlsContext { inner })
+                    .filter(|c| c.verifying_generation() == fresh.verifying_generation())
+                    .unwrap_or(fresh),
+            ),
+            other => other,
+        };
+        // Read before the client is made: a client that was given newer anchors meanwhile
+        // is then found stale once more, never the other way round.
+        let generation = tls.as_ref().map_or(0, |c| generation_of(c, follows));
         let client = make(tls.as_ref())?;
-        let generation = tls.as_ref().map_or(0, TlsContext::generation);
         let fresh = |client: Arc<C>| {
             Arc::new(Slot {
                 settings: settings.clone(),
@@ -269,19 +325,24 @@ impl<C: Send + Sync + 'static> Tracked<C> {
         if slot.follows
             && stamps == state.stamps
             && let Some(mine) = &state.tls
-            && mine.follow(&tls)
+            && let Some(generation) = mine.follow(&tls)
         {
-            tracing::debug!(trigger = %self.trigger, generation = tls.generation(), "client follows the new trust anchors");
+            tracing::debug!(trigger = %self.trigger, generation, "client follows the new trust anchors");
+            FOLLOWED.put(
+                follow_key(&self.trust, &slot.settings, &stamps),
+                &mine.inner,
+            );
             slot.state.store(Arc::new(State {
-                generation: tls.generation(),
+                generation,
                 stamps,
                 client: Arc::clone(&state.client),
                 tls: Some(mine.clone()),
             }));
             return Ok((Arc::clone(&state.client), Some(mine.clone())));
         }
+        let generation = generation_of(&tls, slot.follows);
         let client = (self.make)(Some(&tls))?;
-        if tls.generation() != state.generation {
+        if generation != state.generation {
             slot.rebuilt_at.store(now_ms(), Ordering::Relaxed);
         }
         tracing::debug!(trigger = %self.trigger, generation = tls.generation(), "client rebuilt for new trust anchors or changed trigger files");
@@ -294,7 +355,7 @@ impl<C: Send + Sync + 'static> Tracked<C> {
         );
         SLOTS.insert_or_existing(slot_key(&self.trust, &slot.settings, &client), erased);
         slot.state.store(Arc::new(State {
-            generation: tls.generation(),
+            generation,
             stamps,
             client: Arc::clone(&client),
             tls: Some(tls.clone()),
@@ -461,17 +522,19 @@ mod tests {
         };
         // Pooled by the context's fingerprint, as the scalers pool their clients.
         let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = Arc::clone(&made);
         let pool: Arc<SharedPool<Fingerprint, Client>> = Arc::default();
-        let make: MakeClient<Client> = Box::new(move |tls: Option<&TlsContext>| {
-            Ok(pool.get_or_insert_with(&tls.unwrap().fingerprint(), || {
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                Client
-            }))
-        });
+        let make = || -> MakeClient<Client> {
+            let (pool, counter) = (Arc::clone(&pool), Arc::clone(&made));
+            Box::new(move |tls: Option<&TlsContext>| {
+                Ok(pool.get_or_insert_with(&tls.unwrap().fingerprint(), || {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Client
+                }))
+            })
+        };
         let settings = TlsSettings::default();
         let tls = trust.context(&settings, "t").unwrap();
-        let tracked = Tracked::new_rustls(&ctx, &settings, Some(tls), "t", make).unwrap();
+        let tracked = Tracked::new_rustls(&ctx, &settings, Some(tls), "t", make()).unwrap();
         let (used_port, later_port) = (serve(used_server).await, serve(later_server).await);
 
         let (first, ctx0) = tracked.current().unwrap();
@@ -489,8 +552,17 @@ mod tests {
             trust.reload().unwrap();
             let (client, now) = tracked.current().unwrap();
             assert!(Arc::ptr_eq(&client, &first));
-            assert_eq!(now.unwrap().generation(), trust.anchors().generation());
+            assert_eq!(
+                now.unwrap().verifying_generation(),
+                trust.anchors().generation()
+            );
         }
+        // A trigger made now is given the context that followed, and shares its client.
+        let fresh = trust.context(&settings, "u").unwrap();
+        let later = Tracked::new_rustls(&ctx, &settings, Some(fresh), "u", make()).unwrap();
+        assert!(Arc::ptr_eq(&later.client().unwrap(), &first));
+        assert_eq!(made.load(std::sync::atomic::Ordering::SeqCst), 1);
+        drop(later);
         std::fs::write(dir.join("later.crt"), &later_ca).unwrap();
         trust.reload().unwrap();
         let (client, now) = tracked.current().unwrap();
@@ -531,7 +603,10 @@ mod tests {
         std::fs::remove_file(dir.join("used.crt")).unwrap();
         trust.reload().unwrap();
         let (again, now) = tracked.current().unwrap();
-        assert!(!Arc::ptr_eq(&again, &client), "the followed client is not reused");
+        assert!(
+            !Arc::ptr_eq(&again, &client),
+            "the followed client is not reused"
+        );
         assert_eq!(made.load(std::sync::atomic::Ordering::SeqCst), 3);
         assert!(!handshake(&now.unwrap(), used_port).await);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -11,9 +11,12 @@ use super::anchors::Anchors;
 use super::settings::Secret;
 use super::version::TlsVersion;
 
-/// A stable digest of the trust, identity and policy of a context and the anchor
-/// generation it was built in: equal fingerprints mean interchangeable clients, so it is
-/// the key for sharing connections.
+/// A digest of the trust, identity and policy of a context and of its build: equal
+/// fingerprints mean the same context, so it is the key for sharing a client between
+/// triggers. Contexts built apart never share one, even when they read the same: a
+/// context's rustls configuration may follow newer anchors since it was built
+/// ([`TlsContext::follow`]), so a client made from an earlier one must never be taken for
+/// one made from a new one.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Fingerprint(pub(crate) [u8; 32]);
 
@@ -137,40 +140,49 @@ impl TlsContext {
         self.inner.min_tls
     }
 
-    /// The shared anchors this context verifies against: those it was built from, or
-    /// newer ones it follows (see [`TlsContext::follow`]).
+    /// The shared anchors this context was built from (those [`TlsContext::trust_pem`]
+    /// exports). Its rustls configuration may verify against newer ones since (see
+    /// [`TlsContext::follow`]).
     #[must_use]
-    pub fn anchors(&self) -> Arc<Anchors> {
-        match &self.inner.following {
-            Some(f) => f.anchors(),
-            None => Arc::clone(&self.inner.anchors),
-        }
+    pub fn anchors(&self) -> &Arc<Anchors> {
+        &self.inner.anchors
     }
 
-    /// The generation of [`TlsContext::anchors`].
+    /// The anchors generation this context was built from.
     #[must_use]
     pub fn generation(&self) -> u64 {
+        self.inner.generation
+    }
+
+    /// The generation of the anchors its rustls configuration verifies against now: the
+    /// one it was built from, or a newer one it follows.
+    #[must_use]
+    pub fn verifying_generation(&self) -> u64 {
         match &self.inner.following {
             Some(f) => f.anchors().generation(),
             None => self.inner.generation,
         }
     }
 
-    /// Makes this context verify against `newer`'s anchors from the next handshake on,
-    /// when that cannot alter a verification already made on a connection opened through
-    /// this context's rustls configuration: no anchor that could have ended one of the
-    /// chains it accepted (by issuer or subject name) is missing from `newer`. Returns
-    /// whether it follows `newer` now; on `false` the connections made so far must be
-    /// dropped, so the caller makes a new client from `newer`.
+    /// Makes this context's rustls configuration verify against `newer`'s anchors from
+    /// the next handshake on, when that cannot alter a verification already made on a
+    /// connection opened through it: no anchor that could have ended one of the chains
+    /// it accepted (by issuer or subject name) is missing from `newer`. Returns the
+    /// generation it verifies against now, or `None` when it cannot follow: the
+    /// connections made so far must then be dropped, so the caller makes a new client
+    /// from `newer`.
     ///
-    /// `newer` must come from the same settings (the same trigger `ca`, identity and
-    /// policy). Contexts that do not verify (`unsafeSsl`) never follow.
-    pub fn follow(&self, newer: &TlsContext) -> bool {
+    /// Only what verifies through [`TlsContext::rustls_config`] (or
+    /// [`TlsContext::connect`]) follows; the PEM forms ([`TlsContext::trust_pem`]) stay
+    /// those of the anchors the context was built from. `newer` must come from the same
+    /// settings (the same trigger `ca`, identity and policy). Contexts that do not verify
+    /// (`unsafeSsl`) never follow.
+    pub fn follow(&self, newer: &TlsContext) -> Option<u64> {
         match (&self.inner.following, &newer.inner.following) {
             (Some(mine), Some(theirs)) if self.inner.trigger_ca == newer.inner.trigger_ca => {
                 mine.follow(theirs)
             }
-            _ => false,
+            _ => None,
         }
     }
 
@@ -186,7 +198,7 @@ impl TlsContext {
     /// bundle is not needed.
     #[must_use]
     pub fn trust_pem(&self) -> String {
-        let mut bundle = self.anchors().pem_bundle().to_string();
+        let mut bundle = self.inner.anchors.pem_bundle().to_string();
         bundle.push_str(&super::material::certs_to_pem(self.inner.trigger_ca.iter()));
         bundle
     }
@@ -226,10 +238,13 @@ impl TlsContext {
             .map(|s| s.iter().filter_map(|c| c.as_str()).collect())
     }
 
-    /// Where trust comes from, for error messages.
+    /// Where trust comes from, for error messages: the anchors verified against now.
     #[must_use]
     pub fn describe_trust(&self) -> String {
-        let mut s = self.anchors().describe();
+        let mut s = match &self.inner.following {
+            Some(f) => f.anchors().describe(),
+            None => self.inner.anchors.describe(),
+        };
         if !self.inner.trigger_ca.is_empty() {
             s.push_str(&format!(
                 " + {} from the trigger's `ca`",
@@ -256,15 +271,20 @@ impl TlsContext {
             .await
     }
 
-    /// A configuration equal to this one but with its verifier wrapped (for diagnostics).
+    /// A configuration equal to this one but with its verifier (the one in force now)
+    /// wrapped, for diagnostics: it never resumes a session, so each handshake verifies,
+    /// and shares no session store with the clients.
     pub(crate) fn config_with_verifier(
         &self,
         wrap: impl FnOnce(Arc<dyn ServerCertVerifier>) -> Arc<dyn ServerCertVerifier>,
     ) -> Arc<ClientConfig> {
         let mut config = (*self.inner.config).clone();
-        config
-            .dangerous()
-            .set_certificate_verifier(wrap(Arc::clone(&self.inner.verifier)));
+        let verifier = match &self.inner.following {
+            Some(f) => f.current(),
+            None => Arc::clone(&self.inner.verifier),
+        };
+        config.dangerous().set_certificate_verifier(wrap(verifier));
+        config.resumption = rustls::client::Resumption::disabled();
         Arc::new(config)
     }
 }
@@ -275,7 +295,7 @@ impl fmt::Debug for TlsContext {
             .field("fingerprint", &self.inner.fingerprint)
             .field("min_tls", &self.inner.min_tls)
             .field("unsafe_ssl", &self.inner.unsafe_ssl)
-            .field("anchors", &self.anchors().len())
+            .field("anchors", &self.inner.anchors.len())
             .field("trigger_ca", &self.inner.trigger_ca.len())
             .field("client_identity", &self.inner.identity.is_some())
             .field("server_name", &self.inner.server_name)

@@ -551,10 +551,10 @@ impl TrustFactory {
             let mut h = Sha256::new();
             h.update(b"trustscale-context-v2");
             h.update(anchors.digest());
-            // And the generation: a context of an earlier generation may follow newer
-            // anchors since (`TlsContext::follow`), so it must never be taken for a new
-            // one whose anchors read the same (a CA removed, then added back).
-            h.update(anchors.generation().to_be_bytes());
+            // And the build: a context may follow newer anchors since it was built
+            // (`TlsContext::follow`), so one built apart must never be taken for it.
+            static BUILDS: AtomicU64 = AtomicU64::new(0);
+            h.update(BUILDS.fetch_add(1, Ordering::Relaxed).to_be_bytes());
             for cert in &trigger_ca {
                 h.update(b"ca");
                 h.update(Sha256::digest(cert.as_ref()));

@@ -25,6 +25,7 @@ pub use ciphers::{
     CLIENT_CIPHERS_ENV, SERVICE_CIPHERS_ENV, cipher_list_from_env, parse_cipher_list,
 };
 pub use classify::{FailureKind, HandshakeFailure, classify, classify_rustls, find_rustls_error};
+pub(crate) use context::ContextInner;
 pub use context::{Fingerprint, IdentityPem, TlsContext};
 pub use error::{Result, TrustError};
 pub use factory::{

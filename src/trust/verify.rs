@@ -274,16 +274,21 @@ impl Following {
     }
 
     /// Moves to `to` unless an anchor of the trust followed now that `to` no longer has
-    /// could have ended a chain this verifier accepted; `false` then (the connections
-    /// opened so far must go: the caller makes a new client).
-    pub fn follow(&self, to: &Following) -> bool {
+    /// could have ended a chain this verifier accepted: then `None` (the connections
+    /// opened so far must go: the caller makes a new client). Else the generation of the
+    /// anchors followed now.
+    ///
+    /// The names stay locked until the move is made, and a handshake records its chain
+    /// under the same lock, verifying again if the trust moved while it verified: so no
+    /// chain is accepted by anchors that were left without being seen here.
+    pub fn follow(&self, to: &Following) -> Option<u64> {
         let _one = self
             .moving
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (from, to) = (self.now.load_full(), to.now.load_full());
         if Arc::ptr_eq(&from.anchors, &to.anchors) {
-            return true;
+            return Some(from.anchors.generation());
         }
         let kept: std::collections::HashSet<&[u8]> = to
             .anchors
@@ -311,19 +316,26 @@ impl Following {
             .filter(|c| !kept.contains(c.as_ref()))
             .any(in_use);
         if removed_in_use {
-            return false;
+            return None;
         }
-        drop(names);
+        let generation = to.anchors.generation();
         self.now.store(to);
-        true
+        drop(names);
+        Some(generation)
     }
 
-    fn remember(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) {
-        let mut names = self
-            .names
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// The verifier in force now (for a diagnostic handshake with the same trust).
+    pub fn current(&self) -> Arc<dyn ServerCertVerifier> {
+        Arc::clone(&self.now.load().verifier)
+    }
+
+    fn remember(
+        names: &mut Option<std::collections::HashSet<Vec<u8>>>,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) {
         let Some(set) = names.as_mut() else { return };
+        let mut readable = true;
         for cert in std::iter::once(end_entity).chain(intermediates) {
             match x509_parser::parse_x509_certificate(cert.as_ref()) {
                 Ok((_, x509)) => {
@@ -334,13 +346,10 @@ impl Following {
                     }
                 }
                 // Accepted yet unreadable here: assume every anchor is in use.
-                Err(_) => {
-                    *names = None;
-                    return;
-                }
+                Err(_) => readable = false,
             }
         }
-        if set.len() > MAX_NAMES {
+        if !readable || set.len() > MAX_NAMES {
             *names = None;
         }
     }
@@ -355,14 +364,31 @@ impl ServerCertVerifier for Following {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verified = self.now.load().verifier.verify_server_cert(
+        let used = self.now.load_full();
+        let mut verified = used.verifier.verify_server_cert(
             end_entity,
             intermediates,
             server_name,
             ocsp_response,
             now,
         )?;
-        self.remember(end_entity, intermediates);
+        let mut names = self
+            .names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The trust moved while this handshake verified: what counts is the trust in
+        // force now, which no later move can leave without seeing this chain.
+        let current = self.now.load_full();
+        if !Arc::ptr_eq(&current, &used) {
+            verified = current.verifier.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            )?;
+        }
+        Self::remember(&mut names, end_entity, intermediates);
         Ok(verified)
     }
     fn verify_tls12_signature(

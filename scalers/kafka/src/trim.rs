@@ -11,8 +11,8 @@
 //! free lists under the allocator's locks. Only with glibc; elsewhere nothing is done.
 #![allow(unsafe_code)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// At most one trim in this time, however many clusters go at once.
