@@ -345,7 +345,7 @@ impl<C: Send + Sync + 'static> Tracked<C> {
         if generation != state.generation {
             slot.rebuilt_at.store(now_ms(), Ordering::Relaxed);
         }
-        tracing::debug!(trigger = %self.trigger, generation = tls.generation(), "client rebuilt for new trust anchors or changed trigger files");
+        tracing::debug!(trigger = %self.trigger, generation, "client rebuilt for new trust anchors or changed trigger files");
         // Filed under the new client (unless a live slot of it is there already), no
         // longer under the old one.
         let erased: Arc<dyn Any + Send + Sync> = self.slot.clone();

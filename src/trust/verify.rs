@@ -365,29 +365,32 @@ impl ServerCertVerifier for Following {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let used = self.now.load_full();
-        let mut verified = used.verifier.verify_server_cert(
+        let first = used.verifier.verify_server_cert(
             end_entity,
             intermediates,
             server_name,
             ocsp_response,
             now,
-        )?;
+        );
         let mut names = self
             .names
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // The trust moved while this handshake verified: what counts is the trust in
-        // force now, which no later move can leave without seeing this chain.
+        // force now (which no later move can leave without seeing this chain), whether
+        // the first answer was yes or no.
         let current = self.now.load_full();
-        if !Arc::ptr_eq(&current, &used) {
-            verified = current.verifier.verify_server_cert(
+        let verified = if Arc::ptr_eq(&current, &used) {
+            first?
+        } else {
+            current.verifier.verify_server_cert(
                 end_entity,
                 intermediates,
                 server_name,
                 ocsp_response,
                 now,
-            )?;
-        }
+            )?
+        };
         Self::remember(&mut names, end_entity, intermediates);
         Ok(verified)
     }
