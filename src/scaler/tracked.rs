@@ -93,7 +93,7 @@ struct Slot<C> {
 struct SlotKey {
     ty: TypeId,
     client: usize,
-    factory: usize,
+    factory: u64,
     settings: TlsSettings,
 }
 
@@ -105,7 +105,7 @@ static SLOTS: LazyLock<SharedPool<SlotKey, dyn Any + Send + Sync>> =
 /// the settings and their files' stamps.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct FollowKey {
-    factory: usize,
+    factory: u64,
     settings: TlsSettings,
     stamps: Vec<crate::trust::FileStamp>,
 }
@@ -120,7 +120,7 @@ fn follow_key(
     stamps: &[crate::trust::FileStamp],
 ) -> FollowKey {
     FollowKey {
-        factory: Arc::as_ptr(&trust.inner) as usize,
+        factory: trust.inner.id,
         settings: settings.clone(),
         stamps: stamps.to_vec(),
     }
@@ -130,7 +130,7 @@ fn slot_key<C: 'static>(trust: &TrustFactory, settings: &TlsSettings, client: &A
     SlotKey {
         ty: TypeId::of::<C>(),
         client: Arc::as_ptr(client) as usize,
-        factory: Arc::as_ptr(&trust.inner) as usize,
+        factory: trust.inner.id,
         settings: settings.clone(),
     }
 }

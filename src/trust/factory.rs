@@ -185,6 +185,9 @@ struct CacheKey {
 }
 
 pub(crate) struct Inner {
+    /// This factory among every factory the process made (never reused, unlike an
+    /// address): the key that keeps one factory's clients apart from another's.
+    pub(crate) id: u64,
     pub options: TrustOptions,
     provider: Arc<CryptoProvider>,
     /// The provider of the internal service (its own cipher list).
@@ -255,7 +258,9 @@ impl TrustFactory {
         };
         let first = anchors::load(&system, &load_opts, 1)?;
         let (generation_tx, _) = tokio::sync::watch::channel(1);
+        static FACTORIES: AtomicU64 = AtomicU64::new(0);
         let inner = Arc::new(Inner {
+            id: FACTORIES.fetch_add(1, Ordering::Relaxed),
             options,
             provider,
             service_provider,
