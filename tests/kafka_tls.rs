@@ -431,7 +431,9 @@ impl OwnBroker {
     }
 
     fn stop(&mut self) {
-        for mut c in self.children.drain(..) {
+        // The TLS front first: stopped after the broker, it would accept handshakes for
+        // a moment and close them, a TLS failure instead of a broker that is down.
+        for mut c in self.children.drain(..).rev() {
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -30,15 +30,14 @@
 //! The clients' log and error events are kept, so a TLS failure is reported as what it is
 //! (`unknown_issuer`, `client_cert_required`, ...) instead of "all brokers are down".
 
-// No unsafe code, except the two modules that must call C directly (`queue`, librdkafka's
-// API, and `trim`, the C library's; each says why).
+// No unsafe code, except the one module that must call librdkafka's C API directly
+// (`queue`, which says why).
 #![deny(unsafe_code)]
 
 mod cadir;
 mod queue;
 mod rounds;
 mod tls;
-mod trim;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -220,8 +219,6 @@ pub struct KafkaCluster {
     committed: Mutex<HashMap<String, GroupRounds>>,
     /// The CA directory the clients read (kept as long as they live).
     _ca_dir: Option<Arc<cadir::CaDir>>,
-    /// Last, so that it drops after the clients: their C memory goes back to the system.
-    _trim: trim::TrimOnDrop,
 }
 
 impl KafkaCluster {
@@ -668,7 +665,6 @@ impl ScalerBuilder for KafkaBuilder {
                         newest: Arc::default(),
                         committed: Mutex::new(HashMap::new()),
                         _ca_dir: ca_dir.clone(),
-                        _trim: trim::TrimOnDrop,
                     })
                 })
                 .map_err(|e| {
