@@ -372,6 +372,32 @@ mod tests {
     /// A client as the scalers pool them: one per context fingerprint.
     struct Client;
 
+    /// A new, empty folder under the temporary directory.
+    fn temp_dir(prefix: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A factory over `dir` alone (no system roots, no watch), and a build context of it.
+    fn factory_over(dir: &std::path::Path) -> (TrustFactory, BuildContext) {
+        let trust = TrustFactory::new(
+            TrustOptions::default()
+                .ca_dirs([dir])
+                .watch(false)
+                .system_roots(false),
+        )
+        .unwrap();
+        let ctx = BuildContext {
+            trust: trust.clone(),
+        };
+        (trust, ctx)
+    }
+
     fn ca(name: &str) -> String {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut p = rcgen::CertificateParams::default();
@@ -382,23 +408,9 @@ mod tests {
 
     #[test]
     fn a_rebuild_retires_the_old_client_for_every_trigger_that_shares_it() {
-        let dir = std::env::temp_dir().join(format!(
-            "trustscale-tracked-{}-{:x}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir("trustscale-tracked");
         std::fs::write(dir.join("a.crt"), ca("a")).unwrap();
-        let trust = TrustFactory::new(
-            TrustOptions::default()
-                .ca_dirs([&dir])
-                .watch(false)
-                .system_roots(false),
-        )
-        .unwrap();
-        let ctx = BuildContext {
-            trust: trust.clone(),
-        };
+        let (trust, ctx) = factory_over(&dir);
         let pool: Arc<SharedPool<Fingerprint, Client>> = Arc::default();
         let tracked = |settings: &TlsSettings, name: &str| {
             let pool = Arc::clone(&pool);
@@ -501,25 +513,11 @@ mod tests {
     #[tokio::test]
     async fn a_rustls_client_follows_anchor_changes_its_servers_do_not_use_and_is_rebuilt_when_theirs_goes()
      {
-        let dir = std::env::temp_dir().join(format!(
-            "trustscale-follow-{}-{:x}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir("trustscale-follow");
         let (used_ca, used_server) = ca_and_server("used");
         let (later_ca, later_server) = ca_and_server("added later");
         std::fs::write(dir.join("used.crt"), &used_ca).unwrap();
-        let trust = TrustFactory::new(
-            TrustOptions::default()
-                .ca_dirs([&dir])
-                .watch(false)
-                .system_roots(false),
-        )
-        .unwrap();
-        let ctx = BuildContext {
-            trust: trust.clone(),
-        };
+        let (trust, ctx) = factory_over(&dir);
         // Pooled by the context's fingerprint, as the scalers pool their clients.
         let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let pool: Arc<SharedPool<Fingerprint, Client>> = Arc::default();
@@ -614,23 +612,9 @@ mod tests {
 
     #[test]
     fn a_client_that_cannot_follow_is_rebuilt_at_once_then_at_most_once_per_gap() {
-        let dir = std::env::temp_dir().join(format!(
-            "trustscale-gap-{}-{:x}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir("trustscale-gap");
         std::fs::write(dir.join("a.crt"), ca("a")).unwrap();
-        let trust = TrustFactory::new(
-            TrustOptions::default()
-                .ca_dirs([&dir])
-                .watch(false)
-                .system_roots(false),
-        )
-        .unwrap();
-        let ctx = BuildContext {
-            trust: trust.clone(),
-        };
+        let (trust, ctx) = factory_over(&dir);
         let make: MakeClient<Client> = Box::new(|_| Ok(Arc::new(Client)));
         let settings = TlsSettings::default();
         let tls = trust.context(&settings, "k").unwrap();
