@@ -143,6 +143,8 @@ struct Rig {
     prom: u16,
     http: reqwest::Client,
     child: Option<Child>,
+    /// The operator's `RUST_LOG`.
+    log_filter: String,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -174,6 +176,7 @@ impl Rig {
             source,
             ca_dir,
             child: None,
+            log_filter: "warn".to_string(),
         })
     }
 
@@ -249,7 +252,7 @@ impl Rig {
                 "",
             ])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", &self.log_filter)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
@@ -1578,6 +1581,63 @@ async fn churn_ca_folder(ca_dir: PathBuf, stop: Arc<AtomicBool>) -> anyhow::Resu
     Ok(step)
 }
 
+/// Until `stop`, every `every`: the operator's RSS, descriptors and threads, what the
+/// soak was doing (`now_doing`) and the poll errors of the window by trigger type and
+/// kind, one line per window, so that errors can be placed against the faults.
+async fn timeline(
+    pid: u32,
+    prom: u16,
+    mut errors: BTreeMap<(String, String), f64>,
+    every: Duration,
+    now_doing: Arc<std::sync::Mutex<String>>,
+    stop: Arc<AtomicBool>,
+) -> Vec<String> {
+    let http = match pstat::plain_client() {
+        Ok(c) => c,
+        Err(_) => return Vec::new(),
+    };
+    let url = format!("http://127.0.0.1:{prom}/metrics");
+    let start = Instant::now();
+    let mut lines = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(every).await;
+        let doing = now_doing.lock().unwrap().clone();
+        let now = scrape(&http, &url).await.unwrap_or_default().errors;
+        let window: Vec<String> = now
+            .iter()
+            .map(|(k, v)| (k, v - errors.get(k).copied().unwrap_or(0.0)))
+            .filter(|(_, d)| *d > 0.0)
+            .map(|((t, k), d)| format!("{t} {k} {d:.0}"))
+            .collect();
+        if !now.is_empty() {
+            errors = now;
+        }
+        lines.push(format!(
+            "{} {:.1} {} {} [{doing}] {}",
+            start.elapsed().as_secs(),
+            pstat::rss_kib(pid) as f64 / 1024.0,
+            pstat::open_fds(pid),
+            pstat::thread_names(pid).len(),
+            window.join(", ")
+        ));
+    }
+    lines
+}
+
+/// The operator's "poll failed" log lines grouped by their error, with digits left out
+/// (ports, counts, names), most frequent first.
+fn poll_failures(log: &str) -> Vec<(usize, String)> {
+    let mut by: BTreeMap<String, usize> = BTreeMap::new();
+    for line in log.lines().filter(|l| l.contains("poll failed")) {
+        let error = line.split_once("error=").map_or(line, |(_, e)| e);
+        let general: String = error.chars().filter(|c| !c.is_ascii_digit()).collect();
+        *by.entry(general).or_default() += 1;
+    }
+    let mut all: Vec<(usize, String)> = by.into_iter().map(|(m, n)| (n, m)).collect();
+    all.sort_by_key(|e| std::cmp::Reverse(e.0));
+    all
+}
+
 /// The least-squares slope of `points` (seconds, KiB), MiB per hour.
 fn mib_per_hour(points: &[(u64, u64)]) -> f64 {
     let n = points.len() as f64;
@@ -1610,6 +1670,8 @@ fn mib_per_hour(points: &[(u64, u64)]) -> f64 {
 /// before the activities start and after they stop.
 async fn soak(args: &Args) -> anyhow::Result<Vec<String>> {
     let mut rig = Rig::new().await?;
+    // Failed polls are logged at debug: the soak sorts them by message.
+    rig.log_filter = "warn,trustscale_operator::engine=debug".to_string();
     let mut brokers = Brokers::start(&rig).await?;
     let manifests = brokers.manifests(&rig, args.triggers, args.interval)?;
     let pid = rig.start(
@@ -1670,6 +1732,15 @@ async fn soak(args: &Args) -> anyhow::Result<Vec<String>> {
     let faults = brokers.faults();
     let cycle_len = if args.short { 6 } else { 300 };
     let start = Instant::now();
+    let now_doing = Arc::new(std::sync::Mutex::new(String::from("-")));
+    let sampler = tokio::spawn(timeline(
+        pid,
+        rig.prom,
+        e0.clone(),
+        Duration::from_secs(if args.short { 2 } else { args.interval }),
+        Arc::clone(&now_doing),
+        Arc::clone(&stop),
+    ));
     // (s, RSS KiB, fds) before and right after each fault.
     let (mut before, mut after) = (Vec::new(), Vec::new());
     let mut made = Vec::new();
@@ -1684,9 +1755,11 @@ async fn soak(args: &Args) -> anyhow::Result<Vec<String>> {
             pstat::open_fds(pid),
         ));
         eprintln!("{} s: {kind} {what}", start.elapsed().as_secs());
+        *now_doing.lock().unwrap() = format!("{kind} {what}");
         brokers.begin(kind, fault)?;
         tokio::time::sleep(Duration::from_secs(Brokers::fault_secs(args, kind, fault))).await;
         brokers.end(kind, fault)?;
+        *now_doing.lock().unwrap() = format!("after {kind} {what}");
         after.push((
             start.elapsed().as_secs(),
             pstat::rss_kib(pid),
@@ -1705,6 +1778,7 @@ async fn soak(args: &Args) -> anyhow::Result<Vec<String>> {
     stop.store(true, Ordering::Relaxed);
     let _ = client.await;
     let changes = churn.await??;
+    let windows = sampler.await.unwrap_or_default();
     // Descriptors are compared at rest, as at the start: while the folder changes, every
     // client of an old generation (a Kafka client holds several) is on its way out. Two
     // intervals for the last change to reach every trigger, then up to 10 s more. Files,
@@ -1768,6 +1842,16 @@ async fn soak(args: &Args) -> anyhow::Result<Vec<String>> {
         list(&before),
         list(&after),
     );
+    println!(
+        "  timeline (s from the base line, RSS MiB, open fds, threads, what ran, poll errors in the window):"
+    );
+    for w in &windows {
+        println!("    {w}");
+    }
+    println!("  failed polls by message (numbers left out), most frequent first:");
+    for (n, message) in poll_failures(&rig.log()).into_iter().take(8) {
+        println!("    {n} × {message}");
+    }
     let mut off = Vec::new();
     // A short run is too short to tell growth from the last fault's working set: it
     // checks the rest.

@@ -485,6 +485,148 @@ async fn after_a_broker_restart_the_next_poll_succeeds() {
     assert_eq!(p.metrics[0].value, 1.0);
 }
 
+/// The certificates of a PEM text, as their base64 bodies.
+fn bodies(pem: &str) -> Vec<String> {
+    pem.split("-----END CERTIFICATE-----")
+        .map(|c| {
+            c.lines()
+                .filter(|l| !l.starts_with("-----") && !l.trim().is_empty())
+                .collect::<String>()
+        })
+        .filter(|b| !b.is_empty())
+        .collect()
+}
+
+/// The certificates a hashed CA directory holds, sorted.
+fn held(dir: &Path) -> Vec<String> {
+    let mut all: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flat_map(|e| bodies(&std::fs::read_to_string(e.unwrap().path()).unwrap()))
+        .collect();
+    all.sort();
+    all
+}
+
+/// A running trigger's librdkafka clients through CA-folder changes: kept (their CA
+/// directory updated in place) while the CA its broker's chain ends in stays, rebuilt
+/// when it goes, and then refusing the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_follow_ca_changes_their_broker_does_not_use_and_go_with_its_ca() {
+    let fx = Fixtures::get();
+    let boot = bootstrap("KAFKA_TLS_BOOTSTRAP");
+    let (topic, group) = (unique("follow"), unique("followers"));
+    seed(&boot, false, &topic, &[4], &group, &[Some(1)]).await;
+    let folder = dir_with(&[&fx.pki("ca.crt")]);
+    let ctx = BuildContext {
+        trust: TrustFactory::new(
+            TrustOptions::default()
+                .ca_dirs([folder.path()])
+                .watch(false)
+                .system_roots(false),
+        )
+        .unwrap(),
+    };
+    let builder = KafkaBuilder::default();
+    let meta = [
+        ("bootstrapServers", boot.as_str()),
+        ("consumerGroup", group.as_str()),
+        ("topic", topic.as_str()),
+        ("tls", "enable"),
+    ];
+    let scaler = builder.build(&spec(&meta, &[]), &ctx).await.unwrap();
+    assert_eq!(scaler.poll().await.unwrap().metrics[0].value, 3.0);
+    let clusters = builder.clusters();
+    assert_eq!(clusters.len(), 1);
+    let cluster = std::sync::Arc::clone(&clusters[0]);
+    let dir = cluster.ca_dir().expect("a CA directory").to_path_buf();
+    let pem = |path: &Path| bodies(&std::fs::read_to_string(path).unwrap());
+    let (ours, other) = (pem(&fx.pki("ca.crt")), pem(&fx.pki("untrusted-ca.crt")));
+    assert_eq!(held(&dir), ours);
+    let throwaway = {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "throwaway");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.self_signed(&key).unwrap().pem()
+    };
+    let sorted = |parts: &[&Vec<String>]| {
+        let mut all: Vec<String> = parts.iter().flat_map(|p| p.iter().cloned()).collect();
+        all.sort();
+        all
+    };
+
+    // Polls until the cluster's CA directory holds `want` (the clients followed), every
+    // poll succeeding on the same cluster.
+    let follows = |want: Vec<String>, what: &'static str| {
+        let (scaler, builder, cluster, dir) = (&scaler, &builder, &cluster, &dir);
+        async move {
+            let start = Instant::now();
+            loop {
+                let p = scaler
+                    .poll()
+                    .await
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert_eq!(p.metrics[0].value, 3.0, "{what}");
+                let now = builder.clusters();
+                assert!(
+                    now.len() == 1 && std::sync::Arc::ptr_eq(&now[0], cluster),
+                    "{what}: the clients were rebuilt"
+                );
+                if held(dir) == want {
+                    return;
+                }
+                assert!(
+                    start.elapsed() < WAIT,
+                    "{what}: the CA directory never got the new anchors"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // A CA no broker uses: added, replaced by another, removed.
+    std::fs::copy(fx.pki("untrusted-ca.crt"), folder.path().join("other.crt")).unwrap();
+    ctx.trust.reload().unwrap();
+    follows(sorted(&[&ours, &other]), "an unrelated CA added").await;
+    std::fs::write(folder.path().join("other.crt"), &throwaway).unwrap();
+    ctx.trust.reload().unwrap();
+    follows(
+        sorted(&[&ours, &bodies(&throwaway)]),
+        "the unrelated CA replaced",
+    )
+    .await;
+    std::fs::remove_file(folder.path().join("other.crt")).unwrap();
+    ctx.trust.reload().unwrap();
+    follows(ours.clone(), "the unrelated CA removed").await;
+
+    // The broker's CA removed: new clients, which refuse the broker.
+    std::fs::remove_file(folder.path().join("ca.crt")).unwrap();
+    std::fs::copy(fx.pki("untrusted-ca.crt"), folder.path().join("other.crt")).unwrap();
+    ctx.trust.reload().unwrap();
+    // Kept while a handshake sees the broker's chain (a poll or two), then rebuilt.
+    let start = Instant::now();
+    let err = loop {
+        match scaler.poll().await {
+            Err(e) => break e,
+            Ok(_) => assert!(start.elapsed() < WAIT, "the broker is still trusted"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(tls_kind(&err), Some(FailureKind::UnknownIssuer), "{err}");
+    assert!(
+        builder
+            .clusters()
+            .iter()
+            .any(|c| !std::sync::Arc::ptr_eq(c, &cluster)),
+        "new clients"
+    );
+    assert_eq!(
+        held(&dir),
+        ours,
+        "the old clients' directory was left as it was"
+    );
+}
+
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }

@@ -49,7 +49,7 @@ mod tests {
     }
 }
 pub use registry::{Registry, ScalerBuilder};
-pub use tracked::{MakeClient, Tracked};
+pub use tracked::{Follower, MakeClient, Tracked, Witnessed};
 
 use crate::trust::{Secret, TrustFactory};
 

@@ -26,7 +26,16 @@
 //! changed ScaledObject) are given it, and with it the same pooled client, instead of a
 //! new context and a client of their own.
 //!
-//! Other clients (librdkafka's, which take the anchors as files) are rebuilt at every
+//! A client on another TLS stack that can be given new anchors while it runs (an OpenSSL
+//! client reading a hashed CA directory, which looks an issuer up only when a chain needs
+//! it) follows the same way when made with [`Tracked::new_following`]. Its verifications do
+//! not go through the context, so its [`Follower`] first makes the chains its servers
+//! present now known to the context, by a handshake with each through it
+//! ([`TlsContext::witness`]), started at the first use after the change; the client is kept
+//! meanwhile. Then, if the context can follow, the client is given the new anchors; if
+//! not, or if a server could not be seen, it is rebuilt, as below.
+//!
+//! Other clients (librdkafka's without a CA directory) are rebuilt at every
 //! change, but while the anchors keep changing at most once every [`REBUILD_GAP`] per
 //! slot: the first change after a quiet spell applies at once, a later one at the first
 //! use once the gap has passed. So while the folders keep changing, such a client may
@@ -59,6 +68,34 @@ struct State<C> {
     tls: Option<TlsContext>,
 }
 
+/// Whether the chains a client on another TLS stack verifies are known to its context
+/// (see [`Follower::witnessed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Witnessed {
+    /// Every server the client talks to was seen through the context since the anchors
+    /// reached the generation asked about.
+    Yes,
+    /// A handshake that will tell is under way: the client is kept as it is meanwhile.
+    Pending,
+    /// Not known (a server could not be reached, or its chain was refused): the client is
+    /// rebuilt.
+    No,
+}
+
+/// How a client that verifies on another TLS stack follows new anchors without being
+/// rebuilt (see [`Tracked::new_following`]).
+pub struct Follower<C> {
+    /// Whether the chains the client's servers present were seen through `tls` (the
+    /// client's context) since the anchors reached `generation`; when they were not, it
+    /// starts the handshakes ([`TlsContext::witness`]) and answers [`Witnessed::Pending`].
+    #[allow(clippy::type_complexity)]
+    pub witnessed: Box<dyn Fn(&C, &TlsContext, u64) -> Witnessed + Send + Sync>,
+    /// Gives the client the anchors `tls` verifies against now
+    /// ([`TlsContext::verifying_trust_pem`]), once it followed them; an error rebuilds it.
+    #[allow(clippy::type_complexity)]
+    pub take: Box<dyn Fn(&C, &TlsContext) -> Result<(), ScalerError> + Send + Sync>,
+}
+
 /// While the anchors keep changing, a client that cannot follow them is rebuilt at most
 /// once in this time (per slot).
 pub const REBUILD_GAP: Duration = Duration::from_secs(10);
@@ -84,6 +121,8 @@ struct Slot<C> {
     follows: bool,
     /// When the client was last rebuilt for new anchors ([`now_ms`]); 0: never.
     rebuilt_at: AtomicU64,
+    /// The generation its [`Follower`] last could not follow (it waits for the gap).
+    declined: AtomicU64,
 }
 
 /// Where a trigger finds the slot of its client: the client's type and address, the
@@ -152,6 +191,7 @@ pub struct Tracked<C> {
     trigger: String,
     slot: Arc<Slot<C>>,
     make: MakeClient<C>,
+    follower: Option<Follower<C>>,
 }
 
 impl<C> std::fmt::Debug for Tracked<C> {
@@ -176,7 +216,22 @@ impl<C: Send + Sync + 'static> Tracked<C> {
         trigger: &str,
         make: MakeClient<C>,
     ) -> Result<Self, ScalerError> {
-        Self::with(ctx, settings, tls, trigger, make, false)
+        Self::with(ctx, settings, tls, trigger, make, false, None)
+    }
+
+    /// As [`Tracked::new`], for a client on another TLS stack that can be given new
+    /// anchors while it runs: `follower` tells whether its servers' chains are known to
+    /// its context and gives it the anchors; it is rebuilt only when an anchor those
+    /// chains could use was removed, or when they cannot be seen.
+    pub fn new_following(
+        ctx: &BuildContext,
+        settings: &TlsSettings,
+        tls: Option<TlsContext>,
+        trigger: &str,
+        make: MakeClient<C>,
+        follower: Follower<C>,
+    ) -> Result<Self, ScalerError> {
+        Self::with(ctx, settings, tls, trigger, make, false, Some(follower))
     }
 
     /// As [`Tracked::new`], for a client that verifies servers only through the context's
@@ -190,7 +245,7 @@ impl<C: Send + Sync + 'static> Tracked<C> {
         trigger: &str,
         make: MakeClient<C>,
     ) -> Result<Self, ScalerError> {
-        Self::with(ctx, settings, tls, trigger, make, true)
+        Self::with(ctx, settings, tls, trigger, make, true, None)
     }
 
     fn with(
@@ -200,6 +255,7 @@ impl<C: Send + Sync + 'static> Tracked<C> {
         trigger: &str,
         make: MakeClient<C>,
         follows: bool,
+        follower: Option<Follower<C>>,
     ) -> Result<Self, ScalerError> {
         let stamps = crate::trust::file_stamps(settings);
         // A context of these settings that follows the anchors in force now, if there is
@@ -216,7 +272,9 @@ impl<C: Send + Sync + 'static> Tracked<C> {
         };
         // Read before the client is made: a client that was given newer anchors meanwhile
         // is then found stale once more, never the other way round.
-        let generation = tls.as_ref().map_or(0, |c| generation_of(c, follows));
+        let generation = tls
+            .as_ref()
+            .map_or(0, |c| generation_of(c, follows || follower.is_some()));
         let client = make(tls.as_ref())?;
         let fresh = |client: Arc<C>| {
             Arc::new(Slot {
@@ -230,6 +288,7 @@ impl<C: Send + Sync + 'static> Tracked<C> {
                 rebuilding: Mutex::new(()),
                 follows,
                 rebuilt_at: AtomicU64::new(0),
+                declined: AtomicU64::new(0),
             })
         };
         let slot = if tls.is_some() {
@@ -258,6 +317,7 @@ impl<C: Send + Sync + 'static> Tracked<C> {
             trigger: trigger.to_string(),
             slot,
             make,
+            follower,
         })
     }
 
@@ -286,8 +346,12 @@ impl<C: Send + Sync + 'static> Tracked<C> {
             // Verification off: the anchors play no part.
             Some(tls) if tls.is_unsafe() => false,
             Some(_) => {
-                s.generation != self.trust.anchors().generation()
-                    && (self.slot.follows || self.gap_passed())
+                let now = self.trust.anchors().generation();
+                s.generation != now
+                    && (self.slot.follows
+                        || (self.follower.is_some()
+                            && self.slot.declined.load(Ordering::Relaxed) != now)
+                        || self.gap_passed())
             }
         }
     }
@@ -340,7 +404,45 @@ impl<C: Send + Sync + 'static> Tracked<C> {
             }));
             return Ok((Arc::clone(&state.client), Some(mine.clone())));
         }
-        let generation = generation_of(&tls, slot.follows);
+        // A client on another TLS stack: the same, once its servers' chains are known.
+        if let Some(follower) = &self.follower
+            && stamps == state.stamps
+            && let Some(mine) = &state.tls
+        {
+            let now = tls.verifying_generation();
+            match (follower.witnessed)(&state.client, mine, now) {
+                Witnessed::Pending => {
+                    return Ok((Arc::clone(&state.client), Some(mine.clone())));
+                }
+                Witnessed::Yes => {
+                    if let Some(generation) = mine.follow(&tls) {
+                        match (follower.take)(&state.client, mine) {
+                            Ok(()) => {
+                                tracing::debug!(trigger = %self.trigger, generation, "client follows the new trust anchors");
+                                slot.state.store(Arc::new(State {
+                                    generation,
+                                    stamps,
+                                    client: Arc::clone(&state.client),
+                                    tls: Some(mine.clone()),
+                                }));
+                                return Ok((Arc::clone(&state.client), Some(mine.clone())));
+                            }
+                            // Its context moved, its client did not: rebuilt now.
+                            Err(e) => {
+                                tracing::warn!(trigger = %self.trigger, error = %e, "cannot give the client the new trust anchors; rebuilding it")
+                            }
+                        }
+                    } else {
+                        slot.declined.store(now, Ordering::Relaxed);
+                    }
+                }
+                Witnessed::No => slot.declined.store(now, Ordering::Relaxed),
+            }
+            if slot.declined.load(Ordering::Relaxed) == now && !self.gap_passed() {
+                return Ok((Arc::clone(&state.client), Some(mine.clone())));
+            }
+        }
+        let generation = generation_of(&tls, slot.follows || self.follower.is_some());
         let client = (self.make)(Some(&tls))?;
         if generation != state.generation {
             slot.rebuilt_at.store(now_ms(), Ordering::Relaxed);
@@ -641,6 +743,84 @@ mod tests {
         let (third, now) = tracked.current().unwrap();
         assert!(!Arc::ptr_eq(&second, &third));
         assert_eq!(now.unwrap().generation(), trust.anchors().generation());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_follower_keeps_its_client_while_pending_takes_the_anchors_when_seen_and_is_rebuilt_when_not()
+     {
+        use std::sync::atomic::AtomicU8;
+        let dir = temp_dir("trustscale-follower");
+        std::fs::write(dir.join("a.crt"), ca("a")).unwrap();
+        let (trust, ctx) = factory_over(&dir);
+        let make: MakeClient<Client> = Box::new(|_| Ok(Arc::new(Client)));
+        // 0: pending, 1: seen, 2: not seen.
+        let answer = Arc::new(AtomicU8::new(0));
+        let taken = Arc::new(Mutex::new(Vec::<String>::new()));
+        let follower = {
+            let (answer, taken) = (Arc::clone(&answer), Arc::clone(&taken));
+            Follower {
+                witnessed: Box::new(move |_: &Client, _: &TlsContext, _: u64| {
+                    match answer.load(Ordering::Relaxed) {
+                        0 => Witnessed::Pending,
+                        1 => Witnessed::Yes,
+                        _ => Witnessed::No,
+                    }
+                }),
+                take: Box::new(move |_: &Client, tls: &TlsContext| {
+                    taken.lock().unwrap().push(tls.verifying_trust_pem());
+                    Ok(())
+                }),
+            }
+        };
+        let settings = TlsSettings::default();
+        let tls = trust.context(&settings, "k").unwrap();
+        let tracked =
+            Tracked::new_following(&ctx, &settings, Some(tls), "k", make, follower).unwrap();
+        let first = tracked.client().unwrap();
+        let b = ca("b");
+        std::fs::write(dir.join("b.crt"), &b).unwrap();
+        trust.reload().unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &tracked.client().unwrap()),
+            "pending: kept"
+        );
+        assert!(taken.lock().unwrap().is_empty());
+        answer.store(1, Ordering::Relaxed);
+        let (client, tls) = tracked.current().unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &client),
+            "seen, nothing in use removed: kept"
+        );
+        assert_eq!(
+            tls.unwrap().verifying_generation(),
+            trust.anchors().generation()
+        );
+        let taken_pem = taken.lock().unwrap().pop().expect("given the new anchors");
+        assert!(
+            taken_pem.contains(b.lines().nth(1).unwrap()),
+            "with the added CA"
+        );
+        assert!(
+            Arc::ptr_eq(&first, &tracked.client().unwrap()),
+            "and no longer stale"
+        );
+        // Not seen: rebuilt (the first rebuild at once), then kept within the gap.
+        std::fs::write(dir.join("c.crt"), ca("c")).unwrap();
+        trust.reload().unwrap();
+        answer.store(2, Ordering::Relaxed);
+        let second = tracked.client().unwrap();
+        assert!(!Arc::ptr_eq(&first, &second), "not seen: rebuilt");
+        std::fs::write(dir.join("d.crt"), ca("d")).unwrap();
+        trust.reload().unwrap();
+        assert!(
+            Arc::ptr_eq(&second, &tracked.client().unwrap()),
+            "within the gap: kept"
+        );
+        assert!(
+            taken.lock().unwrap().is_empty(),
+            "nothing given when not seen"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

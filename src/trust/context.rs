@@ -203,6 +203,20 @@ impl TlsContext {
         bundle
     }
 
+    /// Everything this context verifies against now, as one PEM bundle: as
+    /// [`TlsContext::trust_pem`], but with the anchors it follows since (see
+    /// [`TlsContext::follow`]). For a client on another TLS stack that is given new
+    /// anchors while it runs (see [`crate::scaler::Follower`]).
+    #[must_use]
+    pub fn verifying_trust_pem(&self) -> String {
+        let mut bundle = match &self.inner.following {
+            Some(f) => f.anchors().pem_bundle().to_string(),
+            None => self.inner.anchors.pem_bundle().to_string(),
+        };
+        bundle.push_str(&super::material::certs_to_pem(self.inner.trigger_ca.iter()));
+        bundle
+    }
+
     /// The client identity as PEM, if one is configured: the certificate chain and the
     /// private key (PKCS#8, PKCS#1 or SEC1, as given; decrypted when it had a
     /// `keyPassword`). The key is a [`Secret`]: it never prints.
@@ -269,6 +283,29 @@ impl TlsContext {
         tokio_rustls::TlsConnector::from(self.rustls_config())
             .connect(name, stream)
             .await
+    }
+
+    /// A handshake with `host` over `stream` through this context's trust (never a
+    /// resumed session), whose accepted chain the context remembers as
+    /// [`TlsContext::follow`] does for its own clients' handshakes. For a client on another
+    /// TLS stack that follows the anchors (see [`crate::scaler::Follower`]): a handshake
+    /// with each of its servers makes the chains they present known. The connection is
+    /// closed once the handshake is done.
+    pub async fn witness<IO>(&self, host: &str, stream: IO) -> std::io::Result<()>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::AsyncWriteExt as _;
+        let name = self
+            .server_name_for(host)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let mut config = (*self.inner.config).clone();
+        config.resumption = rustls::client::Resumption::disabled();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, stream)
+            .await?;
+        let _ = tls.shutdown().await;
+        Ok(())
     }
 
     /// A configuration equal to this one but with its verifier (the one in force now)

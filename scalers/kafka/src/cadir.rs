@@ -7,20 +7,22 @@
 //! chain needs it and loads only that certificate. The trust is the same; the memory
 //! is not.
 //!
-//! The directories live in one private folder (mode 0700, random name), one subfolder
-//! per distinct bundle, written completely before they are used and removed when the last
-//! client that reads one is gone.
+//! OpenSSL looks a name up in the directory again each time a chain needs an issuer its
+//! store does not hold yet, so a certificate added to the directory reaches a running
+//! client at its next handshake. One it already loaded stays in its store: a client
+//! whose chains used a removed certificate must be rebuilt (the scaler's follower asks
+//! the context which were used).
+//!
+//! The directories live in one private folder (mode 0700, random name), one subfolder per
+//! cluster, written completely before they are used, updated in place (each file replaced
+//! by a rename) and removed when the last client that reads one is gone.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-
-use trustscale::pool::SharedPool;
-
-use sha2::{Digest, Sha256};
 
 /// The private folder the directories live in; removed when the last directory goes.
 struct Root(PathBuf);
@@ -34,6 +36,8 @@ impl Drop for Root {
 /// One hashed CA directory; removed when the last client using it is gone.
 pub struct CaDir {
     path: PathBuf,
+    /// Updates one at a time.
+    updating: Mutex<()>,
     _root: Arc<Root>,
 }
 
@@ -43,6 +47,42 @@ impl CaDir {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Makes the directory hold every certificate of `pem` and no other, in place: new and
+    /// changed files first (each written aside and renamed over its name), then those no
+    /// longer wanted removed, the highest suffix of a hash first, so that a reader never
+    /// misses a certificate that stays.
+    pub fn update(&self, pem: &str) -> io::Result<()> {
+        let _one = self
+            .updating
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let wanted = hashed(pem)?;
+        for (name, bytes) in &wanted {
+            let path = self.path.join(name);
+            if fs::read(&path).is_ok_and(|b| b == *bytes) {
+                continue;
+            }
+            // OpenSSL reads only `<hash>.<n>`: the dot-file is never looked at.
+            let aside = self.path.join(format!(".{name}.new"));
+            fs::File::create(&aside)?.write_all(bytes)?;
+            fs::rename(&aside, &path)?;
+        }
+        let mut stale: Vec<(String, u32, String)> = fs::read_dir(&self.path)?
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !wanted.contains_key(n))
+            .map(|n| match n.split_once('.') {
+                Some((h, k)) => (h.to_string(), k.parse().unwrap_or(u32::MAX), n.clone()),
+                None => (n.clone(), 0, n.clone()),
+            })
+            .collect();
+        stale.sort_by(|a, b| (&b.0, b.1).cmp(&(&a.0, a.1)));
+        for (_, _, name) in stale {
+            fs::remove_file(self.path.join(name))?;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for CaDir {
@@ -51,41 +91,40 @@ impl Drop for CaDir {
     }
 }
 
-/// Hashed CA directories, one per distinct PEM bundle in use.
+/// Hashed CA directories under one private folder.
 #[derive(Default)]
 pub struct CaDirs {
-    dirs: SharedPool<[u8; 32], CaDir>,
     root: Mutex<Weak<Root>>,
     written: AtomicU64,
 }
 
 impl CaDirs {
-    /// The hashed directory holding every certificate of `pem`: the one in use, or a new
-    /// one. Keep the handle as long as a client reads from the directory.
+    /// A new hashed directory holding every certificate of `pem`, for one cluster's
+    /// clients. Keep the handle as long as a client reads from the directory.
     pub fn dir_for(&self, pem: &str) -> io::Result<Arc<CaDir>> {
-        let digest: [u8; 32] = Sha256::digest(pem.as_bytes()).into();
-        self.dirs.try_get_or_insert_with(&digest, || {
-            let root = {
-                let mut root = self
-                    .root
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                match root.upgrade() {
-                    Some(r) => r,
-                    None => {
-                        let r = Arc::new(Root(private_dir(&std::env::temp_dir())?));
-                        *root = Arc::downgrade(&r);
-                        r
-                    }
+        let root = {
+            let mut root = self
+                .root
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match root.upgrade() {
+                Some(r) => r,
+                None => {
+                    let r = Arc::new(Root(private_dir(&std::env::temp_dir())?));
+                    *root = Arc::downgrade(&r);
+                    r
                 }
-            };
-            // A new name every time: a directory being removed is never reused.
-            let n = self.written.fetch_add(1, Ordering::Relaxed) + 1;
-            let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-            let path = root.0.join(format!("{name}-{n}"));
-            write_hashed(&path, pem)?;
-            Ok(CaDir { path, _root: root })
-        })
+            }
+        };
+        // A new name every time: a directory being removed is never reused.
+        let n = self.written.fetch_add(1, Ordering::Relaxed) + 1;
+        let path = root.0.join(format!("cluster-{n}"));
+        write_hashed(&path, pem)?;
+        Ok(Arc::new(CaDir {
+            path,
+            updating: Mutex::new(()),
+            _root: root,
+        }))
     }
 }
 
@@ -103,27 +142,37 @@ fn private_dir(parent: &Path) -> io::Result<PathBuf> {
     Err(io::Error::other("could not create a private directory"))
 }
 
-/// Writes every certificate of `pem` into `dir` as `<subject-hash>.<n>`: first into a
-/// sibling folder, renamed into place once complete.
-fn write_hashed(dir: &Path, pem: &str) -> io::Result<()> {
+/// Every certificate of `pem` as the file it is in a hashed directory:
+/// `<subject-hash>.<n>` and its PEM.
+fn hashed(pem: &str) -> io::Result<BTreeMap<String, Vec<u8>>> {
     let certs = openssl::x509::X509::stack_from_pem(pem.as_bytes())
         .map_err(|e| io::Error::other(format!("parsing the CA bundle: {e}")))?;
     if certs.is_empty() {
         return Err(io::Error::other("the CA bundle holds no certificate"));
     }
-    let staging = dir.with_extension("partial");
-    let _ = fs::remove_dir_all(&staging);
-    fs::create_dir(&staging)?;
     let mut used: HashMap<u32, u32> = HashMap::new();
+    let mut files = BTreeMap::new();
     for cert in &certs {
         let hash = cert.subject_name_hash();
         let n = used.entry(hash).or_insert(0);
-        let path = staging.join(format!("{hash:08x}.{n}"));
-        *n += 1;
         let pem = cert
             .to_pem()
             .map_err(|e| io::Error::other(format!("encoding a CA certificate: {e}")))?;
-        fs::File::create(&path)?.write_all(&pem)?;
+        files.insert(format!("{hash:08x}.{n}"), pem);
+        *n += 1;
+    }
+    Ok(files)
+}
+
+/// Writes every certificate of `pem` into `dir` as `<subject-hash>.<n>`: first into a
+/// sibling folder, renamed into place once complete.
+fn write_hashed(dir: &Path, pem: &str) -> io::Result<()> {
+    let files = hashed(pem)?;
+    let staging = dir.with_extension("partial");
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir(&staging)?;
+    for (name, bytes) in &files {
+        fs::File::create(staging.join(name))?.write_all(bytes)?;
     }
     fs::rename(&staging, dir)
 }
@@ -158,7 +207,11 @@ mod tests {
         let two = openssl::x509::X509::from_pem(ca("two").as_bytes()).unwrap();
         assert!(names.contains(&format!("{:08x}.0", two.subject_name_hash())));
         let again = dirs.dir_for(&bundle).unwrap();
-        assert_eq!(again.path(), dir.path(), "shared while in use");
+        assert_ne!(
+            again.path(),
+            dir.path(),
+            "one per cluster: updated in place"
+        );
         let root = dir.path().parent().unwrap().to_path_buf();
         use std::os::unix::fs::PermissionsExt as _;
         assert_eq!(
@@ -169,6 +222,128 @@ mod tests {
         assert!(dir.path().exists(), "kept while a client holds it");
         drop((dir, again));
         assert!(!root.exists(), "removed with the last user");
+    }
+
+    /// A CA key and certificate, and a leaf for `localhost` it signed.
+    fn ca_and_leaf(name: &str) -> (String, openssl::x509::X509) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        let issuer = rcgen::Issuer::new(params, key);
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&rcgen::KeyPair::generate().unwrap(), &issuer)
+            .unwrap();
+        (
+            ca.pem(),
+            openssl::x509::X509::from_pem(leaf.pem().as_bytes()).unwrap(),
+        )
+    }
+
+    /// Verifies `leaf` with `store` as OpenSSL does for a TLS client (no intermediates).
+    fn verifies(store: &openssl::x509::store::X509Store, leaf: &openssl::x509::X509) -> bool {
+        let chain = openssl::stack::Stack::new().unwrap();
+        let mut ctx = openssl::x509::X509StoreContext::new().unwrap();
+        ctx.init(store, leaf, &chain, |c| c.verify_cert()).unwrap()
+    }
+
+    /// What the follower counts on: OpenSSL reading the directory as librdkafka makes it
+    /// read it (`ssl.ca.location`, a hash-directory lookup in one long-lived store).
+    #[test]
+    fn an_update_reaches_a_running_store_and_a_used_certificate_stays_in_it() {
+        use openssl::x509::store::{X509Lookup, X509StoreBuilder};
+        let dirs = CaDirs::default();
+        let (one, one_leaf) = ca_and_leaf("one");
+        let (two, two_leaf) = ca_and_leaf("two");
+        let (three, three_leaf) = ca_and_leaf("three");
+        let dir = dirs.dir_for(&one).unwrap();
+        let mut builder = X509StoreBuilder::new().unwrap();
+        builder
+            .add_lookup(X509Lookup::hash_dir())
+            .unwrap()
+            .add_dir(dir.path().to_str().unwrap(), openssl::ssl::SslFiletype::PEM)
+            .unwrap();
+        let store = builder.build();
+        assert!(verifies(&store, &one_leaf));
+        assert!(
+            !verifies(&store, &two_leaf),
+            "not trusted before the update"
+        );
+
+        // Added: the running store finds it at its next verification.
+        dir.update(&format!("{one}{two}")).unwrap();
+        assert!(verifies(&store, &two_leaf), "an added CA reaches the store");
+
+        // Added and removed before any chain needed it: never trusted.
+        dir.update(&format!("{one}{two}{three}")).unwrap();
+        dir.update(&format!("{one}{two}")).unwrap();
+        assert!(!verifies(&store, &three_leaf));
+
+        // Removed after a chain used it: the store still holds it (why a client whose
+        // chains used a removed CA is rebuilt rather than updated).
+        dir.update(&two).unwrap();
+        assert!(verifies(&store, &one_leaf), "OpenSSL keeps what it loaded");
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let two_hash = openssl::x509::X509::from_pem(two.as_bytes())
+            .unwrap()
+            .subject_name_hash();
+        assert_eq!(
+            names,
+            vec![format!("{two_hash:08x}.0")],
+            "only what is wanted"
+        );
+        // A new store over the same directory no longer trusts it.
+        let mut builder = X509StoreBuilder::new().unwrap();
+        builder
+            .add_lookup(X509Lookup::hash_dir())
+            .unwrap()
+            .add_dir(dir.path().to_str().unwrap(), openssl::ssl::SslFiletype::PEM)
+            .unwrap();
+        assert!(!verifies(&builder.build(), &one_leaf));
+    }
+
+    #[test]
+    fn an_update_keeps_the_suffixes_of_a_hash_contiguous() {
+        let dirs = CaDirs::default();
+        // Same subject: same hash, suffixes .0 .1 .2.
+        let (a, b, c) = (ca("same"), ca("same"), ca("same"));
+        let dir = dirs.dir_for(&format!("{a}{b}{c}")).unwrap();
+        dir.update(&format!("{b}{c}")).unwrap();
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(
+            names[0].ends_with(".0") && names[1].ends_with(".1"),
+            "{names:?}"
+        );
+        let first = fs::read(dir.path().join(&names[0])).unwrap();
+        assert_eq!(
+            openssl::x509::X509::from_pem(&first)
+                .unwrap()
+                .to_pem()
+                .unwrap(),
+            openssl::x509::X509::from_pem(b.as_bytes())
+                .unwrap()
+                .to_pem()
+                .unwrap()
+        );
+        assert!(dir.update("not a certificate").is_err());
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "a bad bundle changes nothing"
+        );
     }
 
     #[test]

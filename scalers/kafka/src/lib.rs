@@ -11,7 +11,10 @@
 //! TLS comes only from the factory's context, translated for librdkafka in one place
 //! ([`librdkafka_tls`], in this crate):
 //! the merged anchors as `ssl.ca.pem`, the identity, hostname verification on; settings
-//! librdkafka cannot honour are refused there.
+//! librdkafka cannot honour are refused there. The anchors reach librdkafka as a hashed
+//! CA directory of the cluster's ([`cadir`]); when they change, the cluster's clients
+//! keep running and the directory is updated in place, unless an anchor the brokers'
+//! chains could use was removed, which rebuilds them ([`witness`]).
 //!
 //! Per cluster (bootstrap servers + trust + credentials), shared by every trigger on it:
 //! one metadata client, whose metadata cache holds only the topics asked for (refreshed
@@ -38,6 +41,7 @@ mod cadir;
 mod queue;
 mod rounds;
 mod tls;
+mod witness;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -217,8 +221,13 @@ pub struct KafkaCluster {
     newest: Arc<rounds::Rounds<Vec<Partition>, NewestAnswer>>,
     /// Each group's committed offsets, read for every poll waiting in one call per round.
     committed: Mutex<HashMap<String, GroupRounds>>,
-    /// The CA directory the clients read (kept as long as they live).
-    _ca_dir: Option<Arc<cadir::CaDir>>,
+    /// The CA directory the clients read (kept as long as they live), updated in place
+    /// when they follow new anchors.
+    ca_dir: Option<Arc<cadir::CaDir>>,
+    /// The bootstrap servers.
+    bootstrap: String,
+    /// The handshakes that make the brokers' chains known to the context.
+    witness: Arc<witness::Witness>,
 }
 
 impl KafkaCluster {
@@ -226,6 +235,12 @@ impl KafkaCluster {
     /// committed-offset reader per consumer group.
     pub fn clients_created(&self) -> u64 {
         self.created.load(Ordering::Relaxed)
+    }
+
+    /// The hashed CA directory its clients read, if the anchors are given that way.
+    #[must_use]
+    pub fn ca_dir(&self) -> Option<&std::path::Path> {
+        self.ca_dir.as_deref().map(cadir::CaDir::path)
     }
 
     /// The metadata client (created on first use).
@@ -284,6 +299,9 @@ impl KafkaCluster {
             .map_err(|e| rd_error(label, self, &e, "creating the Kafka client"))?
             .fetch_metadata(Some(topic), TIMEOUT)
             .map_err(|e| rd_error(label, self, &e, "fetching metadata"))?;
+        for b in md.brokers() {
+            self.witness.broker(b.host(), b.port());
+        }
         let mut ids = Vec::new();
         for t in md.topics() {
             if let Some(err) = t.error() {
@@ -664,7 +682,9 @@ impl ScalerBuilder for KafkaBuilder {
                         served_all: Mutex::new(std::time::Instant::now()),
                         newest: Arc::default(),
                         committed: Mutex::new(HashMap::new()),
-                        _ca_dir: ca_dir.clone(),
+                        ca_dir: ca_dir.clone(),
+                        bootstrap: bootstrap.clone(),
+                        witness: Arc::default(),
                     })
                 })
                 .map_err(|e| {
@@ -675,7 +695,14 @@ impl ScalerBuilder for KafkaBuilder {
                     )
                 })
         };
-        let cluster = Tracked::new(ctx, &settings, tls, &label, Box::new(make))?;
+        let cluster = Tracked::new_following(
+            ctx,
+            &settings,
+            tls,
+            &label,
+            Box::new(make),
+            witness::follower(label.clone()),
+        )?;
         p.warn_unknown();
         let name = match &topic {
             Some(t) => format!("kafka-{t}"),
@@ -820,6 +847,9 @@ fn group_topics(
         .map_err(|e| rd_error(label, cluster, &e, "creating the Kafka client"))?
         .fetch_metadata(None, TIMEOUT)
         .map_err(|e| rd_error(label, cluster, &e, "fetching metadata"))?;
+    for b in md.brokers() {
+        cluster.witness.broker(b.host(), b.port());
+    }
     let mut tpl = TopicPartitionList::new();
     for t in md.topics() {
         if t.error().is_some() || t.name().starts_with("__") {
