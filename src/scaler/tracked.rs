@@ -29,11 +29,12 @@
 //! A client on another TLS stack that can be given new anchors while it runs (an OpenSSL
 //! client reading a hashed CA directory, which looks an issuer up only when a chain needs
 //! it) follows the same way when made with [`Tracked::new_following`]. Its verifications do
-//! not go through the context, so its [`Follower`] first makes the chains its servers
-//! present now known to the context, by a handshake with each through it
-//! ([`TlsContext::witness`]), started at the first use after the change; the client is kept
-//! meanwhile. Then, if the context can follow, the client is given the new anchors; if
-//! not, or if a server could not be seen, it is rebuilt, as below.
+//! not go through the context, so its [`Follower`] makes the chains its servers present
+//! known to the context by handshakes through it ([`TlsContext::witness`]), and tells
+//! whether they are known ([`Witnessed`]; while it cannot tell yet, the client is kept).
+//! Then, if the context can follow, the client is given the new anchors; if not, if its
+//! servers' chains are not known, or if it cannot take the change while it runs, it is
+//! rebuilt, as below.
 //!
 //! Other clients (librdkafka's without a CA directory) are rebuilt at every
 //! change, but while the anchors keep changing at most once every [`REBUILD_GAP`] per
@@ -91,9 +92,11 @@ pub struct Follower<C> {
     #[allow(clippy::type_complexity)]
     pub witnessed: Box<dyn Fn(&C, &TlsContext, u64) -> Witnessed + Send + Sync>,
     /// Gives the client the anchors `tls` verifies against now
-    /// ([`TlsContext::verifying_trust_pem`]), once it followed them; an error rebuilds it.
+    /// ([`TlsContext::verifying_trust_pem`]), once it followed them. `Ok(false)`: the
+    /// client cannot take that change while it runs (it is rebuilt); an error is logged
+    /// and rebuilds it too.
     #[allow(clippy::type_complexity)]
-    pub take: Box<dyn Fn(&C, &TlsContext) -> Result<(), ScalerError> + Send + Sync>,
+    pub take: Box<dyn Fn(&C, &TlsContext) -> Result<bool, ScalerError> + Send + Sync>,
 }
 
 /// While the anchors keep changing, a client that cannot follow them is rebuilt at most
@@ -417,7 +420,7 @@ impl<C: Send + Sync + 'static> Tracked<C> {
                 Witnessed::Yes => {
                     if let Some(generation) = mine.follow(&tls) {
                         match (follower.take)(&state.client, mine) {
-                            Ok(()) => {
+                            Ok(true) => {
                                 tracing::debug!(trigger = %self.trigger, generation, "client follows the new trust anchors");
                                 slot.state.store(Arc::new(State {
                                     generation,
@@ -428,6 +431,9 @@ impl<C: Send + Sync + 'static> Tracked<C> {
                                 return Ok((Arc::clone(&state.client), Some(mine.clone())));
                             }
                             // Its context moved, its client did not: rebuilt now.
+                            Ok(false) => {
+                                tracing::debug!(trigger = %self.trigger, "the client cannot take the new trust anchors while it runs; rebuilding it")
+                            }
                             Err(e) => {
                                 tracing::warn!(trigger = %self.trigger, error = %e, "cannot give the client the new trust anchors; rebuilding it")
                             }
@@ -757,6 +763,8 @@ mod tests {
         // 0: pending, 1: seen, 2: not seen.
         let answer = Arc::new(AtomicU8::new(0));
         let taken = Arc::new(Mutex::new(Vec::<String>::new()));
+        let refused = ca("refused");
+        let refused_body = refused.lines().nth(1).unwrap().to_string();
         let follower = {
             let (answer, taken) = (Arc::clone(&answer), Arc::clone(&taken));
             Follower {
@@ -768,8 +776,11 @@ mod tests {
                     }
                 }),
                 take: Box::new(move |_: &Client, tls: &TlsContext| {
-                    taken.lock().unwrap().push(tls.verifying_trust_pem());
-                    Ok(())
+                    let pem = tls.verifying_trust_pem();
+                    // A CA named "refused" cannot be taken in place.
+                    let can = !pem.contains(&refused_body);
+                    taken.lock().unwrap().push(pem);
+                    Ok(can)
                 }),
             }
         };
@@ -805,6 +816,16 @@ mod tests {
             Arc::ptr_eq(&first, &tracked.client().unwrap()),
             "and no longer stale"
         );
+        // Seen, but a change the client cannot take while it runs: rebuilt at once.
+        std::fs::write(dir.join("r.crt"), &refused).unwrap();
+        trust.reload().unwrap();
+        let (client, tls) = tracked.current().unwrap();
+        assert!(!Arc::ptr_eq(&first, &client), "cannot take it: rebuilt");
+        assert_eq!(tls.unwrap().generation(), trust.anchors().generation());
+        let first = client;
+        taken.lock().unwrap().clear();
+        // As if that rebuild had been a gap ago.
+        tracked.slot.rebuilt_at.store(0, Ordering::Relaxed);
         // Not seen: rebuilt (the first rebuild at once), then kept within the gap.
         std::fs::write(dir.join("c.crt"), ca("c")).unwrap();
         trust.reload().unwrap();

@@ -7,17 +7,19 @@
 //! chain needs it and loads only that certificate. The trust is the same; the memory
 //! is not.
 //!
-//! OpenSSL looks a name up in the directory again each time a chain needs an issuer its
-//! store does not hold yet, so a certificate added to the directory reaches a running
-//! client at its next handshake. One it already loaded stays in its store: a client
-//! whose chains used a removed certificate must be rebuilt (the scaler's follower asks
-//! the context which were used).
+//! OpenSSL looks a name up in the directory each time a chain needs an issuer whose name
+//! its store holds no certificate of, so a certificate of a new name added to the
+//! directory reaches a running client at its next handshake. What it already loaded
+//! stays in its store, and a name it loaded is not looked up again: a client whose
+//! chains used a removed certificate, or one whose name got another certificate, must be
+//! rebuilt (the scaler's follower asks the context which were used, and
+//! [`CaDir::update`] refuses the second).
 //!
 //! The directories live in one private folder (mode 0700, random name), one subfolder per
 //! cluster, written completely before they are used, updated in place (each file replaced
 //! by a rename) and removed when the last client that reads one is gone.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
@@ -48,40 +50,61 @@ impl CaDir {
         &self.path
     }
 
-    /// Makes the directory hold every certificate of `pem` and no other, in place: new and
-    /// changed files first (each written aside and renamed over its name), then those no
-    /// longer wanted removed, the highest suffix of a hash first, so that a reader never
-    /// misses a certificate that stays.
-    pub fn update(&self, pem: &str) -> io::Result<()> {
+    /// Makes the directory hold every certificate of `pem` and no other, in place, when
+    /// that is safe for a client reading it: every subject hash either keeps exactly the
+    /// files it had, is new, or is gone. New files are written first (each aside, then
+    /// renamed to its name), then the files of the hashes that went are removed.
+    ///
+    /// `Ok(false)`, with nothing changed, when a hash that stays changes its files (a CA
+    /// re-keyed under the same name, or one of two CAs of one name removed): OpenSSL
+    /// looks a name up in the directory only while its store holds no certificate of that
+    /// name, so a client that already loaded one would never see the other. Such a
+    /// client must be rebuilt.
+    pub fn update(&self, pem: &str) -> io::Result<bool> {
         let _one = self
             .updating
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let wanted = hashed(pem)?;
-        for (name, bytes) in &wanted {
-            let path = self.path.join(name);
-            if fs::read(&path).is_ok_and(|b| b == *bytes) {
+        let mut held: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        for entry in fs::read_dir(&self.path)? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
                 continue;
+            };
+            if !name.starts_with('.') {
+                held.insert(name, fs::read(entry.path())?);
             }
+        }
+        let bucket = |files: &BTreeMap<String, Vec<u8>>, hash: &str| -> Vec<(String, Vec<u8>)> {
+            files
+                .iter()
+                .filter(|(n, _)| n.split_once('.').is_some_and(|(h, _)| h == hash))
+                .map(|(n, b)| (n.clone(), b.clone()))
+                .collect()
+        };
+        let hash_of = |name: &str| name.split_once('.').map_or(name, |(h, _)| h).to_string();
+        let hashes: BTreeSet<String> = wanted
+            .keys()
+            .chain(held.keys())
+            .map(|n| hash_of(n))
+            .collect();
+        for hash in &hashes {
+            let (now, then) = (bucket(&held, hash), bucket(&wanted, hash));
+            if !now.is_empty() && !then.is_empty() && now != then {
+                return Ok(false);
+            }
+        }
+        for (name, bytes) in wanted.iter().filter(|(n, _)| !held.contains_key(*n)) {
             // OpenSSL reads only `<hash>.<n>`: the dot-file is never looked at.
             let aside = self.path.join(format!(".{name}.new"));
             fs::File::create(&aside)?.write_all(bytes)?;
-            fs::rename(&aside, &path)?;
+            fs::rename(&aside, self.path.join(name))?;
         }
-        let mut stale: Vec<(String, u32, String)> = fs::read_dir(&self.path)?
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| !wanted.contains_key(n))
-            .map(|n| match n.split_once('.') {
-                Some((h, k)) => (h.to_string(), k.parse().unwrap_or(u32::MAX), n.clone()),
-                None => (n.clone(), 0, n.clone()),
-            })
-            .collect();
-        stale.sort_by(|a, b| (&b.0, b.1).cmp(&(&a.0, a.1)));
-        for (_, _, name) in stale {
+        for name in held.keys().filter(|n| !wanted.contains_key(*n)) {
             fs::remove_file(self.path.join(name))?;
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -275,17 +298,30 @@ mod tests {
         );
 
         // Added: the running store finds it at its next verification.
-        dir.update(&format!("{one}{two}")).unwrap();
+        assert!(dir.update(&format!("{one}{two}")).unwrap());
         assert!(verifies(&store, &two_leaf), "an added CA reaches the store");
 
         // Added and removed before any chain needed it: never trusted.
-        dir.update(&format!("{one}{two}{three}")).unwrap();
-        dir.update(&format!("{one}{two}")).unwrap();
+        assert!(dir.update(&format!("{one}{two}{three}")).unwrap());
+        assert!(dir.update(&format!("{one}{two}")).unwrap());
         assert!(!verifies(&store, &three_leaf));
 
         // Removed after a chain used it: the store still holds it (why a client whose
         // chains used a removed CA is rebuilt rather than updated).
-        dir.update(&two).unwrap();
+        // A CA re-keyed under a name the store already loaded: the store never looks the
+        // name up again, so it never sees the new one (why `update` refuses that change).
+        let (one_again, one_again_leaf) = ca_and_leaf("one");
+        let one_hash = openssl::x509::X509::from_pem(one.as_bytes())
+            .unwrap()
+            .subject_name_hash();
+        fs::write(dir.path().join(format!("{one_hash:08x}.1")), &one_again).unwrap();
+        assert!(
+            !verifies(&store, &one_again_leaf),
+            "a name loaded is not looked up again"
+        );
+        fs::remove_file(dir.path().join(format!("{one_hash:08x}.1"))).unwrap();
+
+        assert!(dir.update(&two).unwrap());
         assert!(verifies(&store, &one_leaf), "OpenSSL keeps what it loaded");
         let mut names: Vec<String> = fs::read_dir(dir.path())
             .unwrap()
@@ -311,39 +347,38 @@ mod tests {
     }
 
     #[test]
-    fn an_update_keeps_the_suffixes_of_a_hash_contiguous() {
+    fn a_change_within_one_name_is_refused_and_changes_nothing() {
         let dirs = CaDirs::default();
-        // Same subject: same hash, suffixes .0 .1 .2.
-        let (a, b, c) = (ca("same"), ca("same"), ca("same"));
-        let dir = dirs.dir_for(&format!("{a}{b}{c}")).unwrap();
-        dir.update(&format!("{b}{c}")).unwrap();
-        let mut names: Vec<String> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        assert_eq!(names.len(), 2, "{names:?}");
-        assert!(
-            names[0].ends_with(".0") && names[1].ends_with(".1"),
-            "{names:?}"
-        );
-        let first = fs::read(dir.path().join(&names[0])).unwrap();
-        assert_eq!(
-            openssl::x509::X509::from_pem(&first)
+        // Same subject: same hash, suffixes .0 and .1; another name beside them.
+        let (a, b, c, other) = (ca("same"), ca("same"), ca("same"), ca("other"));
+        let dir = dirs.dir_for(&format!("{a}{b}{other}")).unwrap();
+        let listing = || {
+            let mut all: Vec<(String, Vec<u8>)> = fs::read_dir(dir.path())
                 .unwrap()
-                .to_pem()
-                .unwrap(),
-            openssl::x509::X509::from_pem(b.as_bytes())
-                .unwrap()
-                .to_pem()
-                .unwrap()
-        );
+                .map(|e| {
+                    let e = e.unwrap();
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        fs::read(e.path()).unwrap(),
+                    )
+                })
+                .collect();
+            all.sort();
+            all
+        };
+        let before = listing();
+        assert_eq!(before.len(), 3);
+        // Re-keyed under the same name, one of the two removed, or one added to them.
+        assert!(!dir.update(&format!("{a}{c}{other}")).unwrap());
+        assert!(!dir.update(&format!("{b}{other}")).unwrap());
+        assert!(!dir.update(&format!("{a}{b}{c}{other}")).unwrap());
         assert!(dir.update("not a certificate").is_err());
-        assert_eq!(
-            fs::read_dir(dir.path()).unwrap().count(),
-            2,
-            "a bad bundle changes nothing"
-        );
+        assert_eq!(listing(), before, "nothing changed");
+        // A whole name gone, or a new one: in place.
+        assert!(dir.update(&format!("{a}{b}")).unwrap());
+        assert_eq!(listing().len(), 2);
+        assert!(dir.update(&format!("{a}{b}{other}")).unwrap());
+        assert_eq!(listing().len(), 3);
     }
 
     #[test]

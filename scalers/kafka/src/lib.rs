@@ -230,6 +230,33 @@ pub struct KafkaCluster {
     witness: Arc<witness::Witness>,
 }
 
+impl Drop for KafkaCluster {
+    /// The clients go on a blocking thread: librdkafka's destroy joins each client's
+    /// threads and closes its connections, and a cluster holds a client per consumer
+    /// group, so a cluster dropped by a poll (the last holder after a rebuild) would
+    /// otherwise hold an async worker, and every poll waiting on it, for as long.
+    fn drop(&mut self) {
+        let client = self
+            .client
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let groups = std::mem::take(
+            self.groups
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if client.is_none() && groups.is_empty() {
+            return;
+        }
+        let clients = (client, groups);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(clients))),
+            Err(_) => drop(clients),
+        }
+    }
+}
+
 impl KafkaCluster {
     /// rdkafka clients created for this cluster so far: the metadata client and one
     /// committed-offset reader per consumer group.
@@ -241,6 +268,13 @@ impl KafkaCluster {
     #[must_use]
     pub fn ca_dir(&self) -> Option<&std::path::Path> {
         self.ca_dir.as_deref().map(cadir::CaDir::path)
+    }
+
+    /// Whether the last round of handshakes with the brokers saw every one of them (see
+    /// [`witness`]), once one has ended.
+    #[must_use]
+    pub fn brokers_witnessed(&self) -> Option<bool> {
+        self.witness.seen()
     }
 
     /// The metadata client (created on first use).
@@ -1199,6 +1233,16 @@ impl Scaler for KafkaScaler {
 
     async fn poll(&self) -> Result<Poll, ScalerError> {
         let (cluster, tls) = self.cluster.current()?;
+        // The brokers' chains known to the context before the anchors change (once per
+        // cluster and generation).
+        if let Some(tls) = &tls
+            && cluster.ca_dir.is_some()
+            && !tls.is_unsafe()
+        {
+            cluster
+                .witness
+                .start(&cluster.bootstrap, tls, tls.verifying_generation());
+        }
         let bootstrap = cluster
             .config
             .get("bootstrap.servers")

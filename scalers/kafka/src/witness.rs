@@ -2,15 +2,19 @@
 //!
 //! librdkafka verifies brokers with OpenSSL, reading the anchors from the cluster's hashed
 //! CA directory ([`crate::cadir`]), so the SDK's context never sees the chains it
-//! accepts. After a change of the anchors, the cluster hands every broker it knows of (the
-//! bootstrap servers and those the metadata named) to one handshake each through the
-//! context ([`TlsContext::witness`]), which makes their chains known to it. Then the
-//! context decides ([`TlsContext::follow`]): when no anchor those chains could end in was
-//! removed, the directory is updated in place and the clients stay; otherwise, or when a
-//! broker could not be seen, the clients are rebuilt.
+//! accepts. So the cluster hands every broker it knows of (the bootstrap servers and
+//! those the metadata named) to one handshake each through the context
+//! ([`TlsContext::witness`]), which makes their chains known to it: a round at the first
+//! poll, and one after every change of the anchors. At a change, the context decides
+//! with what the rounds so far have seen ([`TlsContext::follow`]): when no anchor those
+//! chains could end in was removed, the directory is updated in place and the clients
+//! stay; otherwise, when the last round could not see a broker, or when the change
+//! cannot be made in place (see [`crate::cadir::CaDir::update`]), they are rebuilt. Only
+//! a change before the first round has ended waits for it (the clients are kept
+//! meanwhile; a round takes at most [`WITNESS_TIMEOUT`]).
 //!
 //! What is left uncovered: a broker that presented a chain ending in an anchor between
-//! two changes (so no handshake saw it), and no longer does when that anchor is removed.
+//! two rounds (so no handshake saw it), and no longer does when that anchor is removed.
 //! OpenSSL may still hold the anchor, and the clients keep trusting it until the next
 //! rebuild.
 
@@ -23,10 +27,11 @@ use trustscale::trust::TlsContext;
 
 use crate::KafkaCluster;
 
-/// How long one witness handshake (connection and TLS) may take.
-const WITNESS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a round of handshakes (connections and TLS, all brokers at once) may take.
+pub(crate) const WITNESS_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// At most this many broker addresses are remembered from the metadata.
+/// At most this many broker addresses are remembered from the metadata; a cluster that
+/// names more is rebuilt at every change.
 const MAX_BROKERS: usize = 64;
 
 /// The handshakes of one cluster.
@@ -34,16 +39,37 @@ const MAX_BROKERS: usize = 64;
 pub(crate) struct Witness {
     state: Mutex<State>,
     /// Broker addresses (host:port) named by the metadata.
-    brokers: Mutex<BTreeSet<String>>,
+    brokers: Mutex<Brokers>,
+}
+
+#[derive(Debug, Default)]
+struct Brokers {
+    known: BTreeSet<String>,
+    /// More than [`MAX_BROKERS`] were named.
+    overflow: bool,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    /// The anchors generation the last round was started for (0: none yet).
-    generation: u64,
     running: bool,
-    /// Every broker of the last finished round was seen.
-    seen: bool,
+    /// The last finished round: the anchors generation it started at, and whether every
+    /// broker was seen.
+    done: Option<(u64, bool)>,
+}
+
+/// Sets `running` back when a round ends, however it ends (a panic, a runtime stopping).
+struct Running(Arc<Witness>, u64, bool);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut state = self
+            .0
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.running = false;
+        state.done = Some((self.1, self.2));
+    }
 }
 
 impl Witness {
@@ -53,72 +79,139 @@ impl Witness {
             .brokers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if brokers.len() < MAX_BROKERS {
-            brokers.insert(format!("{host}:{port}"));
+        let address = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        if brokers.known.contains(&address) {
+            return;
+        }
+        if brokers.known.len() < MAX_BROKERS {
+            brokers.known.insert(address);
+        } else {
+            brokers.overflow = true;
         }
     }
 
-    /// The answer for `generation`: known, or a round started (or under way) to know it.
+    /// Whether the last round saw every broker, if one ended.
+    pub(crate) fn seen(&self) -> Option<bool> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .done
+            .map(|(_, seen)| seen)
+    }
+
+    /// Starts a round for `generation` unless one is under way or one for it (or later)
+    /// ended.
+    pub(crate) fn start(self: &Arc<Self>, bootstrap: &str, tls: &TlsContext, generation: u64) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        {
+            let mut state = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if state.running || state.done.is_some_and(|(g, _)| g >= generation) {
+                return;
+            }
+            state.running = true;
+        }
+        let (targets, overflow) = {
+            let brokers = self
+                .brokers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut targets: BTreeSet<String> =
+                bootstrap.split(',').filter_map(bootstrap_address).collect();
+            targets.extend(brokers.known.iter().cloned());
+            (targets, brokers.overflow)
+        };
+        // Dropped with the round's task, however it ends (the lock is not held here).
+        let running = Running(Arc::clone(self), generation, false);
+        let tls = tls.clone();
+        runtime.spawn(async move {
+            // The whole guard moves into the task (not only the field written below).
+            let mut running = running;
+            if overflow {
+                tracing::debug!("more brokers than are followed; the clients are rebuilt for new trust anchors");
+                return;
+            }
+            let mut round = tokio::task::JoinSet::new();
+            for target in targets {
+                let tls = tls.clone();
+                round.spawn(async move {
+                    let r = handshake(&tls, &target).await;
+                    (target, r)
+                });
+            }
+            let all = tokio::time::timeout(WITNESS_TIMEOUT, async {
+                while let Some(done) = round.join_next().await {
+                    match done {
+                        Ok((_, Ok(()))) => {}
+                        Ok((target, Err(e))) => {
+                            tracing::debug!(broker = %target, error = %e, "the broker's chain could not be seen; the clients are rebuilt for new trust anchors");
+                            return false;
+                        }
+                        Err(_) => return false,
+                    }
+                }
+                true
+            })
+            .await;
+            running.2 = all.unwrap_or(false);
+        });
+    }
+
+    /// The answer for a change to `generation`: what the rounds so far saw, once one has
+    /// ended (a round for `generation` is started meanwhile, so the chains stay known);
+    /// until then, a round is under way.
     fn witnessed(
         self: &Arc<Self>,
         bootstrap: &str,
         tls: &TlsContext,
         generation: u64,
     ) -> Witnessed {
-        let mut state = self
+        let done = self
             .state
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if state.running {
-            return Witnessed::Pending;
-        }
-        if state.generation >= generation {
-            return if state.seen {
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .done;
+        match done {
+            Some((_, false)) => Witnessed::No,
+            Some((_, true)) => {
+                self.start(bootstrap, tls, generation);
                 Witnessed::Yes
-            } else {
-                Witnessed::No
-            };
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return Witnessed::No;
-        };
-        let mut targets: BTreeSet<String> = bootstrap
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect();
-        targets.extend(
-            self.brokers
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .iter()
-                .cloned(),
-        );
-        *state = State {
-            generation,
-            running: true,
-            seen: false,
-        };
-        let (me, tls) = (Arc::clone(self), tls.clone());
-        runtime.spawn(async move {
-            let mut seen = true;
-            for target in &targets {
-                if let Err(e) = handshake(&tls, target).await {
-                    tracing::debug!(broker = %target, error = %e, "the broker's chain could not be seen; its clients are rebuilt for the new trust anchors");
-                    seen = false;
-                    break;
-                }
             }
-            let mut state = me
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            state.running = false;
-            state.seen = seen;
-        });
-        Witnessed::Pending
+            None => {
+                self.start(bootstrap, tls, generation);
+                Witnessed::Pending
+            }
+        }
     }
+}
+
+/// `host:port` of a bootstrap entry (`[SSL://]host[:port]`; librdkafka's default port
+/// 9092 when it has none).
+fn bootstrap_address(entry: &str) -> Option<String> {
+    let entry = entry.trim();
+    let entry = entry.split_once("://").map_or(entry, |(_, rest)| rest);
+    if entry.is_empty() {
+        return None;
+    }
+    let has_port = match entry.rsplit_once(':') {
+        Some((host, port)) => {
+            port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']'))
+        }
+        None => false,
+    };
+    Some(match (has_port, entry.contains(':')) {
+        (true, _) => entry.to_string(),
+        (false, true) if !entry.starts_with('[') => format!("[{entry}]:9092"),
+        (false, _) => format!("{entry}:9092"),
+    })
 }
 
 /// One handshake with `target` (host:port) through `tls`.
@@ -161,5 +254,46 @@ pub(crate) fn follower(label: String) -> Follower<KafkaCluster> {
                 )
             })
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_entries_become_addresses() {
+        assert_eq!(
+            bootstrap_address(" localhost:19092 ").as_deref(),
+            Some("localhost:19092")
+        );
+        assert_eq!(
+            bootstrap_address("SSL://kafka-0:9093").as_deref(),
+            Some("kafka-0:9093")
+        );
+        assert_eq!(
+            bootstrap_address("kafka-0").as_deref(),
+            Some("kafka-0:9092")
+        );
+        assert_eq!(
+            bootstrap_address("[::1]:9093").as_deref(),
+            Some("[::1]:9093")
+        );
+        assert_eq!(bootstrap_address("::1").as_deref(), Some("[::1]:9092"));
+        assert_eq!(bootstrap_address(""), None);
+    }
+
+    #[test]
+    fn a_metadata_host_in_ipv6_is_bracketed_and_too_many_brokers_are_noted() {
+        let w = Witness::default();
+        w.broker("::1", 9093);
+        w.broker("::1", 9093);
+        assert!(w.brokers.lock().unwrap().known.contains("[::1]:9093"));
+        for i in 0..MAX_BROKERS {
+            w.broker(&format!("b{i}"), 9092);
+        }
+        let b = w.brokers.lock().unwrap();
+        assert_eq!(b.known.len(), MAX_BROKERS);
+        assert!(b.overflow);
     }
 }
