@@ -556,12 +556,20 @@ async fn the_clients_follow_ca_changes_their_broker_does_not_use_and_go_with_its
         all
     };
 
-    // The brokers' chains become known to the context by a round of handshakes that the
-    // first poll starts.
+    // The brokers' chains become known to the context by rounds of handshakes that polls
+    // start: the first poll's covers the bootstrap server, a later one's every broker the
+    // metadata named too.
     let start = Instant::now();
     while cluster.brokers_witnessed().is_none() {
-        assert!(start.elapsed() < WAIT, "no round of handshakes ended");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            start.elapsed() < WAIT,
+            "no round of handshakes covered every broker"
+        );
+        scaler
+            .poll()
+            .await
+            .expect("a poll while the brokers are witnessed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(cluster.brokers_witnessed(), Some(true));
 

@@ -52,8 +52,9 @@ impl CaDir {
 
     /// Makes the directory hold every certificate of `pem` and no other, in place, when
     /// that is safe for a client reading it: every subject hash either keeps exactly the
-    /// files it had, is new, or is gone. New files are written first (each aside, then
-    /// renamed to its name), then the files of the hashes that went are removed.
+    /// files it had, is new, or is gone. New files are written first (all aside, then each
+    /// renamed to its name, a name's `.0` last), then the files of the hashes that went
+    /// are removed (`.0` first).
     ///
     /// `Ok(false)`, with nothing changed, when a hash that stays changes its files (a CA
     /// re-keyed under the same name, or one of two CAs of one name removed): OpenSSL
@@ -95,13 +96,33 @@ impl CaDir {
                 return Ok(false);
             }
         }
-        for (name, bytes) in wanted.iter().filter(|(n, _)| !held.contains_key(*n)) {
-            // OpenSSL reads only `<hash>.<n>`: the dot-file is never looked at.
-            let aside = self.path.join(format!(".{name}.new"));
-            fs::File::create(&aside)?.write_all(bytes)?;
-            fs::rename(&aside, self.path.join(name))?;
+        // Every new file is written aside first (OpenSSL reads only `<hash>.<n>`: a
+        // dot-file is never looked at), then renamed to its name, `.0` of each hash last:
+        // OpenSSL reads a name's files from `.0` up and stops at the first missing one,
+        // and does not look a name up again once its store holds it, so a lookup between
+        // two renames must find none of a new name's files rather than some of them.
+        let mut new: Vec<&String> = wanted.keys().filter(|n| !held.contains_key(*n)).collect();
+        new.sort_by_key(|n| {
+            let (hash, suffix) = n.split_once('.').unwrap_or((n.as_str(), ""));
+            (
+                hash.to_string(),
+                std::cmp::Reverse(suffix.parse::<u32>().unwrap_or(0)),
+            )
+        });
+        let aside = |name: &str| self.path.join(format!(".{name}.new"));
+        for name in &new {
+            fs::File::create(aside(name))?.write_all(&wanted[*name])?;
         }
-        for name in held.keys().filter(|n| !wanted.contains_key(*n)) {
+        for name in &new {
+            fs::rename(aside(name), self.path.join(name))?;
+        }
+        // A name that went is removed from `.0` up, so a lookup meanwhile finds none.
+        let mut gone: Vec<&String> = held.keys().filter(|n| !wanted.contains_key(*n)).collect();
+        gone.sort_by_key(|n| {
+            let (hash, suffix) = n.split_once('.').unwrap_or((n.as_str(), ""));
+            (hash.to_string(), suffix.parse::<u32>().unwrap_or(0))
+        });
+        for name in gone {
             fs::remove_file(self.path.join(name))?;
         }
         Ok(true)

@@ -235,6 +235,7 @@ impl Drop for KafkaCluster {
     /// threads and closes its connections, and a cluster holds a client per consumer
     /// group, so a cluster dropped by a poll (the last holder after a rebuild) would
     /// otherwise hold an async worker, and every poll waiting on it, for as long.
+    /// The CA directory follows them.
     fn drop(&mut self) {
         let client = self
             .client
@@ -246,13 +247,19 @@ impl Drop for KafkaCluster {
                 .get_mut()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        if client.is_none() && groups.is_empty() {
+        // The CA directory goes after the clients that read it (and its files are
+        // removed off the async workers too).
+        let dir = self.ca_dir.take();
+        if client.is_none() && groups.is_empty() && dir.is_none() {
             return;
         }
-        let clients = (client, groups);
+        let rest = move || {
+            drop((client, groups));
+            drop(dir);
+        };
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(clients))),
-            Err(_) => drop(clients),
+            Ok(runtime) => drop(runtime.spawn_blocking(rest)),
+            Err(_) => rest(),
         }
     }
 }
@@ -271,7 +278,9 @@ impl KafkaCluster {
     }
 
     /// Whether the last round of handshakes with the brokers saw every one of them (see
-    /// [`witness`]), once one has ended.
+    /// [`witness`]), once one has ended that covered every broker known now (the
+    /// bootstrap servers and those the metadata named; a poll starts a round when the
+    /// metadata named a new one).
     #[must_use]
     pub fn brokers_witnessed(&self) -> Option<bool> {
         self.witness.seen()
@@ -653,29 +662,17 @@ impl ScalerBuilder for KafkaBuilder {
                 // backoff grows to 10 s, longer than a short polling interval).
                 .set("reconnect.backoff.max.ms", "2000")
                 .set("log_level", "3");
-            let mut ca_dir = None;
+            let mut ca_pem = None;
             if let Some(ctx) = tls {
                 let props =
                     librdkafka_tls(ctx, label).map_err(|e| ScalerError::from_trust(label, e))?;
                 for (k, v) in props.entries() {
                     if k == "ssl.ca.pem" {
-                        // The same anchors as a hashed directory: OpenSSL then loads only
-                        // the issuers a chain needs instead of every anchor into every
-                        // client.
-                        match ca_dirs.dir_for(v) {
-                            Ok(dir) => {
-                                config.set("ssl.ca.location", dir.path().to_string_lossy());
-                                ca_dir = Some(dir);
-                                continue;
-                            }
-                            Err(e) => tracing::warn!(
-                                trigger = %label,
-                                error = %e,
-                                "cannot write the CA directory for librdkafka; passing the anchors inline"
-                            ),
-                        }
+                        // Written as a directory below, only for a cluster not pooled yet.
+                        ca_pem = Some(v.to_string());
+                    } else {
+                        config.set(k, v);
                     }
-                    config.set(k, v);
                 }
             }
             let protocol = match (tls.is_some(), sasl.as_str()) {
@@ -705,8 +702,28 @@ impl ScalerBuilder for KafkaBuilder {
             };
             clusters
                 .try_get_or_insert_with(&key, || {
+                    let mut config = config.clone();
+                    let mut ca_dir = None;
+                    if let Some(pem) = &ca_pem {
+                        // The anchors as a hashed directory: OpenSSL then loads only the
+                        // issuers a chain needs instead of every anchor into every client.
+                        match ca_dirs.dir_for(pem) {
+                            Ok(dir) => {
+                                config.set("ssl.ca.location", dir.path().to_string_lossy());
+                                ca_dir = Some(dir);
+                            }
+                            Err(e) => {
+                                tracing::warn!(
+                                    trigger = %label,
+                                    error = %e,
+                                    "cannot write the CA directory for librdkafka; passing the anchors inline"
+                                );
+                                config.set("ssl.ca.pem", pem);
+                            }
+                        }
+                    }
                     Ok::<_, KafkaError>(KafkaCluster {
-                        config: config.clone(),
+                        config,
                         context: KafkaContext::default(),
                         client: Mutex::new(None),
                         groups: Mutex::new(HashMap::new()),
@@ -716,7 +733,7 @@ impl ScalerBuilder for KafkaBuilder {
                         served_all: Mutex::new(std::time::Instant::now()),
                         newest: Arc::default(),
                         committed: Mutex::new(HashMap::new()),
-                        ca_dir: ca_dir.clone(),
+                        ca_dir,
                         bootstrap: bootstrap.clone(),
                         witness: Arc::default(),
                     })

@@ -5,13 +5,14 @@
 //! accepts. So the cluster hands every broker it knows of (the bootstrap servers and
 //! those the metadata named) to one handshake each through the context
 //! ([`TlsContext::witness`]), which makes their chains known to it: a round at the first
-//! poll, and one after every change of the anchors. At a change, the context decides
-//! with what the rounds so far have seen ([`TlsContext::follow`]): when no anchor those
-//! chains could end in was removed, the directory is updated in place and the clients
-//! stay; otherwise, when the last round could not see a broker, or when the change
-//! cannot be made in place (see [`crate::cadir::CaDir::update`]), they are rebuilt. Only
-//! a change before the first round has ended waits for it (the clients are kept
-//! meanwhile; a round takes at most [`WITNESS_TIMEOUT`]).
+//! poll, one at the first poll after the metadata named a broker no round covered, and
+//! one after every change of the anchors. At a change, the context decides with what the
+//! rounds so far have seen ([`TlsContext::follow`]): when no anchor those chains could
+//! end in was removed, the directory is updated in place and the clients stay;
+//! otherwise, when the last round could not see a broker, or when the change cannot be
+//! made in place (see [`crate::cadir::CaDir::update`]), they are rebuilt. A change made
+//! while no finished round covers every broker known waits for one (the clients are
+//! kept meanwhile; a round takes at most [`WITNESS_TIMEOUT`]).
 //!
 //! What is left uncovered: a broker that presented a chain ending in an anchor between
 //! two rounds (so no handshake saw it), and no longer does when that anchor is removed.
@@ -47,18 +48,31 @@ struct Brokers {
     known: BTreeSet<String>,
     /// More than [`MAX_BROKERS`] were named.
     overflow: bool,
+    /// Counts the changes of `known` and `overflow`: a round covers the brokers of the
+    /// version it started with.
+    version: u64,
 }
 
 #[derive(Debug, Default)]
 struct State {
     running: bool,
-    /// The last finished round: the anchors generation it started at, and whether every
-    /// broker was seen.
-    done: Option<(u64, bool)>,
+    /// The last finished round.
+    done: Option<Round>,
+}
+
+/// What a finished round covered and saw.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    /// The anchors generation it started at.
+    generation: u64,
+    /// The version of the brokers it handshook with.
+    brokers: u64,
+    /// Whether every broker was seen.
+    seen: bool,
 }
 
 /// Sets `running` back when a round ends, however it ends (a panic, a runtime stopping).
-struct Running(Arc<Witness>, u64, bool);
+struct Running(Arc<Witness>, Round);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -68,7 +82,7 @@ impl Drop for Running {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         state.running = false;
-        state.done = Some((self.1, self.2));
+        state.done = Some(self.1);
     }
 }
 
@@ -89,37 +103,61 @@ impl Witness {
         }
         if brokers.known.len() < MAX_BROKERS {
             brokers.known.insert(address);
-        } else {
+            brokers.version += 1;
+        } else if !brokers.overflow {
             brokers.overflow = true;
+            brokers.version += 1;
         }
     }
 
-    /// Whether the last round saw every broker, if one ended.
+    /// The version of the brokers known now.
+    fn brokers_version(&self) -> u64 {
+        self.brokers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .version
+    }
+
+    /// Whether the last round saw every broker, if one ended that covered every broker
+    /// known now.
     pub(crate) fn seen(&self) -> Option<bool> {
+        let version = self.brokers_version();
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .done
-            .map(|(_, seen)| seen)
+            .filter(|round| round.brokers >= version)
+            .map(|round| round.seen)
     }
 
-    /// Starts a round for `generation` unless one is under way or one for it (or later)
-    /// ended.
-    pub(crate) fn start(self: &Arc<Self>, bootstrap: &str, tls: &TlsContext, generation: u64) {
+    /// Starts a round for `generation` and the brokers known now, unless one is under way
+    /// or one that covered both (or later) ended. False when no round can run (no
+    /// runtime).
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        bootstrap: &str,
+        tls: &TlsContext,
+        generation: u64,
+    ) -> bool {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
+            return false;
         };
+        let version = self.brokers_version();
         {
             let mut state = self
                 .state
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if state.running || state.done.is_some_and(|(g, _)| g >= generation) {
-                return;
+            if state.running
+                || state
+                    .done
+                    .is_some_and(|r| r.generation >= generation && r.brokers >= version)
+            {
+                return true;
             }
             state.running = true;
         }
-        let (targets, overflow) = {
+        let (targets, overflow, version) = {
             let brokers = self
                 .brokers
                 .lock()
@@ -127,10 +165,17 @@ impl Witness {
             let mut targets: BTreeSet<String> =
                 bootstrap.split(',').filter_map(bootstrap_address).collect();
             targets.extend(brokers.known.iter().cloned());
-            (targets, brokers.overflow)
+            (targets, brokers.overflow, brokers.version)
         };
         // Dropped with the round's task, however it ends (the lock is not held here).
-        let running = Running(Arc::clone(self), generation, false);
+        let running = Running(
+            Arc::clone(self),
+            Round {
+                generation,
+                brokers: version,
+                seen: false,
+            },
+        );
         let tls = tls.clone();
         runtime.spawn(async move {
             // The whole guard moves into the task (not only the field written below).
@@ -161,13 +206,15 @@ impl Witness {
                 true
             })
             .await;
-            running.2 = all.unwrap_or(false);
+            running.1.seen = all.unwrap_or(false);
         });
+        true
     }
 
     /// The answer for a change to `generation`: what the rounds so far saw, once one has
-    /// ended (a round for `generation` is started meanwhile, so the chains stay known);
-    /// until then, a round is under way.
+    /// ended that covered every broker known now (a round for `generation` is started
+    /// meanwhile, so the chains stay known); until then, a round is under way. No when
+    /// the last round missed a broker, or when no round can run.
     fn witnessed(
         self: &Arc<Self>,
         bootstrap: &str,
@@ -179,16 +226,13 @@ impl Witness {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .done;
+        let current = done.is_some_and(|r| r.brokers >= self.brokers_version());
         match done {
-            Some((_, false)) => Witnessed::No,
-            Some((_, true)) => {
-                self.start(bootstrap, tls, generation);
-                Witnessed::Yes
-            }
-            None => {
-                self.start(bootstrap, tls, generation);
-                Witnessed::Pending
-            }
+            Some(Round { seen: false, .. }) => Witnessed::No,
+            _ if !self.start(bootstrap, tls, generation) => Witnessed::No,
+            Some(Round { seen: true, .. }) if current => Witnessed::Yes,
+            // None, or a round that did not know a broker the metadata named since.
+            _ => Witnessed::Pending,
         }
     }
 }
@@ -295,5 +339,31 @@ mod tests {
         let b = w.brokers.lock().unwrap();
         assert_eq!(b.known.len(), MAX_BROKERS);
         assert!(b.overflow);
+    }
+
+    #[test]
+    fn a_round_covers_only_the_brokers_known_when_it_started() {
+        let w = Witness::default();
+        w.broker("kafka-0", 9093);
+        let version = w.brokers_version();
+        w.state.lock().unwrap().done = Some(Round {
+            generation: 1,
+            brokers: version,
+            seen: true,
+        });
+        assert_eq!(w.seen(), Some(true));
+        // Named again: nothing new.
+        w.broker("kafka-0", 9093);
+        assert_eq!(w.seen(), Some(true));
+        // A broker the round did not handshake with: nothing is known of its chain.
+        w.broker("kafka-1", 9093);
+        assert_eq!(w.seen(), None);
+        // Overflowing changes what a round covers too, once.
+        for i in 0..MAX_BROKERS {
+            w.broker(&format!("b{i}"), 9092);
+        }
+        let version = w.brokers_version();
+        w.broker("one-more", 9092);
+        assert_eq!(w.brokers_version(), version);
     }
 }
