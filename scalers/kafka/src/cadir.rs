@@ -19,7 +19,7 @@
 //! cluster, written completely before they are used, updated in place (each file replaced
 //! by a rename) and removed when the last client that reads one is gone.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
@@ -77,53 +77,36 @@ impl CaDir {
                 held.insert(name, fs::read(entry.path())?);
             }
         }
-        let bucket = |files: &BTreeMap<String, Vec<u8>>, hash: &str| -> Vec<(String, Vec<u8>)> {
-            files
-                .iter()
-                .filter(|(n, _)| n.split_once('.').is_some_and(|(h, _)| h == hash))
-                .map(|(n, b)| (n.clone(), b.clone()))
-                .collect()
-        };
-        let hash_of = |name: &str| name.split_once('.').map_or(name, |(h, _)| h).to_string();
-        let hashes: BTreeSet<String> = wanted
-            .keys()
-            .chain(held.keys())
-            .map(|n| hash_of(n))
+        let (held, wanted) = (buckets(&held), buckets(&wanted));
+        if held
+            .iter()
+            .any(|(hash, now)| wanted.get(hash).is_some_and(|then| then != now))
+        {
+            return Ok(false);
+        }
+        // So every file that is new belongs to a new name. They are all written aside first
+        // (OpenSSL reads only `<hash>.<n>`: a dot-file is never looked at), then renamed to
+        // their names, a name's `.0` last: OpenSSL reads a name's files from `.0` up,
+        // stops at the first missing one, and does not look a name up again once its store
+        // holds it, so a lookup between two renames must find none of a name's files
+        // rather than some of them.
+        let new: Vec<(&str, &[u8])> = wanted
+            .iter()
+            .filter(|(hash, _)| !held.contains_key(*hash))
+            .flat_map(|(_, files)| files.values().rev().copied())
             .collect();
-        for hash in &hashes {
-            let (now, then) = (bucket(&held, hash), bucket(&wanted, hash));
-            if !now.is_empty() && !then.is_empty() && now != then {
-                return Ok(false);
-            }
-        }
-        // Every new file is written aside first (OpenSSL reads only `<hash>.<n>`: a
-        // dot-file is never looked at), then renamed to its name, `.0` of each hash last:
-        // OpenSSL reads a name's files from `.0` up and stops at the first missing one,
-        // and does not look a name up again once its store holds it, so a lookup between
-        // two renames must find none of a new name's files rather than some of them.
-        let mut new: Vec<&String> = wanted.keys().filter(|n| !held.contains_key(*n)).collect();
-        new.sort_by_key(|n| {
-            let (hash, suffix) = n.split_once('.').unwrap_or((n.as_str(), ""));
-            (
-                hash.to_string(),
-                std::cmp::Reverse(suffix.parse::<u32>().unwrap_or(0)),
-            )
-        });
         let aside = |name: &str| self.path.join(format!(".{name}.new"));
-        for name in &new {
-            fs::File::create(aside(name))?.write_all(&wanted[*name])?;
+        for (name, bytes) in &new {
+            fs::File::create(aside(name))?.write_all(bytes)?;
         }
-        for name in &new {
+        for (name, _) in &new {
             fs::rename(aside(name), self.path.join(name))?;
         }
         // A name that went is removed from `.0` up, so a lookup meanwhile finds none.
-        let mut gone: Vec<&String> = held.keys().filter(|n| !wanted.contains_key(*n)).collect();
-        gone.sort_by_key(|n| {
-            let (hash, suffix) = n.split_once('.').unwrap_or((n.as_str(), ""));
-            (hash.to_string(), suffix.parse::<u32>().unwrap_or(0))
-        });
-        for name in gone {
-            fs::remove_file(self.path.join(name))?;
+        for (_, files) in held.iter().filter(|(hash, _)| !wanted.contains_key(*hash)) {
+            for (name, _) in files.values() {
+                fs::remove_file(self.path.join(name))?;
+            }
         }
         Ok(true)
     }
@@ -133,6 +116,29 @@ impl Drop for CaDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.path);
     }
+}
+
+/// A name's files by suffix: (file name, contents).
+type Bucket<'a> = BTreeMap<u32, (&'a str, &'a [u8])>;
+
+/// The files of a hashed directory by subject hash, then by suffix (`<hash>.<n>`; a name
+/// of another form is a bucket of its own, so that it is removed).
+fn buckets(files: &BTreeMap<String, Vec<u8>>) -> BTreeMap<&str, Bucket<'_>> {
+    let mut buckets: BTreeMap<&str, Bucket<'_>> = BTreeMap::new();
+    for (name, bytes) in files {
+        let (hash, n) = match name.split_once('.') {
+            Some((hash, n)) => match n.parse() {
+                Ok(n) => (hash, n),
+                Err(_) => (name.as_str(), 0),
+            },
+            None => (name.as_str(), 0),
+        };
+        buckets
+            .entry(hash)
+            .or_default()
+            .insert(n, (name.as_str(), bytes.as_slice()));
+    }
+    buckets
 }
 
 /// Hashed CA directories under one private folder.

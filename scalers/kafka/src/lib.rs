@@ -1261,9 +1261,9 @@ impl Scaler for KafkaScaler {
                 .start(&cluster.bootstrap, tls, tls.verifying_generation());
         }
         let bootstrap = cluster
-            .config
-            .get("bootstrap.servers")
-            .and_then(|b| b.split(',').next())
+            .bootstrap
+            .split(',')
+            .next()
             .map(|b| b.trim().to_string());
         let parts = read_offsets(
             &self.label,
