@@ -901,7 +901,7 @@ async fn broker(args: &Args) -> anyhow::Result<Vec<String>> {
         args.triggers, args.interval, args.fault_secs
     );
     println!(
-        "| fault | errors of the faulted type, by kind | other types' polls during the fault (errors) | recovered after the source returned | connections before / after | RSS before / after (MiB) |"
+        "| fault | errors of the faulted type, by kind | other types' polls during the fault (errors) | recovered after the source returned | connections before / after | RSS before / after (MiB; jemalloc allocated/resident) |"
     );
     println!("| --- | --- | --- | --- | --- | --- |");
     let began = Instant::now();
@@ -918,7 +918,9 @@ async fn broker(args: &Args) -> anyhow::Result<Vec<String>> {
         let port = brokers.port(kind);
         let conns0 = connections(pid, &port.to_string());
         let rss0 = pstat::rss_kib(pid);
-        let (p0, e0) = counts(&rig.scrape().await);
+        let scraped0 = rig.scrape().await;
+        let heap0 = heap_mib(&scraped0);
+        let (p0, e0) = counts(&scraped0);
         brokers.begin(kind, fault)?;
         let secs = Brokers::fault_secs(args, kind, fault);
         tokio::time::sleep(Duration::from_secs(secs)).await;
@@ -950,7 +952,9 @@ async fn broker(args: &Args) -> anyhow::Result<Vec<String>> {
         // Then one more interval: every trigger of that type polled without error.
         let (p2, e2) = counts(&rig.scrape().await);
         tokio::time::sleep(Duration::from_secs(args.interval + 2)).await;
-        let (p3, e3) = counts(&rig.scrape().await);
+        let scraped3 = rig.scrape().await;
+        let heap1 = heap_mib(&scraped3);
+        let (p3, e3) = counts(&scraped3);
         let new_errors: f64 = e3
             .iter()
             .filter(|((t, _), _)| t == ty)
@@ -993,7 +997,7 @@ async fn broker(args: &Args) -> anyhow::Result<Vec<String>> {
             })
             .collect();
         println!(
-            "| {kind} {what} | {} | {} | {:.1} s (then {ty_polls:.0} polls, {new_errors:.0} errors, in one interval) | {conns0} / {conns1} | {:.1} / {:.1} |",
+            "| {kind} {what} | {} | {} | {:.1} s (then {ty_polls:.0} polls, {new_errors:.0} errors, in one interval) | {conns0} / {conns1} | {:.1} ({heap0}) / {:.1} ({heap1}) |",
             if by_kind.is_empty() {
                 "none".into()
             } else {
@@ -1581,6 +1585,12 @@ async fn churn_ca_folder(ca_dir: PathBuf, stop: Arc<AtomicBool>) -> anyhow::Resu
     Ok(step)
 }
 
+/// jemalloc's allocated and resident MiB as the operator reports them, `allocated/resident`.
+fn heap_mib(s: &Scrape) -> String {
+    let mib = |k: &str| s.allocator.get(k).map_or(f64::NAN, |b| b / 1048576.0);
+    format!("{:.1}/{:.1}", mib("allocated"), mib("resident"))
+}
+
 /// Until `stop`, every `every`: the operator's RSS, descriptors and threads, what the
 /// soak was doing (`now_doing`) and the poll errors of the window by trigger type and
 /// kind, one line per window, so that errors can be placed against the faults.
@@ -1602,7 +1612,9 @@ async fn timeline(
     while !stop.load(Ordering::Relaxed) {
         tokio::time::sleep(every).await;
         let doing = now_doing.lock().unwrap().clone();
-        let now = scrape(&http, &url).await.unwrap_or_default().errors;
+        let scraped = scrape(&http, &url).await.unwrap_or_default();
+        let heap = heap_mib(&scraped);
+        let now = scraped.errors;
         let window: Vec<String> = now
             .iter()
             .map(|(k, v)| (k, v - errors.get(k).copied().unwrap_or(0.0)))
@@ -1613,7 +1625,7 @@ async fn timeline(
             errors = now;
         }
         lines.push(format!(
-            "{} {:.1} {} {} [{doing}] {}",
+            "{} {:.1} ({heap}) {} {} [{doing}] {}",
             start.elapsed().as_secs(),
             pstat::rss_kib(pid) as f64 / 1024.0,
             pstat::open_fds(pid),
@@ -1843,7 +1855,7 @@ async fn soak(args: &Args) -> anyhow::Result<Vec<String>> {
         list(&after),
     );
     println!(
-        "  timeline (s from the base line, RSS MiB, open fds, threads, what ran, poll errors in the window):"
+        "  timeline (s from the base line, RSS MiB (jemalloc allocated/resident MiB), open fds, threads, what ran, poll errors in the window):"
     );
     for w in &windows {
         println!("    {w}");

@@ -152,6 +152,9 @@ pub struct Scrape {
     pub polls: BTreeMap<String, Histogram>,
     /// Poll errors by (type, kind).
     pub errors: BTreeMap<(String, String), f64>,
+    /// The allocator's figures in bytes by kind (`allocated`, `resident`, ...), when the
+    /// operator reports them.
+    pub allocator: BTreeMap<String, f64>,
 }
 
 /// Reads the poll histogram and the poll errors from `url` (`/metrics`).
@@ -187,6 +190,10 @@ pub async fn scrape(http: &reqwest::Client, url: &str) -> anyhow::Result<Scrape>
             };
             *s.errors.entry((get("type"), get("kind"))).or_default() +=
                 value.trim().parse::<f64>().unwrap_or(0.0);
+        } else if let Some(rest) = line.strip_prefix("trustscale_allocator_bytes{kind=\"") {
+            let (kind, value) = rest.split_once("\"} ").unwrap_or_default();
+            s.allocator
+                .insert(kind.to_string(), value.trim().parse().unwrap_or(0.0));
         }
     }
     Ok(s)

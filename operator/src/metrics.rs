@@ -121,6 +121,29 @@ pub fn keda_scaler_name(trigger_type: &str) -> String {
     }
 }
 
+/// Labels of an allocator figure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AllocatorLabels {
+    /// `allocated` (live allocations), `active` (pages holding them), `resident` (pages
+    /// the allocator holds in memory, its own metadata included), `retained` (address
+    /// space kept unmapped for reuse) or `metadata`.
+    pub kind: String,
+}
+
+/// The allocator's own figures, in bytes, by kind (see [`AllocatorLabels`]).
+pub type AllocatorStats = Vec<(&'static str, u64)>;
+
+static ALLOCATOR_PROBE: std::sync::OnceLock<fn() -> AllocatorStats> = std::sync::OnceLock::new();
+
+/// Lets `/metrics` report the process allocator's figures as
+/// `trustscale_allocator_bytes{kind}`, read at every scrape. The binary that chooses the
+/// global allocator sets it (the `trustscale` command, with jemalloc); the first call wins.
+/// They tell the process's memory apart: Rust's live allocations, what the allocator keeps
+/// around them, and (RSS less `resident`) what the C libraries and thread stacks hold.
+pub fn set_allocator_probe(probe: fn() -> AllocatorStats) {
+    let _ = ALLOCATOR_PROBE.set(probe);
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     /// Registry to encode.
@@ -165,6 +188,8 @@ pub struct Metrics {
     pub keda_object_errors: Family<KedaObjectLabels, Counter>,
     /// `keda_scaled_object_paused`.
     pub keda_paused: Family<KedaObjectLabels, Gauge>,
+    /// The allocator's figures, set at each scrape when a probe is set.
+    allocator: Family<AllocatorLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -196,6 +221,7 @@ impl Default for Metrics {
             keda_errors: Family::default(),
             keda_object_errors: Family::default(),
             keda_paused: Family::default(),
+            allocator: Family::default(),
             registry: Registry::default(),
         };
         let registry = root.sub_registry_with_prefix("trustscale");
@@ -265,6 +291,11 @@ impl Default for Metrics {
             "Whether this replica is the leader (1) or a follower (0)",
             m.leader.clone(),
         );
+        registry.register(
+            "allocator_bytes",
+            "The process allocator's figures (when it reports them), by kind",
+            m.allocator.clone(),
+        );
         let keda = root.sub_registry_with_prefix("keda");
         keda.register(
             "scaler_metrics_value",
@@ -323,6 +354,14 @@ impl Metrics {
     /// The text exposition.
     #[must_use]
     pub fn encode(&self) -> String {
+        if let Some(probe) = ALLOCATOR_PROBE.get() {
+            for (kind, bytes) in probe() {
+                let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+                self.allocator
+                    .get_or_create(&AllocatorLabels { kind: kind.into() })
+                    .set(bytes);
+            }
+        }
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
