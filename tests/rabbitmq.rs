@@ -797,3 +797,86 @@ async fn a_connection_that_stops_answering_is_cut_and_the_next_poll_connects_aga
     assert_eq!(builder.amqp_clients()[0].connects(), 2);
     mgmt.delete_queue(&q).await;
 }
+
+/// A RabbitMQ trigger on `port` of this machine with the fixture's trust.
+async fn scaler_on(ctx: &BuildContext, port: u16) -> Box<dyn Scaler> {
+    RabbitMqBuilder::default()
+        .build(
+            &spec(
+                &unique("gone-so"),
+                &[
+                    (
+                        "host",
+                        &format!("amqps://admin:adminpass@localhost:{port}/"),
+                    ),
+                    ("queueName", "q"),
+                ],
+            ),
+            ctx,
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_that_find_the_broker_gone_leave_no_task_behind() {
+    // Nothing listens on the port: every poll's connect is refused.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let ctx = trusted();
+    let scaler = scaler_on(&ctx, port).await;
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    for _ in 0..20 {
+        let err = scaler.poll().await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::CONNECTION, "{err}");
+        assert!(err.to_string().contains("refused"), "{err}");
+    }
+    // Each failed attempt used to leave lapin's internal task (and its channel
+    // structures) alive for good: twenty polls, twenty tasks.
+    let mut alive = metrics.num_alive_tasks();
+    for _ in 0..40 {
+        if alive <= before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        alive = metrics.num_alive_tasks();
+    }
+    assert!(
+        alive <= before,
+        "{alive} tasks alive after 20 failed polls, {before} before"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_to_a_peer_that_never_answers_is_given_up_and_its_socket_closed() {
+    use tokio::io::AsyncReadExt as _;
+    // Accepts, reads what comes (the TLS ClientHello), answers nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let ctx = trusted();
+    let scaler = scaler_on(&ctx, port).await;
+    let poll = tokio::spawn(async move { scaler.poll().await });
+    let (mut peer, _) = listener.accept().await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(30), poll)
+        .await
+        .expect("a connect to a silent peer must end by itself")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::CONNECTION, "{err}");
+    assert!(err.to_string().contains("timed out"), "{err}");
+    // The attempt given up is cut: the peer sees its end, nothing keeps waiting on it.
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match peer.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the abandoned connection is still open");
+}

@@ -52,6 +52,17 @@ struct Watch {
     cut: AtomicBool,
 }
 
+/// Cuts the watched socket when dropped, unless emptied first.
+struct CutOnDrop(Option<Arc<Watch>>);
+
+impl Drop for CutOnDrop {
+    fn drop(&mut self) {
+        if let Some(w) = self.0.take() {
+            w.socket.shutdown();
+        }
+    }
+}
+
 /// One waiting call; dropped when it is answered or given up.
 struct Waiting<'a>(&'a Watch);
 
@@ -193,47 +204,78 @@ impl AmqpClient {
         })?;
         let props = ConnectionProperties::default().with_connection_name(self.name.clone().into());
         let watch = Arc::new(Watch::default());
-        let socket = Arc::clone(&watch);
-        // The transport: TCP, then TLS from the trigger's context. The URI's scheme never
-        // chooses a TLS stack of its own. The socket's second descriptor is kept once the
-        // transport is up (lapin may call this again after a failed attempt).
-        let connect = async move |uri: AMQPUri, runtime| {
-            let addrs: Vec<std::net::SocketAddr> =
-                tokio::net::lookup_host((uri.authority.host.as_str(), uri.authority.port))
-                    .await?
-                    .collect();
+        // Whatever ends this attempt short of a connection (an error, the limit, or the
+        // poll that waits for it being dropped) cuts its socket, so that nothing goes on
+        // waiting on a silent peer.
+        let mut cut_unless_connected = CutOnDrop(Some(Arc::clone(&watch)));
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let timed_out = || {
+            ScalerError::new(
+                ErrorKind::CONNECTION,
+                trigger,
+                format!("{target}: connecting timed out after {CONNECT_TIMEOUT:?}"),
+            )
+        };
+        // The transport first, here: TCP, then TLS from the trigger's context (the URI's
+        // scheme never chooses a TLS stack of its own). lapin is handed a stream that is
+        // already up: an attempt that fails in lapin's own connect keeps its internal task
+        // and channel structures for good (lapin 4.12 stops that task only on the paths
+        // after a transport exists), some 10 KB for every poll that found the broker down.
+        // The socket's second descriptor is kept as soon as TCP is up, so that an attempt
+        // given up is cut in its TLS handshake too.
+        let transport = async {
+            let port = self.uri.authority.port;
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+                .await?
+                .collect();
             let stream: AsyncTcpStream<async_compat::Compat<tokio::net::TcpStream>> =
                 AsyncTcpStream::connect(&runtime, addrs).await?;
-            let second = match &stream {
-                AsyncTcpStream::Plain(s) => Some(s.get_ref().as_fd().try_clone_to_owned()?),
-                _ => None,
-            };
-            let stream = match (&connector, &sni) {
+            if let AsyncTcpStream::Plain(s) = &stream {
+                let second = s.get_ref().as_fd().try_clone_to_owned()?;
+                *watch.socket.slot() = Some(std::net::TcpStream::from(second));
+            }
+            match (&connector, &sni) {
                 (Some(connector), Some(sni)) => {
-                    stream.into_rustls(connector, &sni.to_str()).await?
+                    let name = sni.to_str();
+                    stream.into_rustls(connector, &name).await
                 }
-                _ => stream,
-            };
-            *socket.socket.slot() = second.map(std::net::TcpStream::from);
-            Ok(stream)
+                _ => Ok(stream),
+            }
+        };
+        let stream = match tokio::time::timeout_at(deadline, transport).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                return Err(ScalerError::from_connect(
+                    trigger,
+                    &e,
+                    tls.as_ref(),
+                    &target,
+                ));
+            }
+            Err(_) => return Err(timed_out()),
+        };
+        // lapin calls this once (it retries nothing by default).
+        let stream = std::sync::Mutex::new(Some(stream));
+        let connect = async move |_: AMQPUri, _| {
+            let taken = stream
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            taken.ok_or_else(|| {
+                lapin::Error::from(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "the connection's transport was used already",
+                ))
+            })
         };
         let connecting = Connection::connector(self.uri.clone(), runtime, connect, props);
-        let connected = tokio::time::timeout(CONNECT_TIMEOUT, connecting).await;
-        let connection = match connected {
-            Ok(Ok(c)) => c,
-            failed => {
-                // A connection given up, in the middle of its handshake or after it: cut,
-                // so that lapin's attempt ends here too.
-                watch.socket.shutdown();
-                return Err(match failed {
-                    Ok(Err(e)) => amqp_error(trigger, &e, tls.as_ref(), &target),
-                    _ => ScalerError::new(
-                        ErrorKind::CONNECTION,
-                        trigger,
-                        format!("{target}: connecting timed out after {CONNECT_TIMEOUT:?}"),
-                    ),
-                });
+        let connection = match tokio::time::timeout_at(deadline, connecting).await {
+            Ok(Ok(c)) => {
+                cut_unless_connected.0 = None;
+                c
             }
+            Ok(Err(e)) => return Err(amqp_error(trigger, &e, tls.as_ref(), &target)),
+            Err(_) => return Err(timed_out()),
         };
         tokio::spawn(watchdog(Arc::downgrade(&watch)));
         tracing::debug!(target = %target, tls = tls.is_some(), "connected to rabbitmq");
