@@ -33,11 +33,12 @@
 //! The clients' log and error events are kept, so a TLS failure is reported as what it is
 //! (`unknown_issuer`, `client_cert_required`, ...) instead of "all brokers are down".
 
-// No unsafe code, except the one module that must call librdkafka's C API directly
-// (`queue`, which says why).
+// No unsafe code, except the modules that must call C directly: `queue` (librdkafka's
+// API) and `heap` (the C library's `malloc_trim`), each of which says why.
 #![deny(unsafe_code)]
 
 mod cadir;
+mod heap;
 mod queue;
 mod rounds;
 mod tls;
@@ -590,6 +591,7 @@ impl ScalerBuilder for KafkaBuilder {
         spec: &TriggerSpec,
         ctx: &BuildContext,
     ) -> Result<Box<dyn Scaler>, ScalerError> {
+        heap::start_trimming();
         let p = Params::new(spec, PARAMETERS);
         let label = spec.label.clone();
         let bootstrap = p.required("bootstrapServers")?;
