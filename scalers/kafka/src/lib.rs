@@ -32,6 +32,14 @@
 //! test), so the group's own consumer handle, librdkafka's well-trodden path, reads them.
 //! The clients' log and error events are kept, so a TLS failure is reported as what it is
 //! (`unknown_issuer`, `client_cert_required`, ...) instead of "all brokers are down".
+//!
+//! librdkafka's reads block, so they run on the tokio runtime's blocking pool, one thread
+//! per round in flight. While the brokers are down every round waits for librdkafka's
+//! timeout, and a cluster with a hundred groups grows the pool by a hundred threads. tokio
+//! ends a pool thread only after it waited for work for its keep-alive (10 s by default),
+//! which a busy pool's threads, handed work in turn, never do: an embedder with many groups
+//! should build its runtime with a short `thread_keep_alive` (the `trustscale` binary uses
+//! 1 s), or the pool keeps its largest size, and the allocator's per-thread caches with it.
 
 // No unsafe code, except the modules that must call C directly: `queue` (librdkafka's
 // API) and `heap` (the C library's `malloc_trim`), each of which says why.
