@@ -69,7 +69,8 @@ struct Args {
     /// figure is off its goal.
     #[arg(long)]
     short: bool,
-    /// `broker`: only the faults whose name holds this (e.g. `redis refused`).
+    /// `broker` and `soak`: only the faults whose name holds this (e.g. `redis refused`,
+    /// `kafka`).
     #[arg(long)]
     only: Option<String>,
     /// Passed by `cargo bench`; ignored.
@@ -1680,6 +1681,10 @@ fn mib_per_hour(points: &[(u64, u64)]) -> f64 {
 /// fault gives the trend; the one right after it, the peak. The step from idle to the
 /// load (the cold reading) is printed as well. Open descriptors are compared at rest:
 /// before the activities start and after they stop.
+/// How many more runtime threads than at the start the soak accepts at rest: the blocking
+/// pool holds the reads in flight (4 to 16 threads in all at 10,000 triggers).
+const POOL_SLACK: usize = 16;
+
 async fn soak(args: &Args) -> anyhow::Result<Vec<String>> {
     let mut rig = Rig::new().await?;
     // Failed polls are logged at debug: the soak sorts them by message.
@@ -1710,7 +1715,15 @@ async fn soak(args: &Args) -> anyhow::Result<Vec<String>> {
             .filter(|t| t != "tokio-rt-worker")
             .collect()
     };
-    let (files0, threads0) = (files(), threads());
+    // The runtime's threads: its two workers and its blocking pool, which a fault grows
+    // (every Kafka read waits there for librdkafka's timeout) and which must shrink back.
+    let pool = || {
+        pstat::thread_names(pid)
+            .iter()
+            .filter(|t| *t == "tokio-rt-worker")
+            .count()
+    };
+    let (files0, threads0, pool0) = (files(), threads(), pool());
     let kinds = ["redis", "rabbitmq", "kafka"];
     let conns = |brokers: &Brokers| -> Vec<usize> {
         kinds
@@ -1741,7 +1754,20 @@ async fn soak(args: &Args) -> anyhow::Result<Vec<String>> {
     let rss0 = pstat::rss_kib(pid);
     let (_, e0) = counts(&rig.scrape().await);
     let cpu0 = pstat::cpu_seconds(pid);
-    let faults = brokers.faults();
+    let faults: Vec<_> = brokers
+        .faults()
+        .into_iter()
+        .filter(|(kind, what, _)| {
+            args.only
+                .as_deref()
+                .is_none_or(|o| format!("{kind} {what}").contains(o))
+        })
+        .collect();
+    anyhow::ensure!(
+        !faults.is_empty(),
+        "soak: no fault's name holds {:?}",
+        args.only
+    );
     let cycle_len = if args.short { 6 } else { 300 };
     let start = Instant::now();
     let now_doing = Arc::new(std::sync::Mutex::new(String::from("-")));
@@ -1806,16 +1832,20 @@ async fn soak(args: &Args) -> anyhow::Result<Vec<String>> {
             conns(brokers),
         )
     };
+    // The blocking pool's size follows the polls in flight: a few either way.
+    let pool_grew = |n: usize| n > pool0 + POOL_SLACK;
     let (mut opened, mut started, mut conns1) = at_rest(&brokers);
-    while (opened.len() > 3 || started.len() > 1 || conns1 != conns0)
+    let mut pool1 = pool();
+    while (opened.len() > 3 || started.len() > 1 || conns1 != conns0 || pool_grew(pool1))
         && settle.elapsed() < Duration::from_secs(10)
     {
         tokio::time::sleep(Duration::from_millis(500)).await;
         (opened, started, conns1) = at_rest(&brokers);
+        pool1 = pool();
     }
     let quiet1 = pstat::open_fds(pid);
     println!(
-        "  at rest, before and after: open fds {quiet0} → {quiet1}; connections to {kinds:?} {conns0:?} → {conns1:?}; descriptors (not sockets) open that were not at the start: {opened:?}; threads: {started:?}"
+        "  at rest, before and after: open fds {quiet0} → {quiet1}; connections to {kinds:?} {conns0:?} → {conns1:?}; the runtime's threads (workers and blocking pool) {pool0} → {pool1}; descriptors (not sockets) open that were not at the start: {opened:?}; other threads: {started:?}"
     );
     let growth = (rss1 as f64 - rss0 as f64) / rss0 as f64 * 100.0;
     let mut trend: Vec<(u64, u64)> = before.iter().map(|(t, r, _)| (*t, *r)).collect();
@@ -1878,6 +1908,11 @@ async fn soak(args: &Args) -> anyhow::Result<Vec<String>> {
     if conns1 != conns0 {
         off.push(format!(
             "soak: connections to {kinds:?} {conns0:?} at the start, {conns1:?} at rest"
+        ));
+    }
+    if pool_grew(pool1) {
+        off.push(format!(
+            "soak: the runtime's threads {pool0} at the start, {pool1} at rest (the blocking pool did not shrink back)"
         ));
     }
     if tally.failed.load(Ordering::Relaxed) > 0 {
