@@ -4,7 +4,7 @@
 //! events (log lines, errors) wait on a client's queue. Those events reach the client's
 //! context only when the queue is served, and a queue nobody serves grows for as long as
 //! the client lives; serving it blindly costs a call per event slot whether or not one
-//! waits. `rd_kafka_queue_length` answers exactly. Everything unsafe stays in this file:
+//! waits. `rd_kafka_queue_length` answers exactly. Its unsafe calls stay in this file:
 //! the client handle is borrowed for the call, the queue reference taken is checked for
 //! NULL and released by a guard.
 #![allow(unsafe_code)]
