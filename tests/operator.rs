@@ -744,6 +744,34 @@ fn the_binary_serves_metrics_get_prometheus_and_the_ca_bundle() {
     ] {
         assert!(scrape.contains(name), "{name} missing from:\n{scrape}");
     }
+    // The allocator's own figures: read from jemalloc at the scrape when the binary
+    // allocates with it, absent (not zero) when it does not.
+    let allocator = |kind: &str| -> Option<f64> {
+        let prefix = format!("trustscale_allocator_bytes{{kind=\"{kind}\"}} ");
+        scrape
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map(|v| v.trim().parse().expect("a number"))
+    };
+    if cfg!(feature = "jemalloc") {
+        let allocated =
+            allocator("allocated").unwrap_or_else(|| panic!("no allocated figure in:\n{scrape}"));
+        let resident =
+            allocator("resident").unwrap_or_else(|| panic!("no resident figure in:\n{scrape}"));
+        assert!(
+            allocated > 1_048_576.0 && allocated <= resident,
+            "a serving operator has live allocations, all of them resident: allocated {allocated}, resident {resident}"
+        );
+        for kind in ["active", "retained", "metadata"] {
+            assert!(allocator(kind).is_some(), "no {kind} figure in:\n{scrape}");
+        }
+    } else {
+        assert_eq!(
+            allocator("allocated"),
+            None,
+            "no allocator figures without jemalloc"
+        );
+    }
     let bundle = std::process::Command::new(bin())
         .args(["certs", "ca-bundle", "--cert-dir"])
         .arg(dir.path())

@@ -355,7 +355,10 @@ impl Metrics {
     #[must_use]
     pub fn encode(&self) -> String {
         if let Some(probe) = ALLOCATOR_PROBE.get() {
-            for (kind, bytes) in probe() {
+            let stats = probe();
+            // A figure the probe could not read this time is left out, not repeated.
+            self.allocator.clear();
+            for (kind, bytes) in stats {
                 let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
                 self.allocator
                     .get_or_create(&AllocatorLabels { kind: kind.into() })
