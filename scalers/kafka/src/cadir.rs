@@ -118,20 +118,23 @@ impl Drop for CaDir {
     }
 }
 
-/// A name's files by suffix: (file name, contents).
-type Bucket<'a> = BTreeMap<u32, (&'a str, &'a [u8])>;
+/// A name's files by suffix: (file name, contents). `None`: a file of another form.
+type Bucket<'a> = BTreeMap<Option<u32>, (&'a str, &'a [u8])>;
 
-/// The files of a hashed directory by subject hash, then by suffix (`<hash>.<n>`; a name
-/// of another form is a bucket of its own, so that it is removed).
+/// The files of a hashed directory by subject hash, then by suffix (`<hash>.<n>`, `n` in
+/// its canonical form). A name of another form is a bucket of its own (so that it is
+/// removed), or, when it equals a hash, an extra file of that hash's bucket (so that the
+/// bucket differs from any wanted one): never in the place of another file.
 fn buckets(files: &BTreeMap<String, Vec<u8>>) -> BTreeMap<&str, Bucket<'_>> {
     let mut buckets: BTreeMap<&str, Bucket<'_>> = BTreeMap::new();
     for (name, bytes) in files {
+        let suffix = |n: &str| n.parse::<u32>().ok().filter(|v| v.to_string() == n);
         let (hash, n) = match name.split_once('.') {
-            Some((hash, n)) => match n.parse() {
-                Ok(n) => (hash, n),
-                Err(_) => (name.as_str(), 0),
+            Some((hash, n)) => match suffix(n) {
+                Some(n) => (hash, Some(n)),
+                None => (name.as_str(), None),
             },
-            None => (name.as_str(), 0),
+            None => (name.as_str(), None),
         };
         buckets
             .entry(hash)
@@ -272,6 +275,43 @@ mod tests {
         assert!(dir.path().exists(), "kept while a client holds it");
         drop((dir, again));
         assert!(!root.exists(), "removed with the last user");
+    }
+
+    /// A file that is not `<hash>.<n>` in canonical form never takes the place of one
+    /// that is: `<hash>.00` and a bare `<hash>` beside `<hash>.0` are neither compared as
+    /// `.0` nor left behind.
+    #[test]
+    fn stray_names_beside_a_hashs_files_are_not_taken_for_them() {
+        let dirs = CaDirs::default();
+        let one = ca("one");
+        let dir = dirs.dir_for(&one).unwrap();
+        let hash = format!(
+            "{:08x}",
+            openssl::x509::X509::from_pem(one.as_bytes())
+                .unwrap()
+                .subject_name_hash()
+        );
+        let names = || {
+            let mut n: Vec<String> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            n.sort();
+            n
+        };
+        // A stray of another name form: its own bucket, removed; `.0` kept in place.
+        fs::write(dir.path().join(format!("{hash}.00")), b"stray").unwrap();
+        assert!(dir.update(&one).unwrap());
+        assert_eq!(names(), vec![format!("{hash}.0")]);
+        // A stray named as the hash itself: the name's files differ from those wanted,
+        // so the update refuses (the client is rebuilt) rather than keep it.
+        fs::write(dir.path().join(&hash), b"stray").unwrap();
+        assert!(!dir.update(&one).unwrap());
+        assert_eq!(
+            names(),
+            vec![hash.clone(), format!("{hash}.0")],
+            "nothing changed"
+        );
     }
 
     /// A CA key and certificate, and a leaf for `localhost` it signed.
