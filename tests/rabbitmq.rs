@@ -880,3 +880,66 @@ async fn a_connect_to_a_peer_that_never_answers_is_given_up_and_its_socket_close
     .await;
     assert!(closed.is_ok(), "the abandoned connection is still open");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_takes_tls_but_never_speaks_amqp_is_given_up_leaving_nothing_behind() {
+    use tokio::io::AsyncReadExt as _;
+    // The transport comes up (TCP and TLS, with a CA the trigger trusts); then the peer
+    // reads the AMQP header and answers nothing: the attempt ends in lapin's handshake,
+    // which must be cut, its I/O and internal tasks with it.
+    let ca = support::TestCa::new("silent amqp peer CA");
+    let dir = tempfile::tempdir().unwrap();
+    ca.write_pem(&dir.path().join("ca.pem"));
+    let ctx = BuildContext {
+        trust: TrustFactory::new(TrustOptions::default().ca_dirs([dir.path()])).unwrap(),
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(support::server_config(
+        &ca.server(),
+        support::Versions::Both,
+        None,
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let scaler = scaler_on(&ctx, port).await;
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    let poll = tokio::spawn(async move { scaler.poll().await });
+    let (tcp, _) = listener.accept().await.unwrap();
+    let mut peer = acceptor
+        .accept(tcp)
+        .await
+        .expect("the TLS handshake completes");
+    let mut header = [0u8; 8];
+    peer.read_exact(&mut header).await.unwrap();
+    assert_eq!(&header[..4], b"AMQP", "the client got past TLS to AMQP");
+    let err = tokio::time::timeout(Duration::from_secs(30), poll)
+        .await
+        .expect("a connect to a peer that never speaks AMQP must end by itself")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::CONNECTION, "{err}");
+    assert!(err.to_string().contains("timed out"), "{err}");
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match peer.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the abandoned connection is still open");
+    let mut alive = metrics.num_alive_tasks();
+    for _ in 0..40 {
+        if alive <= before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        alive = metrics.num_alive_tasks();
+    }
+    assert!(
+        alive <= before,
+        "{alive} tasks alive after the attempt was given up, {before} before"
+    );
+}
