@@ -627,15 +627,8 @@ async fn a_plain_http_management_host_is_read() {
     assert_eq!(missing.kind, ErrorKind::Source, "{missing}");
 }
 
-/// A queue no test declares (unique to this run).
-fn absent() -> &'static str {
-    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    NAME.get_or_init(|| support::unique("absent-queue"))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_certificate_for_another_host_or_expired_is_named_for_amqps_and_management() {
-    let ca = support::TestCa::new("rabbit-test-ca");
+/// A context that trusts `ca` alone, and the CA folder it reads (kept while it is used).
+fn trusting_only(ca: &support::TestCa) -> (BuildContext, tempfile::TempDir) {
     let anchors = tempfile::tempdir().unwrap();
     ca.write_pem(&anchors.path().join("ca.crt"));
     let ctx = BuildContext {
@@ -646,6 +639,19 @@ async fn a_server_certificate_for_another_host_or_expired_is_named_for_amqps_and
         )
         .unwrap(),
     };
+    (ctx, anchors)
+}
+
+/// A queue no test declares (unique to this run).
+fn absent() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| support::unique("absent-queue"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_certificate_for_another_host_or_expired_is_named_for_amqps_and_management() {
+    let ca = support::TestCa::new("rabbit-test-ca");
+    let (ctx, _anchors) = trusting_only(&ca);
     for (leaf, want) in [
         (
             ca.server_for(&["rabbit.other.example"]),
@@ -818,6 +824,48 @@ async fn scaler_on(ctx: &BuildContext, port: u16) -> Box<dyn Scaler> {
         .unwrap()
 }
 
+/// The runtime's live tasks, once they are back to `before` (or after 2 s).
+async fn alive_tasks_settled(before: usize) -> usize {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let mut alive = metrics.num_alive_tasks();
+    for _ in 0..40 {
+        if alive <= before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        alive = metrics.num_alive_tasks();
+    }
+    alive
+}
+
+/// The poll on a peer that never answers ends by itself, failed as a `connection` that
+/// timed out, and the attempt given up is cut: the peer sees its end within 10 s (reading
+/// what comes), nothing keeps waiting on it.
+async fn given_up_and_cut(
+    poll: tokio::task::JoinHandle<Result<Poll, ScalerError>>,
+    peer: &mut (impl tokio::io::AsyncRead + Unpin),
+) {
+    use tokio::io::AsyncReadExt as _;
+    let err = tokio::time::timeout(Duration::from_secs(30), poll)
+        .await
+        .expect("a connect to a peer that never answers must end by itself")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::CONNECTION, "{err}");
+    assert!(err.to_string().contains("timed out"), "{err}");
+    let mut buf = [0u8; 4096];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match peer.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the abandoned connection is still open");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polls_that_find_the_broker_gone_leave_no_task_behind() {
     // Nothing listens on the port: every poll's connect is refused.
@@ -836,14 +884,7 @@ async fn polls_that_find_the_broker_gone_leave_no_task_behind() {
     }
     // Each failed attempt used to leave lapin's internal task (and its channel
     // structures) alive for good: twenty polls, twenty tasks.
-    let mut alive = metrics.num_alive_tasks();
-    for _ in 0..40 {
-        if alive <= before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        alive = metrics.num_alive_tasks();
-    }
+    let alive = alive_tasks_settled(before).await;
     assert!(
         alive <= before,
         "{alive} tasks alive after 20 failed polls, {before} before"
@@ -852,7 +893,6 @@ async fn polls_that_find_the_broker_gone_leave_no_task_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_to_a_peer_that_never_answers_is_given_up_and_its_socket_closed() {
-    use tokio::io::AsyncReadExt as _;
     // Accepts, reads what comes (the TLS ClientHello), answers nothing.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -860,25 +900,7 @@ async fn a_connect_to_a_peer_that_never_answers_is_given_up_and_its_socket_close
     let scaler = scaler_on(&ctx, port).await;
     let poll = tokio::spawn(async move { scaler.poll().await });
     let (mut peer, _) = listener.accept().await.unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(30), poll)
-        .await
-        .expect("a connect to a silent peer must end by itself")
-        .unwrap()
-        .unwrap_err();
-    assert_eq!(err.kind, ErrorKind::CONNECTION, "{err}");
-    assert!(err.to_string().contains("timed out"), "{err}");
-    // The attempt given up is cut: the peer sees its end, nothing keeps waiting on it.
-    let mut buf = [0u8; 4096];
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match peer.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "the abandoned connection is still open");
+    given_up_and_cut(poll, &mut peer).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -888,11 +910,7 @@ async fn a_peer_that_takes_tls_but_never_speaks_amqp_is_given_up_leaving_nothing
     // reads the AMQP header and answers nothing: the attempt ends in lapin's handshake,
     // which must be cut, its I/O and internal tasks with it.
     let ca = support::TestCa::new("silent amqp peer CA");
-    let dir = tempfile::tempdir().unwrap();
-    ca.write_pem(&dir.path().join("ca.pem"));
-    let ctx = BuildContext {
-        trust: TrustFactory::new(TrustOptions::default().ca_dirs([dir.path()])).unwrap(),
-    };
+    let (ctx, _anchors) = trusting_only(&ca);
     let acceptor = tokio_rustls::TlsAcceptor::from(support::server_config(
         &ca.server(),
         support::Versions::Both,
@@ -912,32 +930,8 @@ async fn a_peer_that_takes_tls_but_never_speaks_amqp_is_given_up_leaving_nothing
     let mut header = [0u8; 8];
     peer.read_exact(&mut header).await.unwrap();
     assert_eq!(&header[..4], b"AMQP", "the client got past TLS to AMQP");
-    let err = tokio::time::timeout(Duration::from_secs(30), poll)
-        .await
-        .expect("a connect to a peer that never speaks AMQP must end by itself")
-        .unwrap()
-        .unwrap_err();
-    assert_eq!(err.kind, ErrorKind::CONNECTION, "{err}");
-    assert!(err.to_string().contains("timed out"), "{err}");
-    let mut buf = [0u8; 4096];
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match peer.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "the abandoned connection is still open");
-    let mut alive = metrics.num_alive_tasks();
-    for _ in 0..40 {
-        if alive <= before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        alive = metrics.num_alive_tasks();
-    }
+    given_up_and_cut(poll, &mut peer).await;
+    let alive = alive_tasks_settled(before).await;
     assert!(
         alive <= before,
         "{alive} tasks alive after the attempt was given up, {before} before"
