@@ -243,6 +243,13 @@ print(body["items"][0]["value"])
         text.contains("trustscale_metric_value") && text.ends_with("200 1.1"),
         "{text}"
     );
+    // The allocator's figures reach a client of another make too (the binary allocates with
+    // jemalloc when built with that feature).
+    assert_eq!(
+        text.contains("trustscale_allocator_bytes{kind=\"allocated\"} "),
+        cfg!(feature = "jemalloc"),
+        "{text}"
+    );
 }
 
 /// The operator's file rule: a trigger's `ca` may name a file only under a folder given
