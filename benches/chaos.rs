@@ -815,6 +815,14 @@ impl Brokers {
         faults
     }
 
+    /// The faults whose name (`kind what`) holds `only`; every fault without it.
+    fn faults_named(&self, only: Option<&str>) -> Vec<(&'static str, &'static str, Fault)> {
+        self.faults()
+            .into_iter()
+            .filter(|(kind, what, _)| only.is_none_or(|o| format!("{kind} {what}").contains(o)))
+            .collect()
+    }
+
     /// The port the operator connects to for `kind`.
     fn port(&self, kind: &str) -> u16 {
         match kind {
@@ -906,14 +914,7 @@ async fn broker(args: &Args) -> anyhow::Result<Vec<String>> {
     );
     println!("| --- | --- | --- | --- | --- | --- |");
     let began = Instant::now();
-    for (kind, what, fault) in brokers.faults() {
-        if args
-            .only
-            .as_deref()
-            .is_some_and(|o| !format!("{kind} {what}").contains(o))
-        {
-            continue;
-        }
+    for (kind, what, fault) in brokers.faults_named(args.only.as_deref()) {
         eprintln!("{:.0} s: {kind} {what}", began.elapsed().as_secs_f64());
         let ty = kind;
         let port = brokers.port(kind);
@@ -1671,6 +1672,10 @@ fn mib_per_hour(points: &[(u64, u64)]) -> f64 {
     }
 }
 
+/// How many more runtime threads than at the start the soak accepts at rest: the blocking
+/// pool holds the reads in flight (4 to 16 threads in all at 10,000 triggers).
+const POOL_SLACK: usize = 16;
+
 /// The soak: the load of `broker` with every recurring activity of the other scenarios at
 /// once (the API client without pause, CA-folder churn, leaf rotation every ~10 s) and a
 /// broker fault of `broker`'s list every cycle, in turn.
@@ -1681,10 +1686,6 @@ fn mib_per_hour(points: &[(u64, u64)]) -> f64 {
 /// fault gives the trend; the one right after it, the peak. The step from idle to the
 /// load (the cold reading) is printed as well. Open descriptors are compared at rest:
 /// before the activities start and after they stop.
-/// How many more runtime threads than at the start the soak accepts at rest: the blocking
-/// pool holds the reads in flight (4 to 16 threads in all at 10,000 triggers).
-const POOL_SLACK: usize = 16;
-
 async fn soak(args: &Args) -> anyhow::Result<Vec<String>> {
     let mut rig = Rig::new().await?;
     // Failed polls are logged at debug: the soak sorts them by message.
@@ -1754,15 +1755,7 @@ async fn soak(args: &Args) -> anyhow::Result<Vec<String>> {
     let rss0 = pstat::rss_kib(pid);
     let (_, e0) = counts(&rig.scrape().await);
     let cpu0 = pstat::cpu_seconds(pid);
-    let faults: Vec<_> = brokers
-        .faults()
-        .into_iter()
-        .filter(|(kind, what, _)| {
-            args.only
-                .as_deref()
-                .is_none_or(|o| format!("{kind} {what}").contains(o))
-        })
-        .collect();
+    let faults = brokers.faults_named(args.only.as_deref());
     anyhow::ensure!(
         !faults.is_empty(),
         "soak: no fault's name holds {:?}",

@@ -175,17 +175,17 @@ fn long_version() -> &'static str {
     Box::leak(text.into_boxed_str())
 }
 
-/// Runs the command line.
 /// How long a thread of the runtime's blocking pool waits for work before it ends (tokio's
 /// default is 10 s). A broker fault grows the pool: every cluster's and consumer group's
-/// read blocks a thread until librdkafka's timeout, a hundred of them at once. The pool
-/// hands work to the thread that has waited longest, so once the broker is back, a pool
-/// that grew never waits 10 s anywhere and keeps every thread (their stacks, and the
-/// allocator's per-thread caches) for good: 17 threads before a Kafka front's kill, 112
-/// for the five minutes after. With a short wait the pool shrinks back to what the polls
-/// need. A thread costs some tens of microseconds to start again.
+/// read blocks a thread until librdkafka's timeout, a hundred of them at once. Once the
+/// broker is back, the pool hands its work out in turn (so the soak shows), no thread waits
+/// 10 s, and the pool keeps every thread (their stacks, and the allocator's per-thread
+/// caches) for good: 17 threads before a Kafka front's kill, 112 for the five minutes
+/// after. With a short wait the pool shrinks back to what the polls need. A thread costs
+/// some tens of microseconds to start again.
 const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Runs the command line.
 pub fn main() -> ExitCode {
     use clap::{CommandFactory as _, FromArgMatches as _};
     let matches = Cli::command().long_version(long_version()).get_matches();
