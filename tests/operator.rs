@@ -816,24 +816,26 @@ fn the_binary_serves_metrics_get_prometheus_and_the_ca_bundle() {
 /// jemalloc is the binary's `malloc`, so librdkafka's and OpenSSL's allocations are its too,
 /// with the small per-thread caches the binary sets (`allocator_options` in main.rs).
 /// jemalloc reads `MALLOC_CONF` only when it is the process's `malloc` (a prefixed
-/// jemalloc reads `_RJEM_MALLOC_CONF`), and prints its options at exit on `stats_print`.
+/// jemalloc reads `_RJEM_MALLOC_CONF`), and prints its options at exit on `stats_print`;
+/// `MALLOC_CONF` overrides the binary's own.
 #[test]
 fn the_binary_s_malloc_is_jemalloc_with_small_thread_caches() {
-    let out = std::process::Command::new(bin())
-        .arg("--version")
-        .env("MALLOC_CONF", "stats_print:true")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let options = |conf: &str| {
+        let out = std::process::Command::new(bin())
+            .arg("--version")
+            .env("MALLOC_CONF", conf)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = options("stats_print:true");
     if cfg!(all(feature = "jemalloc", target_os = "linux")) {
-        for option in [
-            "opt.tcache_max: 1024",
-            "opt.tcache_nslots_small_max: 16",
-            "opt.tcache_nslots_large: 4",
-        ] {
+        for option in ["opt.tcache_max: 1024", "opt.tcache_nslots_small_max: 16"] {
             assert!(err.contains(option), "{option} missing from:\n{err}");
         }
+        let err = options("stats_print:true,tcache_max:4096");
+        assert!(err.contains("opt.tcache_max: 4096"), "{err}");
     } else {
         assert!(!err.contains("jemalloc"), "{err}");
     }

@@ -18,9 +18,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// cache of its own, filled by the batch and emptied only as the thread allocates more;
 /// librdkafka's mostly idle threads keep theirs. With jemalloc's default sizes those
 /// caches held about 134 MiB at 10,000 triggers with Kafka (RSS 225 MiB against 157 with
-/// the C library's malloc). Here a thread caches at most 16 blocks of each size up to
-/// 1 KiB: RSS 164 MiB, the CPU figure unchanged (benches/README.md). `MALLOC_CONF` still
-/// overrides them.
+/// the C library's malloc, at the soak's base line). Here a thread caches at most 16 blocks
+/// of each size up to 1 KiB, and none of larger ones: RSS 164 MiB, the CPU figure
+/// unchanged (benches/README.md). `MALLOC_CONF` still overrides them.
 ///
 /// This module holds the binary's one item that `unsafe_code` flags: jemalloc reads its
 /// options from the C symbol `malloc_conf` (a weak `const char *` of its own, NULL by
@@ -34,7 +34,7 @@ mod allocator_options {
     #[allow(non_upper_case_globals)]
     static malloc_conf: &u8 = &OPTIONS[0];
 
-    const OPTIONS: &[u8] = b"tcache_max:1024,tcache_nslots_small_max:16,tcache_nslots_large:4\0";
+    const OPTIONS: &[u8] = b"tcache_max:1024,tcache_nslots_small_max:16\0";
 }
 
 /// jemalloc's figures for `/metrics`; empty when they cannot be read.

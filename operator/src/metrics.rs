@@ -138,8 +138,10 @@ static ALLOCATOR_PROBE: std::sync::OnceLock<fn() -> AllocatorStats> = std::sync:
 /// Lets `/metrics` report the process allocator's figures as
 /// `trustscale_allocator_bytes{kind}`, read at every scrape. The binary that chooses the
 /// global allocator sets it (the `trustscale` command, with jemalloc); the first call wins.
-/// They tell the process's memory apart: Rust's live allocations, what the allocator keeps
-/// around them, and (RSS less `resident`) what the C libraries and thread stacks hold.
+/// They tell the process's memory apart: live allocations (with the threads' caches), what
+/// the allocator keeps around them, and (RSS less `resident`) the rest: thread stacks, and
+/// the C libraries' allocations unless the allocator is also `malloc` (as jemalloc is in
+/// the `trustscale` command).
 pub fn set_allocator_probe(probe: fn() -> AllocatorStats) {
     let _ = ALLOCATOR_PROBE.set(probe);
 }

@@ -1,9 +1,10 @@
 //! Gives the C library's free heap pages back to the system, every 30 s.
 //!
 //! librdkafka, and the OpenSSL it links, allocate with the C library's malloc, not with the
-//! process's Rust allocator (unless the program puts another allocator in `malloc`'s place,
-//! as the `trustscale` binary does with jemalloc; the trim then finds nothing). glibc keeps what they free inside its arenas, resident, unless
-//! it happens to sit at an arena's top. When every broker of a cluster goes away, each of
+//! process's Rust allocator, unless the program puts another allocator in `malloc`'s place
+//! (the `trustscale` binary does, with jemalloc; the trim then finds nothing to give back).
+//! glibc keeps what they free inside its arenas, resident, unless it happens to sit at an
+//! arena's top. When every broker of a cluster goes away, each of
 //! its clients re-bootstraps (one more broker thread and TLS state per client); what they
 //! free once the brokers are back stays resident: about 19 MiB for 101 clients, which
 //! `malloc_trim(0)` gave back in one call (benches/README.md). The heap is the process's,
