@@ -612,7 +612,7 @@ pub async fn serve_metrics(
 ) {
     // One exposition is built at a time: at 100,000 triggers it is about 40 MB of text
     // and 0.4 s of CPU, so scrapes that arrive together wait their turn instead of each
-    // holding a copy.
+    // building one at once.
     let encoding = Arc::new(tokio::sync::Mutex::new(()));
     accept_loop(listener, "Prometheus metrics", stop, move |tcp, _| {
         let metrics = Arc::clone(&metrics);
